@@ -1,0 +1,273 @@
+"""Loading and saving BERT weights in Google's, Hugging Face's and this project's formats.
+
+    load(model, path)            detects the format, checks every shape, reports what it loaded
+    save_google(model, prefix)   Google TF1 layout (bert_model.ckpt.*, bert_config.json)
+    save_huggingface(model, dir) config.json + model.safetensors
+    save(model, prefix)          this project's object-based checkpoint (+ bert_config.json)
+    find_assets(path)            the config, vocab and checkpoint a directory or preset holds
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+
+import numpy as np
+
+from bert_tf.checkpoints.names import google_to_hf, hf_transposed, variable_map
+
+logger = logging.getLogger("bert_tf.checkpoints")
+
+NATIVE_MARKER = "bert_tf_checkpoint.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the model: the message lists every offending weight."""
+
+
+@dataclasses.dataclass
+class LoadReport:
+    path: str
+    format: str  # "google", "huggingface" or "bert_tf"
+    loaded: list = dataclasses.field(default_factory=list)
+    missing: list = dataclasses.field(default_factory=list)  # model weights not in the checkpoint
+    unused: list = dataclasses.field(default_factory=list)  # checkpoint weights the model lacks
+
+    def summary(self) -> str:
+        parts = [f"loaded {len(self.loaded)} weights from {self.format} checkpoint {self.path}"]
+        if self.missing:
+            parts.append(f"{len(self.missing)} model weights not in the checkpoint keep their "
+                         f"initial values: {', '.join(self.missing)}")
+        if self.unused:
+            parts.append(f"{len(self.unused)} checkpoint weights not used by this model: "
+                         f"{', '.join(self.unused)}")
+        return "; ".join(parts)
+
+
+# -- format detection ------------------------------------------------------------------------------
+
+def _tf_prefix(path: str) -> str | None:
+    """The TF checkpoint prefix `path` names (prefix, dir with bert_model.ckpt or a `checkpoint`
+    file), or None."""
+    if os.path.exists(path + ".index"):
+        return path
+    if os.path.isdir(path):
+        google = os.path.join(path, "bert_model.ckpt")
+        if os.path.exists(google + ".index"):
+            return google
+        marker = os.path.join(path, NATIVE_MARKER)
+        if os.path.exists(marker):
+            with open(marker, encoding="utf-8") as f:
+                native = os.path.join(path, json.load(f)["prefix"])
+            if os.path.exists(native + ".index"):
+                return native
+        import tensorflow as tf
+        latest = tf.train.latest_checkpoint(path)
+        if latest:
+            return latest
+    return None
+
+
+def detect_format(path: str) -> tuple[str, str]:
+    """-> (format, resolved path). Raises FileNotFoundError with what was looked for."""
+    path = os.fspath(path)
+    if path.endswith(".safetensors") and os.path.isfile(path):
+        return "huggingface", path
+    prefix = _tf_prefix(path)
+    if prefix is not None:
+        from bert_tf.checkpoints.google import is_object_based
+        return ("bert_tf" if is_object_based(prefix) else "google"), prefix
+    if os.path.isdir(path):
+        from bert_tf.checkpoints.huggingface import safetensors_files
+        safetensors_files(path)  # raises with a conversion hint when only .bin files are there
+        return "huggingface", path
+    raise FileNotFoundError(
+        f"{path}: no checkpoint found. Expected a TF checkpoint prefix (PATH.index exists, e.g. "
+        ".../bert_model.ckpt), a directory holding bert_model.ckpt.* or model.safetensors, or a "
+        ".safetensors file")
+
+
+# -- loading -----------------------------------------------------------------------------------------
+
+def _shape_message(entry, source_name, src_shape, want):
+    msg = f"{source_name}: checkpoint shape {list(src_shape)}, model expects {list(want)}"
+    if entry.google_name == "bert/embeddings/word_embeddings":
+        msg += (f" (the checkpoint's vocabulary has {src_shape[0]} entries and the config's "
+                f"vocab_size is {want[0]}: use the bert_config.json and vocab.txt that came with "
+                "the checkpoint)")
+    elif entry.google_name == "bert/embeddings/position_embeddings":
+        msg += " (max_position_embeddings differs from the checkpoint's)"
+    return msg
+
+
+def _load_by_name(model, reader, fmt, path, allow_missing_encoder=False) -> LoadReport:
+    """Map a name -> array reader (Google or Hugging Face names) onto the model; check everything
+    before assigning anything, so a failed load leaves the model untouched."""
+    report = LoadReport(path=path, format=fmt)
+    entries = variable_map(model)
+    hf = fmt == "huggingface"
+    used, errors, assignments, missing_encoder = set(), [], [], []
+    for entry in entries:
+        name = entry.hf_name if hf else entry.google_name
+        if name not in reader:
+            # The pooler is optional: Hugging Face token-classification and QA checkpoints are
+            # saved without one; it keeps its initial values and the report says so.
+            strict = entry.encoder and "pooler" not in entry.google_name
+            (missing_encoder if strict else report.missing).append(name)
+            continue
+        used.add(name)
+        src_shape = tuple(reader.shapes[name])
+        if hf and hf_transposed(entry.google_name):
+            src_shape = src_shape[::-1]  # -> Google layout
+        if entry.transpose:
+            src_shape = src_shape[::-1]  # -> our layout
+        want = tuple(entry.variable.shape)
+        if src_shape != want:
+            errors.append(_shape_message(entry, name, src_shape, want))
+            continue
+        assignments.append((entry, name))
+    unused = sorted(n for n in reader if n not in used)
+    encoder_prefix = "bert." if hf else "bert/"
+    unused_encoder = [n for n in unused if n.startswith(encoder_prefix)]
+    report.unused = [n for n in unused if not n.startswith(encoder_prefix)]
+    if unused_encoder:
+        errors.append("encoder weights in the checkpoint that the model has no place for (a "
+                      "config with fewer layers or another architecture?): "
+                      + ", ".join(unused_encoder))
+    if missing_encoder and not allow_missing_encoder:
+        errors.append("encoder weights the checkpoint lacks: " + ", ".join(missing_encoder))
+    elif missing_encoder:
+        report.missing = missing_encoder + report.missing
+    if errors:
+        raise CheckpointError(f"{path} does not fit the model:\n  " + "\n  ".join(errors))
+    for entry, name in assignments:
+        value = np.asarray(reader[name], dtype=np.float32)
+        if hf and hf_transposed(entry.google_name):
+            value = value.T
+        if entry.transpose:
+            value = value.T
+        entry.variable.assign(value)
+        report.loaded.append(name)
+    return report
+
+
+def _load_native(model, prefix) -> LoadReport:
+    import tensorflow as tf
+
+    marker = os.path.join(os.path.dirname(prefix), NATIVE_MARKER)
+    saved_class = None
+    if os.path.exists(marker):
+        with open(marker, encoding="utf-8") as f:
+            saved_class = json.load(f).get("model_class")
+    encoder = model if not hasattr(model, "encoder") else model.encoder
+    names = [n for n, _ in tf.train.list_variables(prefix)]
+    has_model = any(n.startswith("model/") for n in names)
+    try:
+        if saved_class == type(model).__name__ and has_model:
+            status = tf.train.Checkpoint(model=model).read(prefix)
+            status.expect_partial()
+            status.assert_existing_objects_matched()
+            loaded = [v.path for v in model.weights]
+        else:
+            status = tf.train.Checkpoint(encoder=encoder).read(prefix)
+            status.expect_partial()
+            status.assert_existing_objects_matched()
+            loaded = [v.path for v in encoder.weights]
+    except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as e:
+        raise CheckpointError(f"{prefix} does not fit the model: {e}") from None
+    report = LoadReport(path=prefix, format="bert_tf", loaded=loaded)
+    if hasattr(model, "encoder") and len(loaded) < len(model.weights):
+        report.missing = [v.path for v in model.weights if id(v) not in
+                          {id(w) for w in encoder.weights}]
+    return report
+
+
+def load(model, path: str, allow_missing_encoder: bool = False) -> LoadReport:
+    """Load weights into `model` (a BertEncoder or any task model) from a Google TF1 checkpoint
+    prefix, a Hugging Face directory / .safetensors file, or this project's checkpoint.
+
+    Raises CheckpointError, listing every problem, on any shape mismatch, on encoder weights the
+    checkpoint has but the model lacks, and (unless allow_missing_encoder) on encoder weights the
+    checkpoint lacks. Head weights absent from the checkpoint (a fresh classifier) keep their
+    initial values and are reported; checkpoint heads the model lacks are reported as unused.
+    """
+    fmt, resolved = detect_format(path)
+    if fmt == "bert_tf":
+        report = _load_native(model, resolved)
+    elif fmt == "google":
+        from bert_tf.checkpoints.google import LazyReader
+        report = _load_by_name(model, LazyReader(resolved), fmt, resolved, allow_missing_encoder)
+    else:
+        from bert_tf.checkpoints.huggingface import SafetensorsReader
+        report = _load_by_name(model, SafetensorsReader(resolved), fmt, resolved,
+                               allow_missing_encoder)
+    logger.info(report.summary())
+    return report
+
+
+# -- saving ------------------------------------------------------------------------------------------
+
+def save(model, prefix: str) -> str:
+    """This project's checkpoint: tf.train.Checkpoint of the model and its encoder (so an encoder
+    pre-trained here loads into any task model), with bert_config.json beside it."""
+    import tensorflow as tf
+
+    directory = os.path.dirname(os.path.abspath(prefix))
+    os.makedirs(directory, exist_ok=True)
+    encoder = model if not hasattr(model, "encoder") else model.encoder
+    path = tf.train.Checkpoint(model=model, encoder=encoder).write(prefix)
+    encoder.config.to_json_file(os.path.join(directory, "bert_config.json"))
+    with open(os.path.join(directory, NATIVE_MARKER), "w", encoding="utf-8") as f:
+        json.dump({"model_class": type(model).__name__, "prefix": os.path.basename(prefix)}, f)
+    return path
+
+
+def save_google(model, prefix: str) -> str:
+    from bert_tf.checkpoints.google import save_google as _save
+    return _save(model, prefix)
+
+
+def save_huggingface(model, directory: str) -> str:
+    from bert_tf.checkpoints.huggingface import save_huggingface as _save
+    return _save(model, directory)
+
+
+# -- assets next to a checkpoint ---------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Assets:
+    checkpoint: str | None
+    config_file: str | None
+    vocab_file: str | None
+    do_lower_case: bool | None = None  # known for presets and Hugging Face tokenizer configs
+
+
+def find_assets(path: str | None) -> Assets:
+    """For --init_checkpoint: the bert_config.json / config.json and vocab.txt that sit next to
+    the checkpoint (a directory, a prefix inside one, or a preset name that is downloaded)."""
+    if not path:
+        return Assets(None, None, None)
+    do_lower_case = None
+    if not os.path.exists(path) and not os.path.exists(path + ".index"):
+        from bert_tf.checkpoints import presets
+        if path in presets.PRESETS:
+            do_lower_case = presets.PRESETS[path].do_lower_case
+            path = presets.resolve(path)
+    directory = path if os.path.isdir(path) else os.path.dirname(path)
+    config_file = None
+    for name in ("bert_config.json", "config.json"):
+        if os.path.exists(os.path.join(directory, name)):
+            config_file = os.path.join(directory, name)
+            break
+    vocab = os.path.join(directory, "vocab.txt")
+    tok_config = os.path.join(directory, "tokenizer_config.json")
+    if do_lower_case is None and os.path.exists(tok_config):
+        with open(tok_config, encoding="utf-8") as f:
+            do_lower_case = json.load(f).get("do_lower_case")
+    return Assets(path, config_file, vocab if os.path.exists(vocab) else None, do_lower_case)
+
+
+__all__ = ["load", "save", "save_google", "save_huggingface", "find_assets", "detect_format",
+           "LoadReport", "CheckpointError", "Assets", "variable_map", "google_to_hf"]

@@ -1,0 +1,73 @@
+"""Google's TF1 BERT checkpoints: name-based TensorFlow checkpoints (`bert_model.ckpt.index` +
+`.data-*`) with variables such as `bert/encoder/layer_0/attention/self/query/kernel`."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from bert_tf.checkpoints.names import variable_map
+
+# Variables a TF1 training run leaves in the checkpoint that hold no model weights.
+_SLOT_SUFFIXES = ("/adam_m", "/adam_v", "/Momentum", "/Adam", "/Adam_1", "/lamb_m", "/lamb_v")
+_NON_WEIGHTS = ("global_step", "beta1_power", "beta2_power", "loss_scale", "good_steps",
+                "current_loss_scale")
+
+
+def is_optimizer_state(name: str) -> bool:
+    return name.endswith(_SLOT_SUFFIXES) or name.split("/")[-1] in _NON_WEIGHTS
+
+
+def is_object_based(prefix: str) -> bool:
+    """True for checkpoints written by tf.train.Checkpoint (this project's own format)."""
+    names = {n for n, _ in tf.train.list_variables(prefix)}
+    return "_CHECKPOINTABLE_OBJECT_GRAPH" in names
+
+
+class LazyReader:
+    """A mapping name -> np.ndarray over a TF checkpoint that reads a tensor only when asked."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self._reader = tf.train.load_checkpoint(prefix)
+        self.shapes = {n: tuple(s) for n, s in
+                       self._reader.get_variable_to_shape_map().items()
+                       if not is_optimizer_state(n)}
+
+    def __contains__(self, name):
+        return name in self.shapes
+
+    def __iter__(self):
+        return iter(self.shapes)
+
+    def __getitem__(self, name) -> np.ndarray:
+        return self._reader.get_tensor(name)
+
+
+def save_google(model, prefix: str, config_file: bool = True) -> str:
+    """Write `model`'s weights as a Google TF1 checkpoint at `prefix` (e.g. dir/bert_model.ckpt),
+    plus `bert_config.json` next to it, so Google's scripts and Hugging Face's
+    `load_tf_weights_in_bert` read it. Returns the prefix."""
+    directory = os.path.dirname(os.path.abspath(prefix))
+    os.makedirs(directory, exist_ok=True)
+    names, tensors = [], []
+    for entry in variable_map(model):
+        value = np.asarray(entry.variable.numpy(), dtype=np.float32)
+        names.append(entry.google_name)
+        tensors.append(tf.constant(value.T if entry.transpose else value))
+    # Write under a temporary prefix and move into place, so a crash never leaves a half-written
+    # checkpoint under the final name.
+    tmp = prefix + ".tmp-write"
+    tf.raw_ops.SaveV2(prefix=tmp, tensor_names=names, shape_and_slices=[""] * len(names),
+                      tensors=tensors)
+    for suffix in (".index", ".data-00000-of-00001"):
+        os.replace(tmp + suffix, prefix + suffix)
+    if config_file:
+        config = model.config if hasattr(model, "config") else model.encoder.config
+        import json
+        with open(os.path.join(directory, "bert_config.json"), "w", encoding="utf-8") as f:
+            json.dump(config.to_google_dict(), f, indent=2, sort_keys=True)
+            f.write("\n")
+    return prefix

@@ -1,0 +1,137 @@
+"""Task heads. Each takes encoder outputs and returns float32 logits."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from bert_tf.modeling.layers import activation_fn, layer_norm, truncated_normal
+
+
+def gather_positions(sequence, positions):
+    """sequence [B,S,H], positions int [B,P] -> [B,P,H] (the hidden states at the positions)."""
+    index = ops.expand_dims(ops.cast(positions, "int32"), -1)  # [B,P,1]
+    return ops.take_along_axis(sequence, index, axis=1)
+
+
+class MaskedLMHead(keras.layers.Layer):
+    """Masked-LM head: Dense + activation + LayerNorm, then a decoder tied to the word embeddings.
+
+    Only the P masked positions go through the head (gather first, then the [H,V] projection): the
+    vocabulary projection is the costliest matmul of pre-training and scoring all S positions would
+    do S/P times the work for nothing.
+
+    Call with sequence_output [B,S,H] and masked_lm_positions [B,P]; returns logits [B,P,V] float32.
+    """
+
+    def __init__(self, embeddings, hidden_act="gelu", initializer_range=0.02,
+                 layer_norm_eps=1e-12, **kwargs):
+        super().__init__(**kwargs)
+        # Kept outside Keras' tracking: the embedding table belongs to the encoder, and tracking it
+        # here too would list it twice among the model's weights.
+        object.__setattr__(self, "_embeddings", embeddings)
+        self.hidden_act = hidden_act
+        self.initializer_range = initializer_range
+        self.layer_norm_eps = layer_norm_eps
+        self.hidden_size = embeddings.hidden_size
+        self.vocab_size = embeddings.vocab_size
+        self.transform = keras.layers.Dense(
+            self.hidden_size, activation=activation_fn(hidden_act), name="transform",
+            kernel_initializer=truncated_normal(initializer_range))
+        self.transform_layer_norm = layer_norm(layer_norm_eps, "transform_LayerNorm")
+
+    def build(self, input_shape=None):
+        self.transform.build((None, None, self.hidden_size))
+        self.transform_layer_norm.build((None, None, self.hidden_size))
+        self.output_bias = self.add_weight(shape=(self.vocab_size,), initializer="zeros",
+                                           name="output_bias")
+        self.built = True
+
+    def call(self, sequence_output, masked_lm_positions):
+        x = gather_positions(sequence_output, masked_lm_positions)  # [B,P,H]
+        x = self.transform_layer_norm(self.transform(x))  # float32 [B,P,H]
+        x = ops.cast(x, self.compute_dtype)
+        table = ops.cast(self._embeddings.word_embeddings, self.compute_dtype)  # [V,H]
+        logits = ops.matmul(x, ops.transpose(table))  # [B,P,V]
+        return ops.cast(logits, "float32") + ops.cast(self.output_bias, "float32")
+
+    def compute_output_shape(self, sequence_output_shape, masked_lm_positions_shape):
+        return tuple(masked_lm_positions_shape) + (self.vocab_size,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(hidden_act=self.hidden_act, initializer_range=self.initializer_range,
+                      layer_norm_eps=self.layer_norm_eps)
+        return config
+
+
+class _DenseLogits(keras.layers.Layer):
+    """Dropout then Dense(num_labels) with float32 logits; base of the simple heads."""
+
+    def __init__(self, num_labels, dropout_rate=0.1, initializer_range=0.02, **kwargs):
+        super().__init__(**kwargs)
+        self.num_labels = num_labels
+        self.dropout_rate = dropout_rate
+        self.initializer_range = initializer_range
+        self.dropout = keras.layers.Dropout(dropout_rate)
+        self.dense = keras.layers.Dense(num_labels, name="logits",
+                                        kernel_initializer=truncated_normal(initializer_range))
+
+    def build(self, input_shape):
+        self.dense.build(input_shape)
+        self.built = True
+
+    def call(self, x, training=None):
+        return ops.cast(self.dense(self.dropout(x, training=training)), "float32")
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.num_labels,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_labels=self.num_labels, dropout_rate=self.dropout_rate,
+                      initializer_range=self.initializer_range)
+        return config
+
+
+class NextSentenceHead(_DenseLogits):
+    """pooled_output [B,H] -> next-sentence logits [B,2] (0 = B follows A, 1 = random)."""
+
+    def __init__(self, initializer_range=0.02, **kwargs):
+        kwargs.pop("num_labels", None)
+        kwargs.pop("dropout_rate", None)
+        super().__init__(2, dropout_rate=0.0, initializer_range=initializer_range, **kwargs)
+
+
+class ClassificationHead(_DenseLogits):
+    """pooled_output [B,H] -> logits [B,num_labels]; num_labels=1 is regression."""
+
+
+class TokenClassificationHead(_DenseLogits):
+    """sequence_output [B,S,H] -> logits [B,S,num_labels]."""
+
+
+class SpanHead(keras.layers.Layer):
+    """sequence_output [B,S,H] -> start_logits [B,S], end_logits [B,S] (SQuAD-style extraction)."""
+
+    def __init__(self, initializer_range=0.02, **kwargs):
+        super().__init__(**kwargs)
+        self.initializer_range = initializer_range
+        self.dense = keras.layers.Dense(2, name="logits",
+                                        kernel_initializer=truncated_normal(initializer_range))
+
+    def build(self, input_shape):
+        self.dense.build(input_shape)
+        self.built = True
+
+    def call(self, sequence_output):
+        logits = ops.cast(self.dense(sequence_output), "float32")  # [B,S,2]
+        return logits[..., 0], logits[..., 1]
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]), tuple(input_shape[:-1])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(initializer_range=self.initializer_range)
+        return config
