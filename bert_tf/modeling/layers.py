@@ -177,7 +177,8 @@ class TransformerBlock(keras.layers.Layer):
         v = self._split_heads(self.value(x), batch, seq)
         scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))  # [B,N,S,S]
         # Softmax in float32 whatever the compute dtype.
-        probs = ops.softmax(ops.cast(scores, "float32") + attention_mask, axis=-1)
+        probs = ops.softmax(ops.cast(scores, "float32") + ops.cast(attention_mask, "float32"),
+                            axis=-1)
         probs = self.attention_dropout(ops.cast(probs, v.dtype), training=training)
         context = ops.matmul(probs, v)  # [B,N,S,D]
         context = ops.reshape(ops.transpose(context, (0, 2, 1, 3)),

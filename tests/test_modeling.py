@@ -1,0 +1,198 @@
+"""BertConfig and the Keras model: shapes, config errors, mixed precision, backend independence."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, random_batch, tiny_config
+
+import keras  # noqa: E402
+
+from bert_tf import BertConfig, ConfigError  # noqa: E402
+from bert_tf.modeling import (BertClassifier, BertEncoder, BertPretrainer,  # noqa: E402
+                              BertSpanExtractor, BertTokenClassifier)
+
+
+# -- config ---------------------------------------------------------------------------------------
+
+def test_config_round_trip_keeps_unknown_keys(tmp_path):
+    path = tmp_path / "bert_config.json"
+    path.write_text(json.dumps({"vocab_size": 100, "hidden_size": 64, "num_attention_heads": 4,
+                                "directionality": "bidi", "hidden_act": "gelu_new"}))
+    config = BertConfig.from_json_file(path)
+    assert config.hidden_act == "gelu_tanh"  # Hugging Face's alias
+    assert config.extra == {"directionality": "bidi"}
+    config.to_json_file(tmp_path / "out.json")
+    again = BertConfig.from_json_file(tmp_path / "out.json")
+    assert again == config and again.extra == config.extra
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"vocab_size": 100, "hidden_size": 30, "num_attention_heads": 4}, "not a multiple"),
+    ({"vocab_size": 100, "hidden_act": "swish"}, "hidden_act 'swish'"),
+    ({"vocab_size": 0}, "vocab_size must be at least 1"),
+    ({"vocab_size": "30522"}, "vocab_size must be an integer"),
+    ({"vocab_size": 100, "hidden_dropout_prob": 1.5}, "hidden_dropout_prob"),
+    ({"hidden_size": 64}, "missing required key 'vocab_size'"),
+])
+def test_config_validation_messages(tmp_path, values, message):
+    path = tmp_path / "bert_config.json"
+    path.write_text(json.dumps(values))
+    with pytest.raises(ConfigError, match=message) as info:
+        BertConfig.from_json_file(path)
+    assert str(path) in str(info.value)
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        BertConfig.from_json_file(tmp_path / "absent.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{\n  "vocab_size": 10,\n  "hidden_size": \n}')
+    with pytest.raises(ConfigError, match=r"bad.json:4: not valid JSON"):
+        BertConfig.from_json_file(bad)
+
+
+# -- model ----------------------------------------------------------------------------------------
+
+def test_output_shapes_and_names():
+    config = tiny_config()
+    batch = random_batch(config, batch=3, seq=12, predictions=4)
+    pre = BertPretrainer(config)
+    out = pre(batch, training=False)
+    assert out["mlm_logits"].shape == (3, 4, 99) and out["nsp_logits"].shape == (3, 2)
+    enc = pre.encoder(batch, training=False)
+    assert enc["sequence_output"].shape == (3, 12, 32)
+    assert enc["pooled_output"].shape == (3, 32)
+    assert len(enc["encoder_outputs"]) == 2
+    np.testing.assert_array_equal(enc["encoder_outputs"][-1], enc["sequence_output"])
+    assert BertClassifier(config, 1)(batch)["logits"].shape == (3, 1)
+    assert BertTokenClassifier(config, 9)(batch)["logits"].shape == (3, 12, 9)
+    span = BertSpanExtractor(config)(batch)
+    assert span["start_logits"].shape == span["end_logits"].shape == (3, 12)
+
+
+def test_missing_feature_is_named():
+    config = tiny_config()
+    batch = random_batch(config)
+    del batch["segment_ids"]
+    with pytest.raises((KeyError, ValueError), match="segment_ids"):
+        BertEncoder(config)(batch)
+
+
+def test_padding_does_not_change_real_positions():
+    """Appending padding must leave every real token's output unchanged (the mask works)."""
+    config = tiny_config()
+    encoder = BertEncoder(config)
+    batch = random_batch(config, batch=2, seq=8, pad=False)
+    short = encoder(batch, training=False)["sequence_output"]
+    padded = {k: np.pad(batch[k], ((0, 0), (0, 5))) for k in
+              ("input_ids", "input_mask", "segment_ids")}
+    padded["input_ids"][:, 8:] = 7  # garbage under the mask
+    long = encoder(padded, training=False)["sequence_output"]
+    np.testing.assert_allclose(long[:, :8], short, atol=1e-5)
+
+
+def test_encoder_reused_between_task_models():
+    config = tiny_config()
+    pre = BertPretrainer(config)
+    clf = BertClassifier(config, 2, encoder=pre.encoder)
+    assert clf.encoder is pre.encoder
+    # the tied decoder is the word-embedding table, listed once
+    ids = [id(w) for w in pre.weights]
+    assert len(ids) == len(set(ids))
+    with pytest.raises(ValueError, match="another config"):
+        BertClassifier(tiny_config(hidden_size=64), 2, encoder=pre.encoder)
+
+
+def test_dropout_only_in_training():
+    config = tiny_config(hidden_dropout_prob=0.5)
+    model = BertClassifier(config, 2)
+    batch = random_batch(config)
+    a = model(batch, training=False)["logits"]
+    np.testing.assert_array_equal(a, model(batch, training=False)["logits"])
+    assert not np.allclose(a, model(batch, training=True)["logits"])
+
+
+def test_get_config_rebuilds_same_architecture():
+    model = BertClassifier(tiny_config(), 3)
+    again = BertClassifier.from_config(model.get_config())
+    assert [w.shape for w in again.weights] == [w.shape for w in model.weights]
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_close_to_float32(policy):
+    config = tiny_config()
+    batch = random_batch(config)
+    reference = BertPretrainer(config)
+    want = reference(batch, training=False)
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = BertPretrainer(config)
+        model.set_weights(reference.get_weights())
+        got = model(batch, training=False)
+        norms = [l for l in model.weights if "LayerNorm" in l.path or "layer_norm" in l.path.lower()]
+        assert all(w.dtype == "float32" for w in model.weights)  # master weights stay float32
+        assert norms and all(l.dtype == "float32" for l in norms)
+        ln = model.encoder.transformer_layers[0].output_layer_norm
+        assert ln.compute_dtype == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    for key in ("mlm_logits", "nsp_logits"):
+        assert got[key].dtype == "float32"
+        tol = 0.05 if policy == "mixed_bfloat16" else 0.01
+        assert np.abs(np.asarray(got[key]) - np.asarray(want[key])).max() < tol
+    assert np.isfinite(got["mlm_logits"]).all()
+
+
+def test_same_outputs_under_torch_backend(tmp_path):
+    """modeling/ is pure Keras: the PyTorch backend gives the same numbers from the same weights."""
+    pytest.importorskip("torch")
+    config = tiny_config()
+    model = BertPretrainer(config)
+    batch = random_batch(config)
+    want = model(batch, training=False)
+    np.savez(tmp_path / "weights.npz", *model.get_weights())
+    np.savez(tmp_path / "batch.npz", **batch)
+    config.to_json_file(tmp_path / "config.json")
+    script = f"""
+import numpy as np, keras
+assert keras.backend.backend() == "torch", keras.backend.backend()
+from bert_tf import BertConfig
+from bert_tf.modeling import BertPretrainer
+config = BertConfig.from_json_file({str(tmp_path / 'config.json')!r})
+model = BertPretrainer(config)
+w = np.load({str(tmp_path / 'weights.npz')!r})
+model.set_weights([w[f"arr_{{i}}"] for i in range(len(w.files))])
+batch = dict(np.load({str(tmp_path / 'batch.npz')!r}))
+out = model(batch, training=False)
+np.savez({str(tmp_path / 'out.npz')!r}, **{{k: keras.ops.convert_to_numpy(out[k])
+         for k in ("mlm_logits", "nsp_logits", "sequence_output")}})
+"""
+    env = dict(os.environ, KERAS_BACKEND="torch", PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = np.load(tmp_path / "out.npz")
+    for key in ("mlm_logits", "nsp_logits"):
+        assert np.abs(got[key] - np.asarray(want[key])).max() <= 1e-5
+    mask = batch["input_mask"].astype(bool)
+    assert np.abs(got["sequence_output"][mask] - np.asarray(want["sequence_output"])[mask]).max() <= 1e-5
+
+
+def test_modeling_has_no_tensorflow_calls():
+    """The backend-independence boundary of DESIGN.md, checked on the source."""
+    import ast
+
+    for path in (REPO / "bert_tf" / "modeling").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                assert not any(a.name.split(".")[0] == "tensorflow" for a in node.names), path
+            elif isinstance(node, ast.ImportFrom):
+                assert (node.module or "").split(".")[0] != "tensorflow", path
+            elif isinstance(node, ast.Name):
+                assert node.id != "tf", f"{path}:{node.lineno}"
