@@ -1,0 +1,60 @@
+# bert_tf: `make demo` runs the main job end to end, `make test` runs the test suite.
+# Both create .venv and install everything on first use (TensorFlow, tensorflow-text, the test
+# peers torch CPU + transformers, and Horovod built from source with Gloo). pip's cache
+# (~/.cache/pip, including the built Horovod wheel) makes a second install fast.
+
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+SHARED ?= ../shared/data
+DATA_DIR ?= $(SHARED)/glue/MRPC
+INIT_CHECKPOINT ?= $(SHARED)/models/all-MiniLM-L6-v2
+OUTPUT_DIR ?= output
+PYTEST_ARGS ?=
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: install horovod test test-slow demo bench clean
+
+$(STAMP): setup.py
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip setuptools wheel
+	$(PIP) install -e ".[test]"
+	$(MAKE) horovod
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Horovod 0.28.1 from source against the installed TensorFlow, with Gloo (MPI used if present).
+# It needs CMake 3.x: the cmake 4 wheel refuses Horovod's bundled Gloo, so use the system one.
+horovod:
+	@if ! cmake --version 2>/dev/null | grep -q "version 3\."; then \
+	  echo "installing the system CMake 3.x for the Horovod build"; \
+	  (apt-get update -qq && apt-get install -y -qq cmake g++) >/dev/null; fi
+	HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \
+	HOROVOD_WITH_GLOO=1 MAKEFLAGS=-j$$(nproc) \
+	  $(PIP) install --no-build-isolation "horovod==0.28.1"
+	$(PY) -c "import horovod.tensorflow as hvd; assert hvd.gloo_built(), 'Horovod built without Gloo'; print('horovod', hvd.__version__, 'gloo ok')"
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+# The main job. For now: BERT features of real MRPC sentences from a real pretrained checkpoint.
+demo: $(STAMP)
+	mkdir -p $(OUTPUT_DIR)
+	cut -f4,5 $(DATA_DIR)/dev.tsv | tail -n +2 | head -n 64 | sed 's/\t/ ||| /' > $(OUTPUT_DIR)/demo_input.txt
+	$(PY) extract_features.py --input_file=$(OUTPUT_DIR)/demo_input.txt \
+	  --output_file=$(OUTPUT_DIR)/demo_features.jsonl --overwrite_output \
+	  --init_checkpoint=$(INIT_CHECKPOINT) --layers=-1,-2 --max_seq_length=128 --batch_size=16
+	$(PY) -c "import json; rows=[json.loads(l) for l in open('$(OUTPUT_DIR)/demo_features.jsonl')]; f=rows[0]['features']; print(len(rows), 'examples;', 'first:', ' '.join(t['token'] for t in f[:12]), '...'); print('layer -1 of [CLS], first 4 values:', f[0]['layers'][0]['values'][:4])"
+
+bench: $(STAMP)
+	$(PY) bench/bench_tokenization.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info $(OUTPUT_DIR)

@@ -1,0 +1,82 @@
+"""Resolve and cross-check what a script needs before it builds a model: config, vocabulary,
+checkpoint and casing. Every check here is one a user has lost a day to (a vocabulary that does
+not match the embedding table gives silent NaNs or garbage, not an error)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+from bert_tf.config import BertConfig
+
+logger = logging.getLogger("bert_tf")
+
+
+class UsageError(ValueError):
+    """Flags that do not fit together; the message names the flag and says what to do."""
+
+
+@dataclasses.dataclass
+class ModelAssets:
+    config: BertConfig
+    vocab_file: str
+    do_lower_case: bool
+    init_checkpoint: str | None
+    config_file: str
+
+
+def count_vocab(path: str) -> int:
+    with open(path, encoding="utf-8") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def resolve_model_assets(init_checkpoint=None, bert_config_file=None, vocab_file=None,
+                         do_lower_case=True, do_lower_case_given=False,
+                         max_seq_length=None) -> ModelAssets:
+    """Fill bert_config_file / vocab_file / do_lower_case from the checkpoint's directory (or
+    preset) when not given, then check they agree with each other and with max_seq_length."""
+    from bert_tf.checkpoints import find_assets
+
+    assets = find_assets(init_checkpoint) if init_checkpoint else None
+    if init_checkpoint and assets.checkpoint != init_checkpoint:
+        logger.info("preset %s resolved to %s", init_checkpoint, assets.checkpoint)
+    checkpoint = assets.checkpoint if assets else None
+
+    config_file = bert_config_file or (assets.config_file if assets else None)
+    if not config_file:
+        raise UsageError("--bert_config_file is required (or an --init_checkpoint directory "
+                         "that holds bert_config.json or config.json)")
+    vocab = vocab_file or (assets.vocab_file if assets else None)
+    if not vocab:
+        raise UsageError("--vocab_file is required (or an --init_checkpoint directory that holds "
+                         "vocab.txt)")
+    if not os.path.exists(vocab):
+        raise UsageError(f"--vocab_file={vocab}: file not found")
+    config = BertConfig.from_json_file(config_file)
+
+    if not do_lower_case_given and assets and assets.do_lower_case is not None:
+        do_lower_case = bool(assets.do_lower_case)
+    from bert_tf.tokenization import check_do_lower_case
+    try:
+        check_do_lower_case(do_lower_case, init_checkpoint)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+    n_vocab = count_vocab(vocab)
+    if n_vocab != config.vocab_size:
+        raise UsageError(
+            f"--vocab_file={vocab} has {n_vocab} entries but {config_file} says vocab_size "
+            f"{config.vocab_size}: ids past the embedding table give NaNs or garbage. Use the "
+            "vocab.txt that came with the checkpoint (or fix vocab_size when training from "
+            "scratch)")
+    if max_seq_length is not None:
+        if max_seq_length > config.max_position_embeddings:
+            raise UsageError(
+                f"--max_seq_length={max_seq_length} exceeds max_position_embeddings "
+                f"{config.max_position_embeddings} of {config_file}: lower --max_seq_length")
+        if max_seq_length < 3:
+            raise UsageError(f"--max_seq_length={max_seq_length}: need room for [CLS], [SEP] "
+                             "and at least one token")
+    return ModelAssets(config=config, vocab_file=vocab, do_lower_case=do_lower_case,
+                       init_checkpoint=checkpoint, config_file=config_file)

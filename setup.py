@@ -1,0 +1,41 @@
+"""bert_tf: BERT pre-training and fine-tuning on TensorFlow 2 / Keras 3.
+
+The stack is pinned as in DESIGN.md. Horovod is not an install requirement: it must be built from
+source against the installed TensorFlow (`make horovod`, see the README).
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="bert_tf",
+    version="0.1.0",
+    description="BERT pre-training and fine-tuning on TensorFlow 2 / Keras 3, "
+                "checkpoint-compatible with Google's and Hugging Face's BERT",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["bert_tf", "bert_tf.*"]),
+    install_requires=[
+        "tensorflow==2.18.*",
+        "keras>=3.8,<4",
+        "tensorflow-text==2.18.*",
+        "absl-py",
+        "sentencepiece",
+        "numpy",
+        "safetensors",
+        "tqdm",
+    ],
+    extras_require={
+        # Test and benchmark peers: never imported by the library.
+        "test": [
+            "pytest",
+            "torch==2.13.0",  # CPU build; the machine image ships this wheel
+            "transformers<5",
+            "scikit-learn",
+            "scipy",
+            "seqeval",
+        ],
+        "tracking": ["mlflow", "optuna"],
+        "azure": ["azure-ai-ml", "azure-identity", "mlflow", "azureml-mlflow"],
+    },
+)
