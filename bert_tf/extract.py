@@ -13,6 +13,8 @@ import re
 
 import numpy as np
 
+from bert_tf.data.glue import truncate_pair
+
 _PAIR = re.compile(r"^(.*) \|\|\| (.*)$")
 
 
@@ -43,12 +45,6 @@ def read_examples(path: str) -> list[Example]:
     if not examples:
         raise InputError(f"{path}: no examples in the file")
     return examples
-
-
-def truncate_pair(tokens_a: list, tokens_b: list, max_length: int) -> None:
-    """Trim the longer of the two, one token at a time, until they fit (Google's scheme)."""
-    while len(tokens_a) + len(tokens_b) > max_length:
-        (tokens_a if len(tokens_a) > len(tokens_b) else tokens_b).pop()
 
 
 def example_to_tokens(example: Example, tokenizer, max_seq_length: int):
