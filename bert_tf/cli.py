@@ -22,7 +22,10 @@ def setup_logging() -> None:
 def known_errors():
     from bert_tf.assets import UsageError
     from bert_tf.checkpoints import CheckpointError
-    errors = [UsageError, ConfigError, CheckpointError, FileNotFoundError]
+    from bert_tf.data.glue import DataError
+    from bert_tf.training.loop import TrainingError
+    errors = [UsageError, ConfigError, CheckpointError, FileNotFoundError, DataError,
+              TrainingError]
     try:
         from bert_tf.checkpoints.presets import PresetError
         errors.append(PresetError)

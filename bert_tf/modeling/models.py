@@ -81,6 +81,11 @@ class _SingleHeadModel(DictInputModel):
         self.encoder = encoder
         self.head = head
 
+    @property
+    def unused_variables(self):
+        """Weights that get no gradient: the pooler, when the head reads every position."""
+        return list(self.encoder.pooler.weights) if self.uses_sequence else []
+
     def get_config(self):
         return {"config": self.config.to_dict(), "num_labels": self.num_labels,
                 "dropout_rate": self.dropout_rate, "name": self.name}
@@ -115,6 +120,10 @@ class BertSpanExtractor(DictInputModel):
         self.config = config
         self.encoder = encoder
         self.head = head
+
+    @property
+    def unused_variables(self):
+        return list(self.encoder.pooler.weights)
 
     def get_config(self):
         return {"config": self.config.to_dict(), "name": self.name}

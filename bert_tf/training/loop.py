@@ -96,7 +96,10 @@ def train(model, loss_fn, table: records.FeatureTable, settings: TrainSettings, 
     Returns a summary dict (final step, last loss, non-finite steps skipped, seconds)."""
     s = settings
     accum = s.num_accumulation_steps
-    tvars = model.trainable_variables
+    # Variables no loss reaches (the pooler under a token-level head) are left out of the
+    # optimizer: no None gradients, and no weight decay slowly shrinking a pooler nobody trains.
+    unused = {id(v) for v in getattr(model, "unused_variables", [])}
+    tvars = [v for v in model.trainable_variables if id(v) not in unused]
     optimizer = create_optimizer(s.optimizer, s.learning_rate, s.num_train_steps,
                                  s.num_warmup_steps, weight_decay_rate=s.weight_decay_rate)
     optimizer.build(tvars)

@@ -1,0 +1,70 @@
+"""absl flag definitions shared by the fine-tuning scripts (Google's names), and the step that
+turns parsed flags into the library's RunArgs. Only scripts import this module."""
+
+from __future__ import annotations
+
+from absl import flags
+
+
+def define_finetune_flags(default_task: str) -> None:
+    f = flags
+    f.DEFINE_string("task_name", default_task, "The task to fine-tune.")
+    f.DEFINE_string("data_dir", None, "Folder with the task's files (default: download into the "
+                    "cache, ~/.cache/bert_tf or $BERT_TF_CACHE).")
+    f.DEFINE_string("output_dir", None, "Where checkpoints, metrics.jsonl, TensorBoard events, "
+                    "eval_results.txt and predictions are written.")
+    f.DEFINE_string("bert_config_file", None,
+                    "bert_config.json (default: the one next to --init_checkpoint).")
+    f.DEFINE_string("vocab_file", None, "vocab.txt (default: the one next to --init_checkpoint).")
+    f.DEFINE_string("init_checkpoint", None,
+                    "Pre-trained weights: Google checkpoint prefix/directory, Hugging Face "
+                    "directory, bert_tf checkpoint or a preset name (bert-base-uncased, ...).")
+    f.DEFINE_bool("do_lower_case", True, "Lower-case input; must match the checkpoint "
+                  "(default: what the checkpoint says, else true).")
+    f.DEFINE_integer("max_seq_length", 128, "Maximum tokens per example after WordPiece, "
+                     "[CLS]/[SEP] included. Batches are padded to the next multiple of 32.")
+    f.DEFINE_bool("do_train", False, "Fine-tune on the training set.")
+    f.DEFINE_bool("do_eval", False, "Evaluate on the dev set(s).")
+    f.DEFINE_bool("do_predict", False, "Predict the test set(s).")
+    f.DEFINE_integer("train_batch_size", 32,
+                     "Examples per micro-batch PER WORKER. The global batch is train_batch_size "
+                     "x workers x num_accumulation_steps; the learning rate is not scaled for "
+                     "you: raise it with the global batch (linearly or by its square root) when "
+                     "adding workers.")
+    f.DEFINE_integer("eval_batch_size", 64, "Examples per evaluation batch (chief only).")
+    f.DEFINE_integer("predict_batch_size", 64, "Examples per prediction batch (chief only).")
+    f.DEFINE_float("learning_rate", 5e-5, "Peak learning rate (after warm-up).")
+    f.DEFINE_float("num_train_epochs", 3.0, "Epochs over the training set.")
+    f.DEFINE_float("warmup_proportion", 0.1, "Fraction of steps with linear warm-up.")
+    f.DEFINE_integer("num_warmup_steps", None, "Warm-up steps (overrides warmup_proportion).")
+    f.DEFINE_enum("optimizer", "adamw", ["adamw", "lamb"], "adamw (Google's BERT Adam with "
+                  "decoupled weight decay 0.01) or lamb.")
+    f.DEFINE_enum("dtype", "fp32", ["fp32", "fp16", "bf16"], "Compute precision; fp16 uses "
+                  "dynamic loss scaling; LayerNorm, softmax and losses stay float32.")
+    f.DEFINE_bool("use_xla", None, "Compile the train step with XLA (default: on when a GPU is "
+                  "visible; measured slower on CPU).")
+    f.DEFINE_bool("use_horovod", False, "Data-parallel training under horovodrun.")
+    f.DEFINE_integer("num_accumulation_steps", 1, "Micro-batches whose gradients are summed "
+                     "before one allreduce and optimizer step.")
+    f.DEFINE_integer("save_checkpoints_steps", 1000, "Checkpoint every N optimizer steps "
+                     "(and at the end).")
+    f.DEFINE_integer("keep_checkpoint_max", 3, "Checkpoints kept.")
+    f.DEFINE_integer("log_steps", 10, "Log loss, learning rate and examples/s every N steps.")
+    f.DEFINE_integer("seed", 42, "Seed for initialisation, data order and dropout.")
+    f.DEFINE_bool("deterministic", False, "Deterministic ops: a rerun (or a resumed run) gives "
+                  "bit-identical results, somewhat slower.")
+    f.DEFINE_bool("progress", True, "Show progress bars.")
+    flags.DEFINE_alias("task", "task_name")
+
+
+def run_args(FLAGS):
+    from bert_tf.finetune import RunArgs
+    import dataclasses
+
+    values = {}
+    for field in dataclasses.fields(RunArgs):
+        if field.name == "do_lower_case_given":
+            values[field.name] = FLAGS["do_lower_case"].present
+        else:
+            values[field.name] = getattr(FLAGS, field.name)
+    return RunArgs(**values)
