@@ -81,33 +81,35 @@ def epoch_global_batches(table: FeatureTable, global_batch: int, seed: int, epoc
     return [batches[i] for i in perm]
 
 
-def train_micro_batches(table: FeatureTable, batch_size: int, seed: int, start: int = 0,
-                        rank: int = 0, num_workers: int = 1, bucket_width: int = 32,
-                        max_seq_length: int = 128):
-    """Endless micro-batches for this worker from global micro-batch index `start` on.
+def train_micro_batches(table: FeatureTable, batch_size: int, seed: int, start_step: int = 0,
+                        rank: int = 0, num_workers: int = 1, accumulation: int = 1,
+                        bucket_width: int = 32, max_seq_length: int = 128):
+    """Endless micro-batches for this worker, from optimizer step `start_step` on.
 
-    A global micro-batch is batch_size * num_workers rows, padded to one bucket width for all
-    workers; worker `rank` takes its contiguous slice. Yields (global_index, batch dict)."""
-    global_batch = batch_size * num_workers
+    One optimizer step reads a global batch of batch_size x num_workers x accumulation rows,
+    padded to one bucket width; it is cut into accumulation x num_workers slices of batch_size
+    rows, and micro-batch a of worker r is slice a * num_workers + r. So 2 workers x 4 rows, or
+    1 worker x 4 rows x 2 accumulation steps, see exactly the rows of one 8-row batch.
+    Yields (micro-batch index, batch dict); index = step * accumulation + a."""
+    global_batch = batch_size * num_workers * accumulation
     per_epoch = len(table) // global_batch
     if per_epoch == 0:
         raise ValueError(f"{len(table)} training examples do not fill one global batch of "
                          f"{global_batch} (train_batch_size {batch_size} x {num_workers} "
-                         "workers): lower --train_batch_size")
-    index = start
-    epoch, offset = divmod(start, per_epoch)
+                         f"workers x {accumulation} accumulation steps): lower "
+                         "--train_batch_size")
+    step = start_step
+    epoch, offset = divmod(start_step, per_epoch)
     while True:
         batches = epoch_global_batches(table, global_batch, seed, epoch)
         for rows in batches[offset:]:
             width = bucket(table.lengths[rows].max(), bucket_width, max_seq_length)
-            mine = rows[rank * batch_size:(rank + 1) * batch_size]
-            yield index, table.batch(mine, width)
-            index += 1
+            for a in range(accumulation):
+                k = a * num_workers + rank
+                yield step * accumulation + a, table.batch(
+                    rows[k * batch_size:(k + 1) * batch_size], width)
+            step += 1
         epoch, offset = epoch + 1, 0
-
-
-def micro_batches_per_epoch(num_examples: int, batch_size: int, num_workers: int = 1) -> int:
-    return num_examples // (batch_size * num_workers)
 
 
 def eval_batches(table: FeatureTable, batch_size: int, bucket_width: int = 32,

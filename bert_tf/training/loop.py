@@ -185,8 +185,8 @@ def train(model, loss_fn, table: records.FeatureTable, settings: TrainSettings, 
     examples_per_step = s.train_batch_size * dist.size * accum
     batches = iter(records.to_dataset(
         lambda: records.train_micro_batches(
-            table, s.train_batch_size, s.seed, start=start * accum, rank=dist.rank,
-            num_workers=dist.size, bucket_width=s.bucket_width,
+            table, s.train_batch_size, s.seed, start_step=start, rank=dist.rank,
+            num_workers=dist.size, accumulation=accum, bucket_width=s.bucket_width,
             max_seq_length=s.max_seq_length), table))
 
     bar = None

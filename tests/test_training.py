@@ -1,0 +1,221 @@
+"""The training engine: optimizers against the published update rules, schedule, accumulation,
+mixed precision, non-finite steps, input order and resumption."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import tiny_config
+
+from bert_tf.data import records  # noqa: E402
+from bert_tf.modeling import BertClassifier  # noqa: E402
+from bert_tf.training import optimization  # noqa: E402
+from bert_tf.training.distributed import Distributed  # noqa: E402
+from bert_tf.training.loop import TrainingError, TrainSettings, train  # noqa: E402
+from bert_tf.training.precision import set_dtype  # noqa: E402
+from bert_tf.training.tasks import classification_loss  # noqa: E402
+
+
+# -- optimizers, checked against the update rules written out in numpy --------------------------
+
+def _reference(kind, w, grads, lr, decay, b1=0.9, b2=0.999, eps=1e-6):
+    m = np.zeros_like(w)
+    v = np.zeros_like(w)
+    for t, g in enumerate(grads, 1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        if kind == "adamw":  # Google: no bias correction
+            w = w - lr * (m / (np.sqrt(v) + eps) + decay * w)
+        else:  # LAMB
+            u = (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps) + decay * w
+            ratio = np.linalg.norm(w) / np.linalg.norm(u) if decay else 1.0
+            w = w - lr * ratio * u
+    return w
+
+
+@pytest.mark.parametrize("kind", ["adamw", "lamb"])
+def test_optimizer_update_rules(kind):
+    rng = np.random.default_rng(0)
+    w0 = rng.standard_normal((4, 3)).astype("float32")
+    b0 = rng.standard_normal((3,)).astype("float32")
+    grads = [(rng.standard_normal((4, 3)).astype("float32"),
+              rng.standard_normal((3,)).astype("float32")) for _ in range(4)]
+    kernel = keras.Variable(w0, name="kernel")
+    bias = keras.Variable(b0, name="bias")  # biases: no decay, no trust ratio
+    opt = optimization.OPTIMIZERS[kind](0.01, weight_decay_rate=0.1)
+    for gk, gb in grads:
+        opt.apply([tf.constant(gk), tf.constant(gb)], [kernel, bias])
+    want_k = _reference(kind, w0.astype("float64"), [g[0] for g in grads], 0.01, 0.1)
+    want_b = _reference(kind, b0.astype("float64"), [g[1] for g in grads], 0.01, 0.0)
+    np.testing.assert_allclose(kernel.numpy(), want_k, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bias.numpy(), want_b, rtol=1e-5, atol=1e-6)
+
+
+def test_no_decay_for_layer_norm_and_bias():
+    model = BertClassifier(tiny_config(), 2)
+    excluded = {v.path for v in model.trainable_variables if optimization.excluded(v)}
+    assert any("LayerNorm/gamma" in p for p in excluded)
+    assert any(p.endswith("bias") for p in excluded)
+    assert not any(p.endswith("kernel") or "embeddings/word" in p for p in excluded)
+
+
+def test_warmup_then_linear_decay():
+    sched = optimization.WarmupLinearDecay(1e-3, num_train_steps=100, num_warmup_steps=10)
+    values = [float(sched(s)) for s in (0, 5, 10, 55, 100, 120)]
+    assert values == pytest.approx([0.0, 5e-4, 1e-3, 5e-4, 0.0, 0.0])
+    with pytest.raises(ValueError, match="num_warmup_steps"):
+        optimization.WarmupLinearDecay(1e-3, 10, 20)
+
+
+# -- data order -----------------------------------------------------------------------------------
+
+def _table(n=96, seed=0, vocab=99, max_len=48):
+    rng = np.random.default_rng(seed)
+    feats = []
+    for _ in range(n):
+        length = int(rng.integers(4, max_len))
+        ids = rng.integers(5, vocab, length).tolist()
+        feats.append(dict(input_ids=ids, input_mask=[1] * length, segment_ids=[0] * length,
+                          label_ids=int(ids[1] > vocab // 2)))
+    return records.FeatureTable.from_features(feats, max_len + 16)
+
+
+def test_micro_batches_slice_one_global_batch():
+    table = _table()
+    one = records.train_micro_batches(table, 8, seed=3, max_seq_length=64)
+    split = records.train_micro_batches(table, 4, seed=3, accumulation=2, max_seq_length=64)
+    ranks = [records.train_micro_batches(table, 2, seed=3, rank=r, num_workers=2,
+                                         accumulation=2, max_seq_length=64) for r in range(2)]
+    for step in range(15):  # crosses an epoch boundary (12 steps per epoch)
+        _, big = next(one)
+        a, b = next(split)[1], next(split)[1]
+        np.testing.assert_array_equal(big["input_ids"],
+                                      np.concatenate([a["input_ids"], b["input_ids"]]))
+        parts = [next(ranks[r])[1]["input_ids"] for r in range(2) for _ in range(2)]
+        # micro-batch a of rank r is slice a * 2 + r
+        np.testing.assert_array_equal(big["input_ids"],
+                                      np.concatenate([parts[0], parts[2], parts[1], parts[3]]))
+        assert big["input_ids"].shape[1] % 32 == 0 or big["input_ids"].shape[1] == 64
+    resumed = records.train_micro_batches(table, 8, seed=3, start_step=13, max_seq_length=64)
+    fresh = records.train_micro_batches(table, 8, seed=3, max_seq_length=64)
+    for _ in range(13):
+        next(fresh)
+    np.testing.assert_array_equal(next(resumed)[1]["input_ids"], next(fresh)[1]["input_ids"])
+
+
+def test_epoch_covers_every_row_once_and_buckets_pad_little():
+    table = _table(n=320)
+    rows = np.concatenate(records.epoch_global_batches(table, 32, seed=1, epoch=0))
+    assert sorted(rows.tolist()) == list(range(320))
+    widths = [records.bucket(table.lengths[b].max(), 32, 64)
+              for b in records.epoch_global_batches(table, 32, seed=1, epoch=0)]
+    assert set(widths) <= {32, 64}
+
+
+# -- the loop -------------------------------------------------------------------------------------
+
+def _run(tmp_path, name, table, config=None, steps=6, dtype="fp32", batch=8, accum=1,
+         init_weights=None, **overrides):
+    set_dtype(dtype)
+    try:
+        keras.utils.set_random_seed(0)
+        model = BertClassifier(config or tiny_config(), 2)
+        if init_weights is not None:
+            model.set_weights(init_weights)
+        settings = TrainSettings(output_dir=str(tmp_path / name), train_batch_size=batch,
+                                 num_train_steps=steps, learning_rate=1e-3, num_warmup_steps=1,
+                                 dtype=dtype, num_accumulation_steps=accum, log_steps=1,
+                                 max_seq_length=64, **overrides)
+        summary = train(model, classification_loss, table, settings, Distributed(False),
+                        progress=False)
+    finally:
+        set_dtype("fp32")
+    return model, summary
+
+
+def test_accumulation_equals_the_big_batch(tmp_path):
+    config = tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    table = _table()
+    big, _ = _run(tmp_path, "big", table, config, batch=8)
+    acc, _ = _run(tmp_path, "acc", table, config, batch=4, accum=2)
+    for a, b in zip(big.weights, acc.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-6)
+
+
+def test_loss_goes_down_and_logs_are_written(tmp_path):
+    table = _table()
+    _, summary = _run(tmp_path, "run", table, steps=24)
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    import json
+    losses = [json.loads(line)["loss"] for line in lines]
+    assert len(losses) == 24 and np.mean(losses[-6:]) < np.mean(losses[:6])
+    assert (tmp_path / "run" / "tensorboard").is_dir()
+    ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("*.index"))
+    assert ckpts == ["ckpt-24.index"]
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_mixed_precision_loss_close_to_fp32(tmp_path, dtype):
+    table = _table()
+    init = BertClassifier(tiny_config(), 2).get_weights()
+    _, want = _run(tmp_path, "fp32", table, steps=12, init_weights=init)
+    _, got = _run(tmp_path, dtype, table, steps=12, dtype=dtype, init_weights=init)
+    assert got["nonfinite_steps"] == 0
+    assert abs(got["loss"] - want["loss"]) < 0.05, (got["loss"], want["loss"])
+
+
+def test_fp16_overflow_is_skipped_and_recovers(tmp_path):
+    table = _table()
+    # A loss scale of 2^24 overflows float16 gradients: those steps must be skipped (weights
+    # untouched) while the scale halves, then training proceeds.
+    model, summary = _run(tmp_path, "fp16", table, steps=20, dtype="fp16",
+                          initial_loss_scale=2.0 ** 24, max_consecutive_nonfinite=30)
+    import json
+    logs = [json.loads(line) for line in
+            (tmp_path / "fp16" / "metrics.jsonl").read_text().splitlines()]
+    assert summary["nonfinite_steps"] > 0
+    assert logs[0]["loss_scale"] < 2.0 ** 24
+    assert math.isfinite(summary["loss"])
+    assert all(np.isfinite(w.numpy()).all() for w in model.weights)
+    assert logs[-1]["nonfinite_steps"] == summary["nonfinite_steps"] < 20
+
+
+def test_diverging_run_stops_with_advice(tmp_path):
+    table = _table()
+
+    def nan_loss(model, batch):
+        return classification_loss(model, batch) * float("nan")
+
+    set_dtype("fp32")
+    model = BertClassifier(tiny_config(), 2)
+    before = [w.numpy().copy() for w in model.weights]
+    settings = TrainSettings(output_dir=str(tmp_path / "nan"), train_batch_size=8,
+                             num_train_steps=50, learning_rate=1e-3, num_warmup_steps=1,
+                             max_consecutive_nonfinite=3, max_seq_length=64)
+    with pytest.raises(TrainingError, match="lower --learning_rate"):
+        train(model, nan_loss, table, settings, Distributed(False), progress=False)
+    for w, b in zip(model.weights, before):  # no NaN step was ever applied
+        np.testing.assert_array_equal(w.numpy(), b)
+
+
+def test_resume_from_checkpoint_matches_uninterrupted(tmp_path):
+    table = _table()
+    """A run restarted from its step-4 checkpoint ends bit-identical to the uninterrupted one
+    (weights, optimizer slots, schedule, data position and dropout masks all resume)."""
+    full, _ = _run(tmp_path, "full", table, steps=10, save_checkpoints_steps=4)
+    import shutil
+    part = tmp_path / "part"
+    shutil.copytree(tmp_path / "full", part)
+    for f in (part / "checkpoints").glob("ckpt-8*"):
+        f.unlink()
+    for f in (part / "checkpoints").glob("ckpt-10*"):
+        f.unlink()
+    (part / "checkpoints" / "checkpoint").write_text(
+        'model_checkpoint_path: "ckpt-4"\nall_model_checkpoint_paths: "ckpt-4"\n')
+    resumed, summary = _run(tmp_path, "part", table, steps=10, save_checkpoints_steps=4)
+    assert summary["step"] == 10
+    for a, b in zip(full.weights, resumed.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
