@@ -1,0 +1,193 @@
+"""run_classifier.py / run_ner.py end to end on a tiny BERT with the real uncased vocabulary and
+the real GLUE / CoNLL files: every task path, bad input, kill -9 and resume, Horovod ranks."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, shared
+
+SCRIPT = str(REPO / "run_classifier.py")
+
+
+def tiny_dir(root, dropout=0.1):
+    """A random tiny BERT in Google's layout next to the real 30522-entry uncased vocab."""
+    from bert_tf import BertConfig, checkpoints
+    from bert_tf.modeling import BertPretrainer
+
+    import keras
+    keras.utils.set_random_seed(7)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=128,
+                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    os.makedirs(root, exist_ok=True)
+    checkpoints.save_google(BertPretrainer(config), os.path.join(root, "bert_model.ckpt"))
+    shutil.copy(shared("vocab", "uncased_vocab.txt"), os.path.join(root, "vocab.txt"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    return tiny_dir(str(tmp_path_factory.mktemp("tiny_bert")))
+
+
+def run_script(args, script=SCRIPT, timeout=600, wait=True):
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+    cmd = [sys.executable, script, "--progress=false", *args]
+    if not wait:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def base_args(tiny_bert, output_dir, task="MRPC", data=None):
+    return [f"--task={task}", f"--data_dir={data or shared('glue', task)}",
+            f"--init_checkpoint={tiny_bert}", f"--output_dir={output_dir}",
+            "--max_seq_length=64"]
+
+
+# -- every GLUE task we have real files for -------------------------------------------------------
+
+@pytest.mark.parametrize("task,metric,test_rows,header", [
+    ("MRPC", "eval_f1", 1725, "index\tprediction"),
+    ("CoLA", "eval_mcc", 1063, "index\tprediction"),
+    ("SST-2", "eval_accuracy", 1821, "index\tprediction"),
+    ("RTE", "eval_accuracy", 3000, "index\tprediction"),
+    ("STS-B", "eval_spearman", 1379, "index\tprediction"),
+])
+def test_eval_and_predict_every_task(tmp_path, tiny_bert, task, metric, test_rows, header):
+    from bert_tf.finetune import RunArgs, run_classifier
+
+    out = tmp_path / task
+    args = RunArgs(task_name=task, data_dir=str(shared("glue", task)), init_checkpoint=tiny_bert,
+                   output_dir=str(out), max_seq_length=64, do_eval=True, do_predict=True,
+                   progress=False, eval_batch_size=128)
+    results = run_classifier(args)
+    assert metric in results and np.isfinite(results[metric])
+    text = (out / "eval_results.txt").read_text()
+    assert f"{metric} = " in text
+    assert json.loads((out / "eval_results.json").read_text())[metric] == results[metric]
+    submission = next(out.glob("*.tsv")).read_text().splitlines()
+    assert submission[0] == header and len(submission) == test_rows + 1
+    if task == "STS-B":
+        float(submission[1].split("\t")[1])
+    else:
+        assert submission[1].split("\t")[1] in {"0", "1", "entailment", "not_entailment"}
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+def test_bad_input_clear_errors(tmp_path, tiny_bert):
+    proc = run_script(base_args(tiny_bert, tmp_path / "a", task="NOPE",
+                                data=tmp_path) + ["--do_train"])
+    assert proc.returncode == 2 and "unknown task 'NOPE'" in proc.stderr and "MRPC" in proc.stderr
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_script(base_args(tiny_bert, tmp_path / "b", data=empty) + ["--do_train"])
+    assert proc.returncode == 2 and "train.tsv" in proc.stderr and "--data_dir" in proc.stderr
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    lines = shared("glue", "MRPC", "train.tsv").read_text(encoding="utf-8-sig").splitlines()
+    lines[4] = "\t".join(lines[4].split("\t")[:3])  # a row with too few columns
+    (bad / "train.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    proc = run_script(base_args(tiny_bert, tmp_path / "c", data=bad) + ["--do_train"])
+    assert proc.returncode == 2 and "train.tsv:5:" in proc.stderr
+
+    lines = shared("glue", "MRPC", "train.tsv").read_text(encoding="utf-8-sig").splitlines()
+    cols = lines[3].split("\t")
+    lines[3] = "\t".join(["7"] + cols[1:])  # label outside {0, 1}
+    (bad / "train.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    proc = run_script(base_args(tiny_bert, tmp_path / "d", data=bad) + ["--do_train"])
+    assert proc.returncode == 2 and "train.tsv:4:" in proc.stderr and "'7'" in proc.stderr
+
+    proc = run_script(base_args(tiny_bert, tmp_path / "e"))
+    assert proc.returncode == 2 and "--do_train" in proc.stderr
+
+
+def test_output_dir_of_another_run_is_refused_and_random_init_warns(tmp_path, tiny_bert):
+    out = tmp_path / "run"
+    common = [f"--task=RTE", f"--data_dir={shared('glue', 'RTE')}", f"--output_dir={out}",
+              f"--bert_config_file={tiny_bert}/bert_config.json",
+              f"--vocab_file={tiny_bert}/vocab.txt", "--max_seq_length=32",
+              "--num_train_epochs=0.05", "--do_train"]
+    proc = run_script(common)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "RANDOM weights" in proc.stderr
+    before = sorted(os.listdir(out / "checkpoints"))
+    proc = run_script(common[:-2] + ["--num_train_epochs=0.05", "--learning_rate=1e-4",
+                                      "--do_train"])
+    assert proc.returncode == 2 and "holds checkpoints of another run" in proc.stderr
+    assert "learning_rate" in proc.stderr
+    assert sorted(os.listdir(out / "checkpoints")) == before  # nothing overwritten
+
+
+# -- kill -9, then the same command again ---------------------------------------------------------
+
+def test_kill_9_then_rerun_matches_uninterrupted(tmp_path, tiny_bert):
+    def args(out):
+        return base_args(tiny_bert, out) + [
+            "--do_train", "--do_eval", "--deterministic", "--train_batch_size=16",
+            "--num_train_epochs=0.5", "--save_checkpoints_steps=20", "--log_steps=5"]
+
+    full = run_script(args(tmp_path / "full"))
+    assert full.returncode == 0, full.stderr[-3000:]
+
+    out = tmp_path / "killed"
+    proc = run_script(args(out), wait=False)
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "ckpt-40.index").exists():
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "eval_results.json").exists()  # it really died mid-run
+
+    again = run_script(args(out))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from" in again.stderr
+    want = json.loads((tmp_path / "full" / "eval_results.json").read_text())
+    got = json.loads((out / "eval_results.json").read_text())
+    assert got == want
+
+    import tensorflow as tf
+    a = tf.train.load_checkpoint(str(tmp_path / "full" / "checkpoints" / "ckpt-114"))
+    b = tf.train.load_checkpoint(str(out / "checkpoints" / "ckpt-114"))
+    for name in a.get_variable_to_shape_map():
+        if name != "_CHECKPOINTABLE_OBJECT_GRAPH":
+            np.testing.assert_array_equal(a.get_tensor(name), b.get_tensor(name), err_msg=name)
+
+
+# -- NER ------------------------------------------------------------------------------------------
+
+def test_run_ner_end_to_end(tmp_path, tiny_bert):
+    data = tmp_path / "conll"
+    data.mkdir()
+    # The real files, cut to their first documents to keep the test short.
+    for name, n in (("eng.train", 1200), ("eng.testa", 400), ("eng.testb", 400)):
+        lines = shared("conll2003", name).read_text().splitlines()[:n]
+        (data / name).write_text("\n".join(lines) + "\n")
+    out = tmp_path / "ner"
+    proc = run_script([f"--data_dir={data}", f"--init_checkpoint={tiny_bert}",
+                       f"--output_dir={out}", "--max_seq_length=32", "--do_train", "--do_eval",
+                       "--do_predict", "--num_train_epochs=1", "--train_batch_size=16"],
+                      script=str(REPO / "run_ner.py"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "eval_results.json").read_text())
+    for key in ("dev_f1", "dev_precision", "test_f1", "test_recall"):
+        assert 0.0 <= results[key] <= 1.0
+    pred_lines = (out / "test_predictions.txt").read_text().splitlines()
+    gold_words = [l.split()[0] for l in (data / "eng.testb").read_text().splitlines()
+                  if l.strip() and not l.startswith("-DOCSTART-")]
+    words = [l.split()[0] for l in pred_lines if l.strip()]
+    assert words == gold_words  # every word predicted once, in order
+    assert all(len(l.split()) == 3 for l in pred_lines if l.strip())
