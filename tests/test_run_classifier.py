@@ -191,3 +191,20 @@ def test_run_ner_end_to_end(tmp_path, tiny_bert):
     words = [l.split()[0] for l in pred_lines if l.strip()]
     assert words == gold_words  # every word predicted once, in order
     assert all(len(l.split()) == 3 for l in pred_lines if l.strip())
+
+
+def test_run_classifier_under_horovodrun(tmp_path, tiny_bert):
+    pytest.importorskip("horovod.tensorflow", reason="Horovod not installed: run `make horovod`")
+    horovodrun = shutil.which("horovodrun") or os.path.join(os.path.dirname(sys.executable),
+                                                            "horovodrun")
+    out = tmp_path / "hvd"
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run(
+        [horovodrun, "--gloo", "-np", "2", "-H", "localhost:2", sys.executable, SCRIPT,
+         "--use_horovod", "--progress=false", "--do_train", "--do_eval",
+         "--num_train_epochs=0.1", "--train_batch_size=8", *base_args(tiny_bert, out, "RTE")],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["global_step"] == int(2490 / 16 * 0.1)  # global batch = 2 workers x 8
+    assert "2 worker(s) x batch 8" in proc.stdout + proc.stderr

@@ -40,7 +40,11 @@ class Distributed:
     def broadcast_variables(self, variables) -> None:
         """Rank 0's values (fresh or restored) to every rank."""
         if self.hvd is not None and self.size > 1:
-            self.hvd.broadcast_variables([v.value for v in variables], root_rank=0)
+            import keras
+            # A Keras 3 variable wraps the tf.Variable Horovod can assign: pass `.value`.
+            self.hvd.broadcast_variables(
+                [v.value if isinstance(v, keras.Variable) else v for v in variables],
+                root_rank=0)
 
     def average(self, tensors: list) -> list:
         tensors = [tf.convert_to_tensor(t) for t in tensors]
