@@ -73,8 +73,7 @@ def main(argv):
     set_dtype(FLAGS.dtype)
     tokenizer = FullTokenizer(assets.vocab_file, do_lower_case=assets.do_lower_case)
     encoder = BertEncoder(assets.config)
-    report = checkpoints.load(encoder, assets.init_checkpoint)
-    logging.info(report.summary())
+    checkpoints.load(encoder, assets.init_checkpoint)  # logs what it loaded
 
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output_file)), exist_ok=True)
     tmp = FLAGS.output_file + ".partial"

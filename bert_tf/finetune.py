@@ -163,9 +163,7 @@ def init_model(model, assets, args, dist) -> None:
     from bert_tf import checkpoints
 
     if assets.init_checkpoint:
-        report = checkpoints.load(model, assets.init_checkpoint)
-        if dist.is_chief:
-            logger.info(report.summary())
+        checkpoints.load(model, assets.init_checkpoint)  # logs what it loaded
     elif args.do_train and dist.is_chief:
         logger.warning(
             "=" * 78 + "\nNO --init_checkpoint: fine-tuning starts from RANDOM weights. Expect "
