@@ -44,6 +44,7 @@ class RunArgs:
     warmup_proportion: float = 0.1
     num_warmup_steps: int | None = None
     optimizer: str = "adamw"
+    adam_bias_correction: bool = False
     dtype: str = "fp32"
     use_xla: bool | None = None
     use_horovod: bool = False
@@ -59,7 +60,8 @@ class RunArgs:
 # Flags whose change makes old checkpoints in output_dir belong to another run.
 RUN_IDENTITY = ("task_name", "max_seq_length", "train_batch_size", "learning_rate",
                 "num_train_epochs", "warmup_proportion", "num_warmup_steps", "optimizer",
-                "num_accumulation_steps", "seed", "init_checkpoint", "dtype")
+                "num_accumulation_steps", "seed", "init_checkpoint", "dtype",
+                "adam_bias_correction")
 
 
 def check_args(args: RunArgs) -> None:
@@ -214,7 +216,8 @@ def _train(model, loss_fn, table, args, dist, use_xla):
     settings = TrainSettings(
         output_dir=args.output_dir, train_batch_size=args.train_batch_size,
         num_train_steps=steps, learning_rate=args.learning_rate, num_warmup_steps=warmup,
-        optimizer=args.optimizer, dtype=args.dtype, use_xla=use_xla,
+        optimizer=args.optimizer, adam_bias_correction=args.adam_bias_correction,
+        dtype=args.dtype, use_xla=use_xla,
         num_accumulation_steps=args.num_accumulation_steps,
         save_checkpoints_steps=args.save_checkpoints_steps,
         keep_checkpoint_max=args.keep_checkpoint_max, log_steps=args.log_steps, seed=args.seed,

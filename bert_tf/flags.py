@@ -39,6 +39,9 @@ def define_finetune_flags(default_task: str) -> None:
     f.DEFINE_integer("num_warmup_steps", None, "Warm-up steps (overrides warmup_proportion).")
     f.DEFINE_enum("optimizer", "adamw", ["adamw", "lamb"], "adamw (Google's BERT Adam with "
                   "decoupled weight decay 0.01) or lamb.")
+    f.DEFINE_bool("adam_bias_correction", False, "adamw only: bias-correct Adam's moments as "
+                  "torch/Keras AdamW do. Google's BERT does not; without it early updates are "
+                  "several times larger.")
     f.DEFINE_enum("dtype", "fp32", ["fp32", "fp16", "bf16"], "Compute precision; fp16 uses "
                   "dynamic loss scaling; LayerNorm, softmax and losses stay float32.")
     f.DEFINE_bool("use_xla", None, "Compile the train step with XLA (default: on when a GPU is "

@@ -54,6 +54,24 @@ def test_optimizer_update_rules(kind):
     np.testing.assert_allclose(bias.numpy(), want_b, rtol=1e-5, atol=1e-6)
 
 
+def test_bias_corrected_adamw_matches_torch():
+    """With --adam_bias_correction, our AdamW is torch.optim.AdamW (an independent oracle)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    w0 = rng.standard_normal((5, 4)).astype("float32")
+    grads = [rng.standard_normal((5, 4)).astype("float32") for _ in range(5)]
+    ours = keras.Variable(w0, name="kernel")
+    opt = optimization.AdamWeightDecay(0.01, bias_correction=True, weight_decay_rate=0.1)
+    theirs = torch.nn.Parameter(torch.tensor(w0))
+    topt = torch.optim.AdamW([theirs], lr=0.01, betas=(0.9, 0.999), eps=1e-6,
+                             weight_decay=0.1)
+    for g in grads:
+        opt.apply([tf.constant(g)], [ours])
+        theirs.grad = torch.tensor(g)
+        topt.step()
+    np.testing.assert_allclose(ours.numpy(), theirs.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_no_decay_for_layer_norm_and_bias():
     model = BertClassifier(tiny_config(), 2)
     excluded = {v.path for v in model.trainable_variables if optimization.excluded(v)}

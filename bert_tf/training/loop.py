@@ -50,6 +50,7 @@ class TrainSettings:
     log_steps: int = 10
     seed: int = 42
     weight_decay_rate: float = 0.01
+    adam_bias_correction: bool = False
     clip_norm: float = 1.0
     max_consecutive_nonfinite: int = 20
     initial_loss_scale: float = 2.0 ** 15
@@ -101,7 +102,8 @@ def train(model, loss_fn, table: records.FeatureTable, settings: TrainSettings, 
     unused = {id(v) for v in getattr(model, "unused_variables", [])}
     tvars = [v for v in model.trainable_variables if id(v) not in unused]
     optimizer = create_optimizer(s.optimizer, s.learning_rate, s.num_train_steps,
-                                 s.num_warmup_steps, weight_decay_rate=s.weight_decay_rate)
+                                 s.num_warmup_steps, weight_decay_rate=s.weight_decay_rate,
+                                 adam_bias_correction=s.adam_bias_correction)
     optimizer.build(tvars)
     fp16 = s.dtype == "fp16"
 

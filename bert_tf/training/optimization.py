@@ -1,7 +1,8 @@
 """Optimizers and the learning-rate schedule of BERT.
 
 adamw: Google's AdamWeightDecayOptimizer semantics
-    m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2          (no bias correction, as Google's)
+    m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2          (no bias correction, as Google's;
+                                                              --adam_bias_correction adds it)
     w -= lr * (m / (sqrt(v) + eps) + wd * w)                 (wd skipped for LayerNorm and biases)
 lamb: You et al. 2019, as used for BERT-Large pre-training
     m_hat, v_hat bias-corrected;  u = m_hat / (sqrt(v_hat) + eps) + wd * w
@@ -86,17 +87,31 @@ class _BertOptimizer(keras.optimizers.Optimizer):
 
     def get_config(self):
         config = super().get_config()
+        if hasattr(self, "bias_correction"):
+            config["bias_correction"] = self.bias_correction
         config.update(weight_decay_rate=self.weight_decay_rate, beta_1=self.beta_1,
                       beta_2=self.beta_2, epsilon=self.epsilon)
         return config
 
 
 class AdamWeightDecay(_BertOptimizer):
-    """Google BERT's Adam with decoupled weight decay and no bias correction."""
+    """Google BERT's Adam with decoupled weight decay and no bias correction.
+
+    bias_correction=True divides m and v by (1 - beta^t) as in Adam / torch's AdamW. Without it
+    (Google's choice) the first few hundred updates are several times larger than Adam's, since
+    sqrt(v) starts near zero; short fine-tunes of small models can feel that."""
+
+    def __init__(self, learning_rate, bias_correction=False, **kwargs):
+        super().__init__(learning_rate, **kwargs)
+        self.bias_correction = bias_correction
 
     def update_step(self, gradient, variable, learning_rate):
         lr = ops.cast(learning_rate, variable.dtype)
         m, v = self._moments(gradient, variable)
+        if self.bias_correction:
+            step = ops.cast(self.iterations + 1, variable.dtype)
+            m = ops.divide(m, 1.0 - ops.power(self.beta_1, step))
+            v = ops.divide(v, 1.0 - ops.power(self.beta_2, step))
         update = ops.divide(m, ops.add(ops.sqrt(v), self.epsilon))
         decay = self._decay(variable)
         if decay:
@@ -129,11 +144,14 @@ OPTIMIZERS = {"adamw": AdamWeightDecay, "lamb": Lamb}
 
 
 def create_optimizer(name, learning_rate, num_train_steps, num_warmup_steps,
-                     weight_decay_rate=0.01, epsilon=1e-6):
+                     weight_decay_rate=0.01, epsilon=1e-6, adam_bias_correction=False):
     """--optimizer, --learning_rate and the step counts -> an optimizer with the BERT schedule."""
     if name not in OPTIMIZERS:
         raise ValueError(f"--optimizer={name!r}: use one of {', '.join(OPTIMIZERS)}")
     if learning_rate <= 0:
         raise ValueError(f"--learning_rate={learning_rate} must be positive")
     schedule = WarmupLinearDecay(learning_rate, num_train_steps, num_warmup_steps)
+    if name == "adamw":
+        return AdamWeightDecay(schedule, bias_correction=adam_bias_correction,
+                               weight_decay_rate=weight_decay_rate, epsilon=epsilon)
     return OPTIMIZERS[name](schedule, weight_decay_rate=weight_decay_rate, epsilon=epsilon)
