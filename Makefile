@@ -36,7 +36,7 @@ horovod:
 	HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \
 	HOROVOD_WITH_GLOO=1 MAKEFLAGS=-j$$(nproc) \
 	  $(PIP) install --no-build-isolation "horovod==0.28.1"
-	$(PY) -c "import horovod.tensorflow as hvd; assert hvd.gloo_built(), 'Horovod built without Gloo'; print('horovod', hvd.__version__, 'gloo ok')"
+	$(PY) -c "import horovod, horovod.tensorflow as hvd; assert hvd.gloo_built(), 'Horovod built without Gloo'; print('horovod', horovod.__version__, 'with Gloo')"
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
