@@ -1,0 +1,143 @@
+"""bert_tf fine-tuning rounds for bench/bench_finetune.py (a worker subprocess, project venv).
+
+The step is the project's own: `bert_tf.training.loop.train` with `TrainSettings`, the
+classification loss of `bert_tf.training.tasks`, a `BertClassifier` loaded from the
+all-MiniLM-L6-v2 checkpoint with `bert_tf.checkpoints.load`, and the FeatureTable / bucketed
+batches of `bert_tf.data.records`. Nothing is re-implemented: the number is what a
+`run_classifier.py` user gets.
+
+Protocol: after setup the worker prints `READY`; each `round` line on stdin runs one round and
+prints `RESULT {json}`; `quit` or end of input exits. A round is one call of train() (a fresh
+optimizer and output_dir; the weights carry on; the same batches every round, from the seed) of
+warmup + timed steps with log_steps=1, so metrics.jsonl has one examples_per_second per step (a
+window's clock starts after the previous window's log write: logging is not counted). Steady
+state = the timed steps: not the warm-up steps (each train() call traces its step functions
+again, and under XLA compiles them) and, with bucketed (dynamic) padding, not a step whose batch
+width is new in the round (a new trace, or a new XLA executable); more steps are run so that
+`--steps` steps are timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+
+T_START = time.time()
+
+import numpy as np  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--features", required=True, help="npz written by bench_finetune.py")
+    p.add_argument("--model_dir", required=True, help="Hugging Face directory (MiniLM)")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--xla", choices=("off", "on"), default="off")
+    p.add_argument("--padding", choices=("fixed", "dynamic"), default="fixed",
+                   help="fixed: every batch max_seq_length wide (bucket_width=max_seq_length); "
+                        "dynamic: the project's default bucketing (bucket_width=32)")
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--max_seq_length", type=int, default=128)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--seed", type=int, default=42)
+    return p.parse_args(argv)
+
+
+def load_features(path: str) -> list[dict]:
+    """npz -> the unpadded feature dicts convert_examples_to_features returns."""
+    d = dict(np.load(path))  # an NpzFile would re-read an array on every access
+    feats = []
+    for i, n in enumerate(d["lengths"]):
+        feats.append({"input_ids": d["input_ids"][i, :n].tolist(),
+                      "input_mask": d["input_mask"][i, :n].tolist(),
+                      "segment_ids": d["segment_ids"][i, :n].tolist(),
+                      "label_ids": int(d["label_ids"][i]), "length": int(n)})
+    return feats
+
+
+def serve(run_round) -> None:
+    print("READY", flush=True)
+    for line in sys.stdin:
+        if line.strip() == "round":
+            result = run_round()
+            result["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            print("RESULT " + json.dumps(result), flush=True)
+        elif line.strip() == "quit":
+            break
+
+
+def main(argv=None) -> None:
+    a = parse_args(argv)
+    import keras
+    import tensorflow as tf
+
+    from bert_tf import checkpoints
+    from bert_tf.config import BertConfig
+    from bert_tf.data import records
+    from bert_tf.modeling import BertClassifier
+    from bert_tf.training import tasks
+    from bert_tf.training.distributed import Distributed
+    from bert_tf.training.loop import TrainSettings, train
+    from bert_tf.training.precision import set_dtype
+
+    keras.utils.set_random_seed(a.seed)
+    set_dtype(a.dtype)  # before the model is built
+    config = BertConfig.from_json_file(os.path.join(a.model_dir, "config.json"))
+    model = BertClassifier(config, 2)
+    checkpoints.load(model, a.model_dir)
+    table = records.FeatureTable.from_features(load_features(a.features), a.max_seq_length)
+    bucket_width = a.max_seq_length if a.padding == "fixed" else 32
+
+    # The widths train() will see (its batch order is a pure function of the seed): run enough
+    # steps that `steps` of them are steady state.
+    gen = records.train_micro_batches(table, a.batch_size, a.seed, bucket_width=bucket_width,
+                                      max_seq_length=a.max_seq_length)
+    widths, timed, seen = [], [], set()
+    while len(timed) < a.steps:
+        _, batch = next(gen)
+        w = batch["input_ids"].shape[1]
+        if len(widths) >= a.warmup and w in seen:
+            timed.append(len(widths))
+        seen.add(w)
+        widths.append(w)
+    num_steps = len(widths)
+    setup_seconds = time.time() - T_START
+
+    def run_round() -> dict:
+        with tempfile.TemporaryDirectory(prefix="bench_bert_tf_") as out:
+            settings = TrainSettings(
+                output_dir=out, train_batch_size=a.batch_size, num_train_steps=num_steps,
+                learning_rate=5e-5, num_warmup_steps=max(1, num_steps // 10),
+                optimizer="adamw", dtype=a.dtype, use_xla=a.xla == "on",
+                num_accumulation_steps=1, save_checkpoints_steps=10 ** 9, log_steps=1,
+                seed=a.seed, max_seq_length=a.max_seq_length, bucket_width=bucket_width)
+            t0 = time.time()
+            summary = train(model, tasks.classification_loss, table, settings,
+                            Distributed(False), progress=False)
+            train_seconds = time.time() - t0
+            with open(os.path.join(out, "metrics.jsonl"), encoding="utf-8") as f:
+                rows = [json.loads(line) for line in f]
+        step_seconds = {r["step"]: a.batch_size / r["examples_per_second"] for r in rows}
+        times = [step_seconds[i + 1] for i in timed]  # metrics steps are 1-based
+        return {
+            "framework": "bert_tf", "dtype": a.dtype, "xla": a.xla, "padding": a.padding,
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "examples_per_second": a.batch_size * len(times) / sum(times),
+            "step_seconds": times, "timed_widths": [widths[i] for i in timed],
+            "first_steps_seconds": [step_seconds[i + 1] for i in range(num_steps)
+                                    if i not in timed],
+            "setup_seconds": setup_seconds, "round_seconds": train_seconds,
+            "final_loss": summary["loss"], "tf_version": tf.__version__,
+        }
+
+    serve(run_round)
+
+
+if __name__ == "__main__":
+    main()
