@@ -54,20 +54,20 @@ def setting(framework, dtype, xla="off", padding="fixed", xla_flags=""):
 
 def setting_groups(model_garden: bool, full: bool) -> list[list[dict]]:
     """Groups of comparable settings, frameworks alternating inside each. The default matrix fits
-    the ~20 minute budget; --matrix=full adds XLA with the CPU's default (thunk) runtime and
-    bert_tf's XLA under bucketed padding (one compilation per bucket width), both measured no
-    faster (see bench/README.md)."""
+    the ~20 minute budget: no XLA in fp32 and bf16, XLA (thunk runtime off) in bf16, and dynamic
+    padding. --matrix=full adds XLA in fp32, XLA with the CPU's default (thunk) runtime, and
+    bert_tf's XLA under bucketed padding (one compilation per bucket width)."""
+    def mg(*args, **kwargs):
+        return [setting("model_garden", *args, **kwargs)] if model_garden else []
+
     groups = []
     for dtype in ("fp32", "bf16"):
-        no_xla = [setting("bert_tf", dtype), setting("hf_torch", dtype)]
-        xla = [setting("bert_tf", dtype, "on", xla_flags=NO_THUNK)]
-        if model_garden:
-            no_xla.append(setting("model_garden", dtype))
-            xla.append(setting("model_garden", dtype, "on", xla_flags=NO_THUNK))
-        groups += [no_xla, xla]
+        groups.append([setting("bert_tf", dtype), setting("hf_torch", dtype), *mg(dtype)])
+        if full or dtype == "bf16":
+            groups.append([setting("bert_tf", dtype, "on", xla_flags=NO_THUNK),
+                           *mg(dtype, "on", xla_flags=NO_THUNK)])
         if full:
-            groups.append([setting("bert_tf", dtype, "on")]
-                          + ([setting("model_garden", dtype, "on")] if model_garden else []))
+            groups.append([setting("bert_tf", dtype, "on"), *mg(dtype, "on")])
     for dtype in ("fp32", "bf16"):
         dynamic = [setting("bert_tf", dtype, padding="dynamic"),
                    setting("hf_torch", dtype, padding="dynamic")]
@@ -152,6 +152,10 @@ class Worker:
         self.log = open(self.log_path, "w", encoding="utf-8")
         self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.log, text=True, bufsize=1)
+        self.alive = True
+
+    def wait_ready(self) -> None:
+        """Workers of a group set up at the same time (nothing is timed then); wait for each."""
         self.alive = self._expect("READY") is not None
 
     def _expect(self, prefix: str) -> str | None:
@@ -293,6 +297,8 @@ def main(argv=None):
         for group in groups:
             workers = [Worker(s, a, features, tmp) for s in group]
             try:
+                for w in workers:
+                    w.wait_ready()
                 for rnd in range(a.rounds):
                     for w in workers:
                         r = w.round()
