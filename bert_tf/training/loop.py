@@ -151,10 +151,17 @@ def train(model, loss_fn, table: records.FeatureTable, settings: TrainSettings, 
                 b.assign_add(g)
 
     @tf.function
-    def apply_step(grads, loss):
-        grads = [g / (loss_scale * accum) for g in grads]
-        grads = dist.average(grads)
-        loss = dist.average_scalar(loss)
+    def reduce(grads, loss):
+        # Unscale (fp16 loss scale, accumulated micro-batches), then average over workers:
+        # Horovod's ops stay outside any XLA cluster.
+        if fp16 or accum > 1:
+            grads = [g / (loss_scale * accum) for g in grads]
+        return dist.average(grads), dist.average_scalar(loss)
+
+    # Under --use_xla the update (global norm, clip, AdamW/LAMB over every variable) is compiled
+    # too: XLA fuses the optimizer's dozen element-wise passes over each weight into one loop.
+    @tf.function(jit_compile=s.use_xla)
+    def update(grads):
         norm = tf.linalg.global_norm(grads)
         finite = tf.math.is_finite(norm)
 
@@ -180,6 +187,11 @@ def train(model, loss_fn, table: records.FeatureTable, settings: TrainSettings, 
 
         applied = tf.cond(finite, do_apply, skip)
         step.assign_add(1)
+        return norm, applied
+
+    def apply_step(grads, loss):
+        grads, loss = reduce(grads, loss)
+        norm, applied = update(grads)
         return loss, norm, applied
 
     metrics = MetricsLog(s.output_dir, dist.is_chief)
