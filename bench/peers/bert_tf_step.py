@@ -6,8 +6,7 @@ all-MiniLM-L6-v2 checkpoint with `bert_tf.checkpoints.load`, and the FeatureTabl
 batches of `bert_tf.data.records`. Nothing is re-implemented: the number is what a
 `run_classifier.py` user gets.
 
-Protocol: after setup the worker prints `READY`; each `round` line on stdin runs one round and
-prints `RESULT {json}`; `quit` or end of input exits. A round is one call of train() (a fresh
+Protocol: bench/peers/worker.py. A round is one call of train() (a fresh
 optimizer and output_dir; the weights carry on; the same batches every round, from the seed) of
 warmup + timed steps with log_steps=1, so metrics.jsonl has one examples_per_second per step (a
 window's clock starts after the previous window's log write: logging is not counted). Steady
@@ -19,11 +18,8 @@ width is new in the round (a new trace, or a new XLA executable); more steps are
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import resource
-import sys
 import tempfile
 import time
 
@@ -31,21 +27,14 @@ T_START = time.time()
 
 import numpy as np  # noqa: E402
 
+import worker  # noqa: E402  (bench/peers/worker.py)
+
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--features", required=True, help="npz written by bench_finetune.py")
-    p.add_argument("--model_dir", required=True, help="Hugging Face directory (MiniLM)")
-    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    # padding: fixed = every batch max_seq_length wide (bucket_width=max_seq_length); dynamic =
+    # the project's default bucketing (bucket_width=32)
+    p = worker.arg_parser(__doc__.split("\n")[0])
     p.add_argument("--xla", choices=("off", "on"), default="off")
-    p.add_argument("--padding", choices=("fixed", "dynamic"), default="fixed",
-                   help="fixed: every batch max_seq_length wide (bucket_width=max_seq_length); "
-                        "dynamic: the project's default bucketing (bucket_width=32)")
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--max_seq_length", type=int, default=128)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--seed", type=int, default=42)
     return p.parse_args(argv)
 
 
@@ -60,16 +49,6 @@ def load_features(path: str) -> list[dict]:
                       "label_ids": int(d["label_ids"][i]), "length": int(n)})
     return feats
 
-
-def serve(run_round) -> None:
-    print("READY", flush=True)
-    for line in sys.stdin:
-        if line.strip() == "round":
-            result = run_round()
-            result["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            print("RESULT " + json.dumps(result), flush=True)
-        elif line.strip() == "quit":
-            break
 
 
 def main(argv=None) -> None:
@@ -129,18 +108,14 @@ def main(argv=None) -> None:
                 rows = [json.loads(line) for line in f]
         step_seconds = {r["step"]: a.batch_size / r["examples_per_second"] for r in rows}
         times = [step_seconds[i + 1] for i in timed]  # metrics steps are 1-based
-        return {
-            "framework": "bert_tf", "dtype": a.dtype, "xla": a.xla, "padding": a.padding,
-            "xla_flags": os.environ.get("XLA_FLAGS", ""),
-            "examples_per_second": a.batch_size * len(times) / sum(times),
-            "step_seconds": times, "timed_widths": [widths[i] for i in timed],
-            "first_steps_seconds": [step_seconds[i + 1] for i in range(num_steps)
-                                    if i not in timed],
-            "setup_seconds": setup_seconds, "round_seconds": train_seconds,
-            "final_loss": summary["loss"], "tf_version": tf.__version__,
-        }
+        info = {"step_seconds": times, "timed_widths": [widths[i] for i in timed],
+                "first_steps_seconds": [step_seconds[i + 1] for i in range(num_steps)
+                                        if i not in timed],
+                "round_seconds": train_seconds, "final_loss": summary["loss"]}
+        return worker.result(a, "bert_tf", a.xla, os.environ.get("XLA_FLAGS", ""),
+                             setup_seconds, info, tf_version=tf.__version__)
 
-    serve(run_round)
+    worker.serve(run_round)
 
 
 if __name__ == "__main__":

@@ -9,38 +9,24 @@ dtype=torch.bfloat16) around the forward pass (weights and optimizer stay float3
 
 Padding: fixed = every batch max_seq_length wide; dynamic = DataCollatorWithPadding's default,
 each shuffled batch padded to its longest row (no length grouping, the Trainer default).
-Protocol: after setup the worker prints `READY`; each `round` line on stdin runs warmup + timed
-steps (training goes on from the previous round, on the same batches as every round) and prints
-`RESULT {json}`; `quit` or end of input exits. Each step is timed on its own (torch on the CPU is
-synchronous; `float(loss)` ends it), batch assembly included; the warm-up steps are excluded.
+Protocol and timing: bench/peers/worker.py. A round is warmup + timed steps (training goes on
+from the previous round, on the same batches every round); torch on the CPU is synchronous and
+`float(loss)` ends a step; batch assembly counts, as a DataLoader's would.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import resource
-import sys
 import time
 
 T_START = time.time()
 
 import numpy as np  # noqa: E402
 
+import worker  # noqa: E402  (bench/peers/worker.py)
+
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--features", required=True)
-    p.add_argument("--model_dir", required=True)
-    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
-    p.add_argument("--padding", choices=("fixed", "dynamic"), default="fixed")
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--max_seq_length", type=int, default=128)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--rounds", type=int, default=3, help="for the length of the LR schedule")
-    p.add_argument("--seed", type=int, default=42)
+    p = worker.arg_parser(__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=2)
     return p.parse_args(argv)
 
@@ -81,7 +67,8 @@ def main(argv=None) -> None:
     d = dict(np.load(a.features))
     setup_seconds = time.time() - T_START
 
-    def step(features, labels):
+    def step(batch):
+        features, labels = batch
         inputs = {"input_ids": torch.from_numpy(features["input_ids"]).long(),
                   "attention_mask": torch.from_numpy(features["input_mask"]).long(),
                   "token_type_ids": torch.from_numpy(features["segment_ids"]).long(),
@@ -96,41 +83,15 @@ def main(argv=None) -> None:
         return float(loss)
 
     def run_round() -> dict:
-        times, widths, first, loss = [], [], [], float("nan")
         it = batches(d, a.batch_size, a.max_seq_length, a.padding, a.seed)  # same every round
-        t_round = time.perf_counter()
-        for i in range(a.warmup + a.steps):
-            t0 = time.perf_counter()
-            features, labels = next(it)  # batch assembly counts, as a DataLoader's would
-            loss = step(features, labels)
-            dt = time.perf_counter() - t0
-            if i < a.warmup:
-                first.append(dt)
-            else:
-                times.append(dt)
-                widths.append(int(features["input_ids"].shape[1]))
-        return {
-            "framework": "hf_torch", "dtype": a.dtype, "xla": "off", "padding": a.padding,
-            "xla_flags": "", "examples_per_second": a.batch_size * len(times) / sum(times),
-            "step_seconds": times, "timed_widths": widths, "first_steps_seconds": first,
-            "setup_seconds": setup_seconds, "round_seconds": time.perf_counter() - t_round,
-            "final_loss": loss, "torch_version": torch.__version__,
-            "transformers_version": transformers.__version__,
-            "threads": torch.get_num_threads(),
-        }
+        info = worker.timed_round(step, it, a.warmup, a.steps,
+                                  lambda batch: batch[0]["input_ids"].shape[1])
+        return worker.result(a, "hf_torch", "off", "", setup_seconds, info,
+                             torch_version=torch.__version__,
+                             transformers_version=transformers.__version__,
+                             threads=torch.get_num_threads())
 
-    serve(run_round)
-
-
-def serve(run_round) -> None:
-    print("READY", flush=True)
-    for line in sys.stdin:
-        if line.strip() == "round":
-            result = run_round()
-            result["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            print("RESULT " + json.dumps(result), flush=True)
-        elif line.strip() == "quit":
-            break
+    worker.serve(run_round)
 
 
 if __name__ == "__main__":

@@ -14,39 +14,27 @@ tf.function, jit_compile=True under --xla on. bf16 = tf_keras mixed_bfloat16 pol
 Model Garden's sentence-classification pipeline reads fixed-length records, so batches are
 always max_seq_length wide.
 
-Protocol: after setup the worker prints `READY`; each `round` line on stdin runs warmup + timed
-steps (training goes on from the previous round) and prints `RESULT {json}`; `quit` or end of
-input exits. Each step is timed on its own, synchronised by reading the loss; the warm-up steps
-(the first round's include tracing and XLA compilation) are excluded.
+Protocol and timing: bench/peers/worker.py. A round is warmup + timed steps (training goes on
+from the previous round), each step ended by reading the loss; the warm-up steps (the first
+round's include tracing and XLA compilation) are not timed.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import resource
-import sys
 import time
 
 T_START = time.time()
 
 import numpy as np  # noqa: E402
 
+import worker  # noqa: E402  (bench/peers/worker.py)
+
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--features", required=True)
-    p.add_argument("--model_dir", required=True, help="read for config.json (dimensions) only")
-    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    p = worker.arg_parser(__doc__.split("\n")[0], paddings=("fixed",))
     p.add_argument("--xla", choices=("off", "on"), default="off")
-    p.add_argument("--padding", choices=("fixed",), default="fixed")
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--max_seq_length", type=int, default=128)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--rounds", type=int, default=3, help="for the length of the LR schedule")
-    p.add_argument("--seed", type=int, default=42)
     return p.parse_args(argv)
 
 
@@ -110,37 +98,15 @@ def main(argv=None) -> None:
         return loss
 
     setup_seconds = time.time() - T_START
+
     def run_round() -> dict:
-        times, first, loss = [], [], float("nan")
-        t_round = time.perf_counter()
-        for i in range(a.warmup + a.steps):
-            t0 = time.perf_counter()
-            features, labels = next(it)
-            loss = float(train_step(features, labels))
-            dt = time.perf_counter() - t0
-            (first if i < a.warmup else times).append(dt)
-        return {
-            "framework": "model_garden", "dtype": a.dtype, "xla": a.xla, "padding": "fixed",
-            "xla_flags": os.environ.get("XLA_FLAGS", ""),
-            "examples_per_second": a.batch_size * len(times) / sum(times),
-            "step_seconds": times, "timed_widths": [a.max_seq_length] * len(times),
-            "first_steps_seconds": first, "setup_seconds": setup_seconds,
-            "round_seconds": time.perf_counter() - t_round, "final_loss": loss,
-            "tf_version": tf.__version__, "tf_keras_version": tf_keras.__version__,
-        }
+        info = worker.timed_round(lambda batch: float(train_step(*batch)), it, a.warmup,
+                                  a.steps, lambda batch: a.max_seq_length)
+        return worker.result(a, "model_garden", a.xla, os.environ.get("XLA_FLAGS", ""),
+                             setup_seconds, info, tf_version=tf.__version__,
+                             tf_keras_version=tf_keras.__version__)
 
-    serve(run_round)
-
-
-def serve(run_round) -> None:
-    print("READY", flush=True)
-    for line in sys.stdin:
-        if line.strip() == "round":
-            result = run_round()
-            result["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            print("RESULT " + json.dumps(result), flush=True)
-        elif line.strip() == "quit":
-            break
+    worker.serve(run_round)
 
 
 if __name__ == "__main__":
