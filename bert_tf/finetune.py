@@ -286,8 +286,8 @@ def run_classifier(args: RunArgs) -> dict:
         logger.warning("no fine-tuned checkpoint in %s: evaluating --init_checkpoint as is",
                        args.output_dir)
 
-    def predictions(table):
-        logits = loop.predict(model, table, args.eval_batch_size, use_xla=use_xla,
+    def predictions(table, batch_size):
+        logits = loop.predict(model, table, batch_size, use_xla=use_xla,
                               max_seq_length=args.max_seq_length, progress=args.progress)
         return logits[:, 0] if processor.is_regression else logits.argmax(-1)
 
@@ -297,7 +297,7 @@ def run_classifier(args: RunArgs) -> dict:
                       else [processor.dev_split])
         for split in dev_splits:
             examples, table = features_for(split)
-            preds = predictions(table)
+            preds = predictions(table, args.eval_batch_size)
             scores = processor.compute_metrics(table.arrays["label_ids"], preds)
             prefix = "" if len(dev_splits) == 1 else f"{split}_"
             results.update({f"{prefix}eval_{k}": float(v) for k, v in scores.items()})
@@ -328,7 +328,7 @@ def run_classifier(args: RunArgs) -> dict:
                                                       tokenizer, processor.is_regression)
             table = FeatureTable.from_features(feats, args.max_seq_length, label_dtype)
             path = glue.write_submission(proc, args.output_dir, examples,
-                                         predictions(table), split)
+                                         predictions(table, args.predict_batch_size), split)
             logger.info("wrote %s", path)
     return results
 
