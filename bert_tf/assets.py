@@ -39,6 +39,14 @@ def resolve_model_assets(init_checkpoint=None, bert_config_file=None, vocab_file
     from bert_tf.checkpoints import find_assets
 
     assets = find_assets(init_checkpoint) if init_checkpoint else None
+    if assets and not (os.path.exists(assets.checkpoint) or
+                       os.path.exists(assets.checkpoint + ".index")):
+        from bert_tf.checkpoints.presets import PRESETS
+        raise UsageError(
+            f"--init_checkpoint={init_checkpoint}: no such file, directory or checkpoint prefix "
+            f"(nor {init_checkpoint}.index), and not a preset name. Pass a Google checkpoint "
+            "prefix (.../bert_model.ckpt), a Hugging Face directory or .safetensors file, a "
+            f"bert_tf checkpoint, or one of: {', '.join(sorted(PRESETS))}")
     if init_checkpoint and assets.checkpoint != init_checkpoint:
         logger.info("preset %s resolved to %s", init_checkpoint, assets.checkpoint)
     checkpoint = assets.checkpoint if assets else None

@@ -112,6 +112,11 @@ def test_bad_input_clear_errors(tmp_path, tiny_bert):
     proc = run_script(base_args(tiny_bert, tmp_path / "e"))
     assert proc.returncode == 2 and "--do_train" in proc.stderr
 
+    typo = tmp_path / "no_such_model"
+    proc = run_script(base_args(str(typo), tmp_path / "f") + ["--do_train"])
+    assert proc.returncode == 2 and f"--init_checkpoint={typo}: no such file" in proc.stderr
+    assert "bert-base-uncased" in proc.stderr and not (tmp_path / "f").exists()
+
 
 def test_output_dir_of_another_run_is_refused_and_random_init_warns(tmp_path, tiny_bert):
     out = tmp_path / "run"
