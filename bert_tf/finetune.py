@@ -53,6 +53,7 @@ class RunArgs:
     keep_checkpoint_max: int = 3
     log_steps: int = 10
     seed: int = 42
+    max_consecutive_nonfinite: int = 20
     deterministic: bool = False
     progress: bool = True
 
@@ -78,6 +79,9 @@ def check_args(args: RunArgs) -> None:
         raise UsageError(f"--warmup_proportion={args.warmup_proportion} must be in [0, 1)")
     if args.num_accumulation_steps < 1:
         raise UsageError("--num_accumulation_steps must be at least 1")
+    if args.max_consecutive_nonfinite < 1:
+        raise UsageError(f"--max_consecutive_nonfinite={args.max_consecutive_nonfinite} must be "
+                         "at least 1")
     if args.learning_rate <= 0:
         raise UsageError(f"--learning_rate={args.learning_rate} must be positive")
 
@@ -221,6 +225,7 @@ def _train(model, loss_fn, table, args, dist, use_xla):
         num_accumulation_steps=args.num_accumulation_steps,
         save_checkpoints_steps=args.save_checkpoints_steps,
         keep_checkpoint_max=args.keep_checkpoint_max, log_steps=args.log_steps, seed=args.seed,
+        max_consecutive_nonfinite=args.max_consecutive_nonfinite,
         max_seq_length=args.max_seq_length)
     if dist.is_chief:
         logger.info("training: %d examples, %d steps (%d warm-up), %d worker(s) x batch %d x "

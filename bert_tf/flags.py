@@ -54,6 +54,9 @@ def define_finetune_flags(default_task: str) -> None:
     f.DEFINE_integer("keep_checkpoint_max", 3, "Checkpoints kept.")
     f.DEFINE_integer("log_steps", 10, "Log loss, learning rate and examples/s every N steps.")
     f.DEFINE_integer("seed", 42, "Seed for initialisation, data order and dropout.")
+    f.DEFINE_integer("max_consecutive_nonfinite", 20, "A step whose gradients are not finite is "
+                     "skipped (fp16 halves its loss scale); more than this many in a row stop "
+                     "the run with advice.")
     f.DEFINE_bool("deterministic", False, "Deterministic ops: a rerun (or a resumed run) gives "
                   "bit-identical results, somewhat slower.")
     f.DEFINE_bool("progress", True, "Show progress bars.")

@@ -227,8 +227,11 @@ def test_diverging_run_stops_with_advice(tmp_path):
     settings = TrainSettings(output_dir=str(tmp_path / "nan"), train_batch_size=8,
                              num_train_steps=50, learning_rate=1e-3, num_warmup_steps=1,
                              max_consecutive_nonfinite=3, max_seq_length=64)
-    with pytest.raises(TrainingError, match="lower --learning_rate"):
+    with pytest.raises(TrainingError, match="lower --learning_rate") as err:
         train(model, nan_loss, table, settings, Distributed(False), progress=False)
+    # More than 3 in a row: the 4th consecutive bad step stops it, and the flag is named.
+    assert str(err.value).startswith("4 consecutive steps with non-finite gradients up to step 4")
+    assert "--max_consecutive_nonfinite" in str(err.value)
     for w, b in zip(model.weights, before):  # no NaN step was ever applied
         np.testing.assert_array_equal(w.numpy(), b)
 

@@ -231,7 +231,7 @@ def train(model, loss_fn, table: records.FeatureTable, settings: TrainSettings, 
                 f"{int(consecutive_bad)} consecutive steps with non-finite gradients up to step "
                 f"{done}: the run is diverging. Try a lower --learning_rate, more warm-up, "
                 "--dtype=bf16 or fp32 instead of fp16, and check the inputs (label ids in "
-                "range, vocab matching the checkpoint)")
+                "range, vocab matching the checkpoint). The limit is --max_consecutive_nonfinite")
         if done % s.log_steps == 0 or done == s.num_train_steps:
             elapsed = max(time.time() - window_start, 1e-9)
             last_loss = float(np.mean([float(x) for x in losses]))
