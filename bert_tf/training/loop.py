@@ -85,9 +85,23 @@ class MetricsLog:
         self.writer.flush()
 
 
+# Each call of a dropout layer advances its SeedGenerator's counter by one, and a layer may be
+# called more than once per forward pass (the transformer block's hidden dropout is called twice).
+# Micro-batch m starts every counter at m * SEED_STRIDE, so the seeds two micro-batches draw
+# never overlap (with a stride of 1, micro-batch m's second call would reuse m+1's first mask).
+SEED_STRIDE = 1024
+
+
 def _seed_variables(model):
     """The state variables of every dropout layer's SeedGenerator (not saved in checkpoints)."""
     return [v for v in model.variables if "seed_generator_state" in v.path]
+
+
+def seed_dropout(seed_vars, seed_base, micro_index) -> None:
+    """Dropout masks as a function of (seed, rank, micro-batch) only: resumable and
+    reproducible. Generator i of micro-batch m draws seeds (seed_base + i, m * SEED_STRIDE + k)."""
+    for i, var in enumerate(seed_vars):
+        var.assign(tf.cast(tf.stack([seed_base + i, micro_index * SEED_STRIDE]), var.dtype))
 
 
 def train(model, loss_fn, table: records.FeatureTable, settings: TrainSettings, dist,
@@ -133,9 +147,7 @@ def train(model, loss_fn, table: records.FeatureTable, settings: TrainSettings, 
 
     @tf.function(jit_compile=s.use_xla, reduce_retracing=True)
     def grad_step(batch, micro_index):
-        # Dropout masks depend on (seed, rank, micro-batch) only: resumable and reproducible.
-        for i, var in enumerate(seed_vars):
-            var.assign(tf.cast(tf.stack([seed_base + i, micro_index]), var.dtype))
+        seed_dropout(seed_vars, seed_base, micro_index)
         with tf.GradientTape() as tape:
             loss = loss_fn(model, batch)
             scaled = loss * loss_scale
@@ -178,6 +190,9 @@ def train(model, loss_fn, table: records.FeatureTable, settings: TrainSettings, 
             return tf.constant(True)
 
         def skip():
+            # The schedule reads optimizer.iterations: advance it as `step` and the data do, so
+            # skipped steps do not shift the schedule (which would leave lr > 0 at the end).
+            optimizer.iterations.assign_add(1)
             nonfinite_total.assign_add(1)
             consecutive_bad.assign_add(1)
             if fp16:
@@ -212,12 +227,15 @@ def train(model, loss_fn, table: records.FeatureTable, settings: TrainSettings, 
     window_start, window_steps, losses = time.time(), 0, []
     last_loss = float("nan")
     for current in range(start, s.num_train_steps):
+        micro_losses = []
         for _ in range(accum):
             micro_index, batch = next(batches)
             loss, grads = grad_step(batch, micro_index)
+            micro_losses.append(loss)
             if accum > 1:
                 accumulate(grads)
         if accum > 1:
+            loss = tf.add_n(micro_losses) / accum  # the step's loss, not its last micro-batch's
             loss, norm, applied = apply_step([b.read_value() for b in buffers], loss)
             for b in buffers:
                 b.assign(tf.zeros_like(b))
@@ -235,9 +253,10 @@ def train(model, loss_fn, table: records.FeatureTable, settings: TrainSettings, 
         if done % s.log_steps == 0 or done == s.num_train_steps:
             elapsed = max(time.time() - window_start, 1e-9)
             last_loss = float(np.mean([float(x) for x in losses]))
+            # The rate this step was taken with (iterations has already moved past it).
             lr = float(optimizer.learning_rate) if not callable(
                 optimizer._learning_rate) else float(optimizer._learning_rate(
-                    optimizer.iterations))
+                    optimizer.iterations - 1))
             values = {"loss": last_loss, "learning_rate": lr, "grad_norm": float(norm),
                       "examples_per_second": window_steps * examples_per_step / elapsed,
                       "nonfinite_steps": int(nonfinite_total)}

@@ -7,7 +7,10 @@ adamw: Google's AdamWeightDecayOptimizer semantics
 lamb: You et al. 2019, as used for BERT-Large pre-training
     m_hat, v_hat bias-corrected;  u = m_hat / (sqrt(v_hat) + eps) + wd * w
     w -= lr * (||w|| / ||u||) * u                            (trust ratio 1 for LayerNorm/biases)
-Schedule: linear warm-up from 0 to the peak, then linear decay to 0 at num_train_steps.
+Schedule (Google's create_optimizer): the peak decays linearly to 0 over all num_train_steps,
+and during the first num_warmup_steps the linear ramp 0 -> peak replaces it; so the rate right
+after warm-up is peak * (1 - warmup / total). (Hugging Face's linear schedule instead decays
+from the full peak over the steps after warm-up.)
 Gradients are clipped to global norm 1.0 by the training loop after the allreduce.
 """
 
@@ -27,7 +30,8 @@ def excluded(variable) -> bool:
 
 @keras.saving.register_keras_serializable(package="bert_tf")
 class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """lr(step) = peak * step / warmup for step < warmup, then peak * (1 - progress) down to 0."""
+    """lr(step) = peak * step / warmup for step < warmup, else peak * (1 - step / total),
+    down to 0 (Google's polynomial decay of power 1 with its warm-up override)."""
 
     def __init__(self, peak_learning_rate, num_train_steps, num_warmup_steps):
         if num_train_steps < 1:
@@ -43,10 +47,8 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
         step = ops.cast(step, "float32")
         peak = self.peak_learning_rate
         warm = float(max(self.num_warmup_steps, 1))
-        decay_span = float(max(self.num_train_steps - self.num_warmup_steps, 1))
         warmup_lr = peak * step / warm
-        decay_lr = peak * ops.maximum(
-            0.0, 1.0 - (step - self.num_warmup_steps) / decay_span)
+        decay_lr = peak * ops.maximum(0.0, 1.0 - step / float(self.num_train_steps))
         return ops.where(step < self.num_warmup_steps, warmup_lr, decay_lr)
 
     def get_config(self):
