@@ -105,14 +105,17 @@ def setup_runtime(args: RunArgs):
     return dist, use_xla
 
 
-def guard_output_dir(args: RunArgs, config, is_chief: bool, num_labels: int) -> None:
+def guard_output_dir(args: RunArgs, config, is_chief: bool, num_labels: int,
+                     num_workers: int = 1) -> None:
     """Refuse to mix a new run into an output_dir holding another run's checkpoints; record this
-    run's flags and config there."""
+    run's flags and config there. The worker count is part of a run: it sets the global batch,
+    hence the number of steps, the schedule and where in the data a resumed run starts."""
     from bert_tf.training.loop import checkpoint_dir
 
     path = os.path.join(args.output_dir, "run_config.json")
     current = {k: getattr(args, k) for k in RUN_IDENTITY}
     current["num_labels"] = num_labels
+    current["num_workers"] = num_workers
     current["bert_config"] = config.to_dict()
     has_checkpoints = os.path.isdir(checkpoint_dir(args.output_dir)) and any(
         n.endswith(".index") for n in os.listdir(checkpoint_dir(args.output_dir)))
@@ -120,6 +123,7 @@ def guard_output_dir(args: RunArgs, config, is_chief: bool, num_labels: int) -> 
         with open(path, encoding="utf-8") as f:
             previous = json.load(f).get("identity", {})
         if has_checkpoints and args.do_train:
+            previous.setdefault("num_workers", 1)  # run_config.json of earlier versions
             diff = sorted(k for k in set(previous) | set(current)
                           if previous.get(k) != current.get(k))
             if diff:
@@ -129,7 +133,8 @@ def guard_output_dir(args: RunArgs, config, is_chief: bool, num_labels: int) -> 
                     details += "; bert_config differs"
                 raise UsageError(
                     f"--output_dir={args.output_dir} holds checkpoints of another run "
-                    f"({details}). Use a new --output_dir, or delete the old one to start over")
+                    f"({details}). To resume it, rerun with its values; otherwise use a new "
+                    "--output_dir, or delete the old one to start over")
     elif has_checkpoints and args.do_train:
         raise UsageError(f"--output_dir={args.output_dir} holds checkpoints without a "
                          "run_config.json (not a bert_tf run?): use a new --output_dir")
@@ -260,7 +265,7 @@ def run_classifier(args: RunArgs) -> dict:
     dist, use_xla = setup_runtime(args)
     labels = processor.get_labels()
     num_labels = 1 if processor.is_regression else len(labels)
-    guard_output_dir(args, assets.config, dist.is_chief, num_labels)
+    guard_output_dir(args, assets.config, dist.is_chief, num_labels, dist.size)
     tokenizer = FullTokenizer(assets.vocab_file, do_lower_case=assets.do_lower_case)
     cache_dir = os.path.join(args.output_dir, "cache")
     label_dtype = "float32" if processor.is_regression else "int32"
@@ -309,7 +314,8 @@ def run_classifier(args: RunArgs) -> dict:
             results[f"{prefix}eval_examples"] = len(examples)
         if summary:
             results["global_step"] = summary["step"]
-            results["train_loss"] = summary["loss"]
+            if np.isfinite(summary["loss"]):  # nan when a finished run was rerun: no step taken
+                results["train_loss"] = summary["loss"]
             results["nonfinite_steps"] = summary["nonfinite_steps"]
         write_eval_results(args.output_dir, results)
         from bert_tf.training.loop import MetricsLog
@@ -361,7 +367,7 @@ def run_ner(args: RunArgs) -> dict:
                                   args.max_seq_length)
     dist, use_xla = setup_runtime(args)
     labels = list(conll.LABELS)
-    guard_output_dir(args, assets.config, dist.is_chief, len(labels))
+    guard_output_dir(args, assets.config, dist.is_chief, len(labels), dist.size)
     tokenizer = FullTokenizer(assets.vocab_file, do_lower_case=assets.do_lower_case)
     cache_dir = os.path.join(args.output_dir, "cache")
 
@@ -395,7 +401,8 @@ def run_ner(args: RunArgs) -> dict:
     if dist.is_chief:
         for split, name in splits:
             sentences, feats, table = data_for(split)
-            logits = loop.predict(model, table, args.eval_batch_size, use_xla=use_xla,
+            batch_size = args.eval_batch_size if split == "dev" else args.predict_batch_size
+            logits = loop.predict(model, table, batch_size, use_xla=use_xla,
                                   max_seq_length=args.max_seq_length, progress=args.progress)
             predicted = conll.assemble_predictions(feats, logits.argmax(-1), sentences, labels)
             scores = metrics.entity_scores([s.tags for s in sentences], predicted)
@@ -408,8 +415,10 @@ def run_ner(args: RunArgs) -> dict:
                 conll.write_predictions(path, sentences, predicted)
                 logger.info("wrote %s", path)
         if summary:
-            results.update(global_step=summary["step"], train_loss=summary["loss"],
+            results.update(global_step=summary["step"],
                            nonfinite_steps=summary["nonfinite_steps"])
+            if np.isfinite(summary["loss"]):  # nan when a finished run was rerun: no step taken
+                results["train_loss"] = summary["loss"]
         if results:
             write_eval_results(args.output_dir, results)
             for k, v in sorted(results.items()):

@@ -135,6 +135,24 @@ def test_output_dir_of_another_run_is_refused_and_random_init_warns(tmp_path, ti
     assert sorted(os.listdir(out / "checkpoints")) == before  # nothing overwritten
 
 
+def test_resume_with_another_worker_count_is_refused(tmp_path):
+    """The global batch (and with it the step count, the schedule and the data position) depends
+    on the number of Horovod workers: a resume under another count is refused, naming it."""
+    from bert_tf import BertConfig
+    from bert_tf.assets import UsageError
+    from bert_tf.finetune import RunArgs, guard_output_dir
+
+    config = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=64)
+    args = RunArgs(output_dir=str(tmp_path), do_train=True)
+    guard_output_dir(args, config, True, 2, num_workers=4)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "ckpt-10.index").write_bytes(b"")
+    guard_output_dir(args, config, True, 2, num_workers=4)  # the same run resumes
+    with pytest.raises(UsageError, match="num_workers: 4 -> 2"):
+        guard_output_dir(args, config, True, 2, num_workers=2)
+
+
 # -- kill -9, then the same command again ---------------------------------------------------------
 
 def test_kill_9_then_rerun_matches_uninterrupted(tmp_path, tiny_bert):
