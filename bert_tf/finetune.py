@@ -207,6 +207,17 @@ def write_eval_results(output_dir: str, results: dict, name: str = "eval_results
         json.dump(results, f, indent=2, sort_keys=True)
 
 
+def training_results(summary: dict) -> dict:
+    """What a training run adds to eval_results: global_step, nonfinite_steps and train_loss
+    (left out when a rerun of a finished run took no step, so there is no loss to report)."""
+    if not summary:
+        return {}
+    out = {"global_step": summary["step"], "nonfinite_steps": summary["nonfinite_steps"]}
+    if np.isfinite(summary["loss"]):
+        out["train_loss"] = summary["loss"]
+    return out
+
+
 def train_steps(num_examples: int, args: RunArgs, num_workers: int) -> tuple[int, int]:
     global_batch = args.train_batch_size * num_workers * args.num_accumulation_steps
     steps = int(num_examples / global_batch * args.num_train_epochs)
@@ -312,11 +323,7 @@ def run_classifier(args: RunArgs) -> dict:
             prefix = "" if len(dev_splits) == 1 else f"{split}_"
             results.update({f"{prefix}eval_{k}": float(v) for k, v in scores.items()})
             results[f"{prefix}eval_examples"] = len(examples)
-        if summary:
-            results["global_step"] = summary["step"]
-            if np.isfinite(summary["loss"]):  # nan when a finished run was rerun: no step taken
-                results["train_loss"] = summary["loss"]
-            results["nonfinite_steps"] = summary["nonfinite_steps"]
+        results.update(training_results(summary))
         write_eval_results(args.output_dir, results)
         from bert_tf.training.loop import MetricsLog
         MetricsLog(args.output_dir, True).write(results.get("global_step", 0), results, "eval")
@@ -414,11 +421,7 @@ def run_ner(args: RunArgs) -> dict:
                 path = os.path.join(args.output_dir, f"{split}_predictions.txt")
                 conll.write_predictions(path, sentences, predicted)
                 logger.info("wrote %s", path)
-        if summary:
-            results.update(global_step=summary["step"],
-                           nonfinite_steps=summary["nonfinite_steps"])
-            if np.isfinite(summary["loss"]):  # nan when a finished run was rerun: no step taken
-                results["train_loss"] = summary["loss"]
+        results.update(training_results(summary))
         if results:
             write_eval_results(args.output_dir, results)
             for k, v in sorted(results.items()):

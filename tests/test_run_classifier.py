@@ -153,6 +153,17 @@ def test_resume_with_another_worker_count_is_refused(tmp_path):
         guard_output_dir(args, config, True, 2, num_workers=2)
 
 
+def test_training_results_leave_out_the_loss_of_a_run_that_took_no_step():
+    from bert_tf.finetune import training_results
+
+    assert training_results({}) == {}
+    assert training_results({"step": 9, "loss": 0.5, "nonfinite_steps": 1}) == {
+        "global_step": 9, "nonfinite_steps": 1, "train_loss": 0.5}
+    # A rerun of a finished run restores step 9 and takes no step: no NaN in eval_results.json.
+    assert training_results({"step": 9, "loss": float("nan"), "nonfinite_steps": 0}) == {
+        "global_step": 9, "nonfinite_steps": 0}
+
+
 # -- kill -9, then the same command again ---------------------------------------------------------
 
 def test_kill_9_then_rerun_matches_uninterrupted(tmp_path, tiny_bert):

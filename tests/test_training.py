@@ -163,10 +163,12 @@ def _run(tmp_path, name, table, config=None, steps=6, dtype="fp32", batch=8, acc
 def test_accumulation_equals_the_big_batch(tmp_path):
     config = tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     table = _table()
-    big, _ = _run(tmp_path, "big", table, config, batch=8)
-    acc, _ = _run(tmp_path, "acc", table, config, batch=4, accum=2)
+    big, big_summary = _run(tmp_path, "big", table, config, batch=8)
+    acc, acc_summary = _run(tmp_path, "acc", table, config, batch=4, accum=2)
     for a, b in zip(big.weights, acc.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-6)
+    # The logged loss is the step's (mean of its two micro-batches), not the last micro-batch's.
+    assert acc_summary["loss"] == pytest.approx(big_summary["loss"], rel=1e-5)
 
 
 def test_loss_goes_down_and_logs_are_written(tmp_path):
@@ -205,7 +207,8 @@ def test_fp16_overflow_is_skipped_and_recovers(tmp_path):
     assert math.isfinite(summary["loss"])
     assert all(np.isfinite(w.numpy()).all() for w in model.weights)
     assert logs[-1]["nonfinite_steps"] == summary["nonfinite_steps"] < 20
-    # Skipped steps advance the schedule with the step: the run still ends at lr 0.
+    # Skipped steps advance the schedule with the step: the last step runs at the schedule's
+    # rate for step 20 (not for step 20 - skipped), and the optimizer counted all 20.
     last_rate = float(optimization.WarmupLinearDecay(1e-3, 20, 1)(19))
     assert logs[-1]["learning_rate"] == pytest.approx(last_rate)  # the rate of step 20
     reader = tf.train.load_checkpoint(str(tmp_path / "fp16" / "checkpoints" / "ckpt-20"))

@@ -227,15 +227,15 @@ def train(model, loss_fn, table: records.FeatureTable, settings: TrainSettings, 
     window_start, window_steps, losses = time.time(), 0, []
     last_loss = float("nan")
     for current in range(start, s.num_train_steps):
-        micro_losses = []
+        loss_sum = 0.0
         for _ in range(accum):
             micro_index, batch = next(batches)
             loss, grads = grad_step(batch, micro_index)
-            micro_losses.append(loss)
             if accum > 1:
+                loss_sum += loss
                 accumulate(grads)
         if accum > 1:
-            loss = tf.add_n(micro_losses) / accum  # the step's loss, not its last micro-batch's
+            loss = loss_sum / accum  # the step's loss, not its last micro-batch's
             loss, norm, applied = apply_step([b.read_value() for b in buffers], loss)
             for b in buffers:
                 b.assign(tf.zeros_like(b))
