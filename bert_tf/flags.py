@@ -1,5 +1,6 @@
-"""absl flag definitions shared by the fine-tuning scripts (Google's names), and the step that
-turns parsed flags into the library's RunArgs. Only scripts import this module."""
+"""absl flag definitions (Google's names): the engine's, defined once and shared by every
+training script, and each script family's own; and the step that turns parsed flags into the
+library's argument dataclass. Only scripts import this module."""
 
 from __future__ import annotations
 
@@ -7,10 +8,23 @@ from absl import flags
 
 
 def define_finetune_flags(default_task: str) -> None:
+    """run_classifier.py / run_ner.py: the engine flags plus the task's."""
     f = flags
+    define_engine_flags()
     f.DEFINE_string("task_name", default_task, "The task to fine-tune.")
     f.DEFINE_string("data_dir", None, "Folder with the task's files (default: download into the "
                     "cache, ~/.cache/bert_tf or $BERT_TF_CACHE).")
+    f.DEFINE_bool("do_predict", False, "Predict the test set(s).")
+    f.DEFINE_integer("predict_batch_size", 64, "Examples per prediction batch (chief only).")
+    f.DEFINE_float("num_train_epochs", 3.0, "Epochs over the training set.")
+    flags.DEFINE_alias("task", "task_name")
+
+
+def define_engine_flags(learning_rate: float = 5e-5, train_batch_size: int = 32,
+                        max_seq_length: int = 128, warmup_proportion: float = 0.1,
+                        optimizer: str = "adamw") -> None:
+    """The training engine's flags, the same in every training script (defaults per script)."""
+    f = flags
     f.DEFINE_string("output_dir", None, "Where checkpoints, metrics.jsonl, TensorBoard events, "
                     "eval_results.txt and predictions are written.")
     f.DEFINE_string("bert_config_file", None,
@@ -21,23 +35,20 @@ def define_finetune_flags(default_task: str) -> None:
                     "directory, bert_tf checkpoint or a preset name (bert-base-uncased, ...).")
     f.DEFINE_bool("do_lower_case", True, "Lower-case input; must match the checkpoint "
                   "(default: what the checkpoint says, else true).")
-    f.DEFINE_integer("max_seq_length", 128, "Maximum tokens per example after WordPiece, "
+    f.DEFINE_integer("max_seq_length", max_seq_length, "Maximum tokens per example after WordPiece, "
                      "[CLS]/[SEP] included. Batches are padded to the next multiple of 32.")
-    f.DEFINE_bool("do_train", False, "Fine-tune on the training set.")
-    f.DEFINE_bool("do_eval", False, "Evaluate on the dev set(s).")
-    f.DEFINE_bool("do_predict", False, "Predict the test set(s).")
-    f.DEFINE_integer("train_batch_size", 32,
+    f.DEFINE_bool("do_train", False, "Train.")
+    f.DEFINE_bool("do_eval", False, "Evaluate on the dev / held-out set(s).")
+    f.DEFINE_integer("train_batch_size", train_batch_size,
                      "Examples per micro-batch PER WORKER. The global batch is train_batch_size "
                      "x workers x num_accumulation_steps; the learning rate is not scaled for "
                      "you: raise it with the global batch (linearly or by its square root) when "
                      "adding workers.")
     f.DEFINE_integer("eval_batch_size", 64, "Examples per evaluation batch (chief only).")
-    f.DEFINE_integer("predict_batch_size", 64, "Examples per prediction batch (chief only).")
-    f.DEFINE_float("learning_rate", 5e-5, "Peak learning rate (after warm-up).")
-    f.DEFINE_float("num_train_epochs", 3.0, "Epochs over the training set.")
-    f.DEFINE_float("warmup_proportion", 0.1, "Fraction of steps with linear warm-up.")
+    f.DEFINE_float("learning_rate", learning_rate, "Peak learning rate (after warm-up).")
+    f.DEFINE_float("warmup_proportion", warmup_proportion, "Fraction of steps with linear warm-up.")
     f.DEFINE_integer("num_warmup_steps", None, "Warm-up steps (overrides warmup_proportion).")
-    f.DEFINE_enum("optimizer", "adamw", ["adamw", "lamb"], "adamw (Google's BERT Adam with "
+    f.DEFINE_enum("optimizer", optimizer, ["adamw", "lamb"], "adamw (Google's BERT Adam with "
                   "decoupled weight decay 0.01) or lamb.")
     f.DEFINE_bool("adam_bias_correction", False, "adamw only: bias-correct Adam's moments as "
                   "torch/Keras AdamW do. Google's BERT does not; without it early updates are "
@@ -60,17 +71,18 @@ def define_finetune_flags(default_task: str) -> None:
     f.DEFINE_bool("deterministic", False, "Deterministic ops: a rerun (or a resumed run) gives "
                   "bit-identical results, somewhat slower.")
     f.DEFINE_bool("progress", True, "Show progress bars.")
-    flags.DEFINE_alias("task", "task_name")
 
 
-def run_args(FLAGS):
-    from bert_tf.finetune import RunArgs
+def run_args(FLAGS, cls=None):
+    """Parsed flags -> `cls` (default: bert_tf.finetune.RunArgs), field by field."""
     import dataclasses
 
+    if cls is None:
+        from bert_tf.finetune import RunArgs as cls
     values = {}
-    for field in dataclasses.fields(RunArgs):
+    for field in dataclasses.fields(cls):
         if field.name == "do_lower_case_given":
             values[field.name] = FLAGS["do_lower_case"].present
         else:
             values[field.name] = getattr(FLAGS, field.name)
-    return RunArgs(**values)
+    return cls(**values)

@@ -58,6 +58,7 @@ def test_two_gloo_ranks_broadcast_and_average(tmp_path):
 
 TRAIN_WORKER = r"""
 import os, sys, numpy as np, keras
+from bert_tf.data import records
 from bert_tf.training.distributed import Distributed
 from bert_tf.training.loop import TrainSettings, train
 from bert_tf.training.tasks import classification_loss
@@ -69,8 +70,10 @@ dist = Distributed(use_hvd)
 keras.utils.set_random_seed(100 + dist.rank)   # rank 1 starts elsewhere: the broadcast must fix it
 model = BertClassifier(tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0), 2)
 settings = TrainSettings(output_dir=out, train_batch_size=batch, num_train_steps=8,
-                         learning_rate=1e-3, num_warmup_steps=1, log_steps=4, max_seq_length=64)
-train(model, classification_loss, _table(), settings, dist, progress=False)
+                         learning_rate=1e-3, num_warmup_steps=1, log_steps=4)
+source = records.table_batches(_table(), batch, settings.seed, rank=dist.rank,
+                               num_workers=dist.size, max_seq_length=64)
+train(model, classification_loss, source, settings, dist, progress=False)
 np.save(f"{out}/weights-rank{dist.rank}.npy", np.concatenate([w.numpy().ravel() for w in model.weights]))
 """
 

@@ -145,12 +145,12 @@ def test_resume_with_another_worker_count_is_refused(tmp_path):
     config = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
                         num_attention_heads=4, intermediate_size=64)
     args = RunArgs(output_dir=str(tmp_path), do_train=True)
-    guard_output_dir(args, config, True, 2, num_workers=4)
+    guard_output_dir(args, config, True, 4, num_labels=2)
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "ckpt-10.index").write_bytes(b"")
-    guard_output_dir(args, config, True, 2, num_workers=4)  # the same run resumes
+    guard_output_dir(args, config, True, 4, num_labels=2)  # the same run resumes
     with pytest.raises(UsageError, match="num_workers: 4 -> 2"):
-        guard_output_dir(args, config, True, 2, num_workers=2)
+        guard_output_dir(args, config, True, 2, num_labels=2)
 
 
 def test_training_results_leave_out_the_loss_of_a_run_that_took_no_step():

@@ -152,8 +152,10 @@ def _run(tmp_path, name, table, config=None, steps=6, dtype="fp32", batch=8, acc
         settings = TrainSettings(output_dir=str(tmp_path / name), train_batch_size=batch,
                                  num_train_steps=steps, learning_rate=1e-3, num_warmup_steps=1,
                                  dtype=dtype, num_accumulation_steps=accum, log_steps=1,
-                                 max_seq_length=64, **overrides)
-        summary = train(model, classification_loss, table, settings, Distributed(False),
+                                 **overrides)
+        source = records.table_batches(table, batch, settings.seed, accumulation=accum,
+                                       max_seq_length=64)
+        summary = train(model, classification_loss, source, settings, Distributed(False),
                         progress=False)
     finally:
         set_dtype("fp32")
@@ -261,9 +263,10 @@ def test_diverging_run_stops_with_advice(tmp_path):
     before = [w.numpy().copy() for w in model.weights]
     settings = TrainSettings(output_dir=str(tmp_path / "nan"), train_batch_size=8,
                              num_train_steps=50, learning_rate=1e-3, num_warmup_steps=1,
-                             max_consecutive_nonfinite=3, max_seq_length=64)
+                             max_consecutive_nonfinite=3)
+    source = records.table_batches(table, 8, settings.seed, max_seq_length=64)
     with pytest.raises(TrainingError, match="lower --learning_rate") as err:
-        train(model, nan_loss, table, settings, Distributed(False), progress=False)
+        train(model, nan_loss, source, settings, Distributed(False), progress=False)
     # More than 3 in a row: the 4th consecutive bad step stops it, and the flag is named.
     assert str(err.value).startswith("4 consecutive steps with non-finite gradients up to step 4")
     assert "--max_consecutive_nonfinite" in str(err.value)

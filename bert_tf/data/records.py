@@ -132,3 +132,19 @@ def to_dataset(generator_fn, table: FeatureTable, with_index: bool = True):
     signature = (tf.TensorSpec((), tf.int64), spec) if with_index else spec
     ds = tf.data.Dataset.from_generator(generator_fn, output_signature=signature)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def table_batches(table: FeatureTable, batch_size: int, seed: int, rank: int = 0,
+                  num_workers: int = 1, accumulation: int = 1, bucket_width: int = 32,
+                  max_seq_length: int = 128):
+    """The training loop's batch source over an in-memory table: `batches(start_step)` ->
+    iterator of (micro_index, batch dict of tensors), endless, from `train_micro_batches`
+    through a prefetching tf.data pipeline."""
+
+    def batches(start_step: int):
+        return iter(to_dataset(lambda: train_micro_batches(
+            table, batch_size, seed, start_step=start_step, rank=rank, num_workers=num_workers,
+            accumulation=accumulation, bucket_width=bucket_width,
+            max_seq_length=max_seq_length), table))
+
+    return batches

@@ -1,5 +1,16 @@
 """The one training loop every script uses.
 
+A script hands `train` three things: a model, a batch source and a loss. Fine-tuning and
+pre-training differ only in those.
+
+    batches(start_step) -> iterator of (micro_index, batch)
+        micro-batches for THIS worker, from optimizer step `start_step` on; micro_index =
+        step * num_accumulation_steps + a. Deterministic in (seed, step), so a resumed run
+        reads what an uninterrupted one would.
+    loss_fn(model, batch) -> loss or (loss, metrics)
+        a float32 scalar, optionally with a dict of float32 scalars (e.g. masked-LM accuracy)
+        that are averaged over micro-batches and workers and logged beside the loss.
+
     for each optimizer step:
         for each of num_accumulation_steps micro-batches:
             loss, grads = grad_step(batch)          # forward + backward; XLA under use_xla
@@ -24,7 +35,6 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from bert_tf.data import records
 from bert_tf.training.optimization import create_optimizer
 
 logger = logging.getLogger("bert_tf.training")
@@ -55,8 +65,6 @@ class TrainSettings:
     max_consecutive_nonfinite: int = 20
     initial_loss_scale: float = 2.0 ** 15
     loss_scale_growth_interval: int = 2000
-    bucket_width: int = 32
-    max_seq_length: int = 128
 
 
 def checkpoint_dir(output_dir: str) -> str:
@@ -104,11 +112,23 @@ def seed_dropout(seed_vars, seed_base, micro_index) -> None:
         var.assign(tf.cast(tf.stack([seed_base + i, micro_index * SEED_STRIDE]), var.dtype))
 
 
-def train(model, loss_fn, table: records.FeatureTable, settings: TrainSettings, dist,
-          progress: bool = True) -> dict:
-    """Train `model` on `table` with `loss_fn(model, batch) -> scalar float32 loss`.
+def _split_loss(out):
+    """loss_fn's result -> (loss, metrics dict)."""
+    if isinstance(out, (tuple, list)):
+        loss, metrics = out
+        return loss, dict(metrics)
+    return out, {}
 
-    Returns a summary dict (final step, last loss, non-finite steps skipped, seconds)."""
+
+def train(model, loss_fn, batches, settings: TrainSettings, dist,
+          progress: bool = True) -> dict:
+    """Train `model` with `loss_fn` on the micro-batches `batches(start_step)` yields.
+
+    `settings.train_batch_size` is the rows of one micro-batch on one worker (for throughput
+    figures only; the source decides what a batch holds). Returns a summary dict: final step,
+    mean loss of the last logging window, its metrics, non-finite steps skipped, seconds.
+    Raises TrainingError when more than max_consecutive_nonfinite steps in a row are not
+    finite."""
     s = settings
     accum = s.num_accumulation_steps
     # Variables no loss reaches (the pooler under a token-level head) are left out of the
@@ -149,10 +169,10 @@ def train(model, loss_fn, table: records.FeatureTable, settings: TrainSettings, 
     def grad_step(batch, micro_index):
         seed_dropout(seed_vars, seed_base, micro_index)
         with tf.GradientTape() as tape:
-            loss = loss_fn(model, batch)
+            loss, step_metrics = _split_loss(loss_fn(model, batch))
             scaled = loss * loss_scale
         grads = tape.gradient(scaled, tvars)
-        return loss, [tf.convert_to_tensor(g) for g in grads]
+        return loss, step_metrics, [tf.convert_to_tensor(g) for g in grads]
 
     if accum > 1:
         buffers = [tf.Variable(tf.zeros_like(v), trainable=False) for v in tvars]
@@ -163,12 +183,12 @@ def train(model, loss_fn, table: records.FeatureTable, settings: TrainSettings, 
                 b.assign_add(g)
 
     @tf.function
-    def reduce(grads, loss):
+    def reduce(grads, scalars):
         # Unscale (fp16 loss scale, accumulated micro-batches), then average over workers:
-        # Horovod's ops stay outside any XLA cluster.
+        # Horovod's ops stay outside any XLA cluster. `scalars` = [loss, *metrics].
         if fp16 or accum > 1:
             grads = [g / (loss_scale * accum) for g in grads]
-        return dist.average(grads), dist.average_scalar(loss)
+        return dist.average(grads), dist.average(scalars)
 
     # Under --use_xla the update (global norm, clip, AdamW/LAMB over every variable) is compiled
     # too: XLA fuses the optimizer's dozen element-wise passes over each weight into one loop.
@@ -204,19 +224,16 @@ def train(model, loss_fn, table: records.FeatureTable, settings: TrainSettings, 
         step.assign_add(1)
         return norm, applied
 
-    def apply_step(grads, loss):
-        grads, loss = reduce(grads, loss)
+    def apply_step(grads, scalars):
+        grads, scalars = reduce(grads, scalars)
         norm, applied = update(grads)
-        return loss, norm, applied
+        return scalars, norm, applied
 
-    metrics = MetricsLog(s.output_dir, dist.is_chief)
+    log = MetricsLog(s.output_dir, dist.is_chief)
     start = int(step)
     examples_per_step = s.train_batch_size * dist.size * accum
-    batches = iter(records.to_dataset(
-        lambda: records.train_micro_batches(
-            table, s.train_batch_size, s.seed, start_step=start, rank=dist.rank,
-            num_workers=dist.size, accumulation=accum, bucket_width=s.bucket_width,
-            max_seq_length=s.max_seq_length), table))
+    stream = iter(batches(start))
+    metric_names = None
 
     bar = None
     if dist.is_chief and progress:
@@ -224,24 +241,34 @@ def train(model, loss_fn, table: records.FeatureTable, settings: TrainSettings, 
         bar = tqdm(total=s.num_train_steps, initial=start, unit="step", desc="train",
                    dynamic_ncols=True)
     t0 = time.time()
-    window_start, window_steps, losses = time.time(), 0, []
-    last_loss = float("nan")
+    window_start, window_steps, window = time.time(), 0, []
+    last_loss, last_metrics = float("nan"), {}
     for current in range(start, s.num_train_steps):
-        loss_sum = 0.0
+        sums = None
         for _ in range(accum):
-            micro_index, batch = next(batches)
-            loss, grads = grad_step(batch, micro_index)
+            try:
+                micro_index, batch = next(stream)
+            except StopIteration:
+                raise TrainingError(
+                    f"the input ended at step {current} of {s.num_train_steps}: the batch "
+                    "source must yield num_train_steps x num_accumulation_steps micro-"
+                    "batches (repeat the data or lower the number of steps)") from None
+            loss, step_metrics, grads = grad_step(batch, micro_index)
+            if metric_names is None:
+                metric_names = sorted(step_metrics)
+            scalars = [loss] + [step_metrics[k] for k in metric_names]
             if accum > 1:
-                loss_sum += loss
+                # The step's loss and metrics are the means over its micro-batches.
+                sums = scalars if sums is None else [a + b for a, b in zip(sums, scalars)]
                 accumulate(grads)
         if accum > 1:
-            loss = loss_sum / accum  # the step's loss, not its last micro-batch's
-            loss, norm, applied = apply_step([b.read_value() for b in buffers], loss)
+            scalars, norm, applied = apply_step([b.read_value() for b in buffers],
+                                                [x / accum for x in sums])
             for b in buffers:
                 b.assign(tf.zeros_like(b))
         else:
-            loss, norm, applied = apply_step(grads, loss)
-        losses.append(loss)
+            scalars, norm, applied = apply_step(grads, scalars)
+        window.append(scalars)
         window_steps += 1
         done = current + 1
         if int(consecutive_bad) > s.max_consecutive_nonfinite:
@@ -252,21 +279,24 @@ def train(model, loss_fn, table: records.FeatureTable, settings: TrainSettings, 
                 "range, vocab matching the checkpoint). The limit is --max_consecutive_nonfinite")
         if done % s.log_steps == 0 or done == s.num_train_steps:
             elapsed = max(time.time() - window_start, 1e-9)
-            last_loss = float(np.mean([float(x) for x in losses]))
+            means = np.mean([[float(x) for x in row] for row in window], axis=0)
+            last_loss = float(means[0])
+            last_metrics = {k: float(v) for k, v in zip(metric_names, means[1:])}
             # The rate this step was taken with (iterations has already moved past it).
             lr = float(optimizer.learning_rate) if not callable(
                 optimizer._learning_rate) else float(optimizer._learning_rate(
                     optimizer.iterations - 1))
-            values = {"loss": last_loss, "learning_rate": lr, "grad_norm": float(norm),
+            values = {"loss": last_loss, **last_metrics, "learning_rate": lr,
+                      "grad_norm": float(norm),
                       "examples_per_second": window_steps * examples_per_step / elapsed,
                       "nonfinite_steps": int(nonfinite_total)}
             if fp16:
                 values["loss_scale"] = float(loss_scale)
-            metrics.write(done, values)
+            log.write(done, values)
             if bar is not None:
                 bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}",
                                 ex_s=f"{values['examples_per_second']:.1f}")
-            window_start, window_steps, losses = time.time(), 0, []
+            window_start, window_steps, window = time.time(), 0, []
         if bar is not None:
             bar.update(1)
         if dist.is_chief and (done % s.save_checkpoints_steps == 0 or
@@ -275,14 +305,43 @@ def train(model, loss_fn, table: records.FeatureTable, settings: TrainSettings, 
     if bar is not None:
         bar.close()
     dist.barrier()
-    return {"step": int(step), "loss": last_loss, "nonfinite_steps": int(nonfinite_total),
-            "seconds": time.time() - t0}
+    return {"step": int(step), "loss": last_loss, "metrics": last_metrics,
+            "nonfinite_steps": int(nonfinite_total), "seconds": time.time() - t0}
 
 
-def predict(model, table: records.FeatureTable, batch_size: int, output_key: str = "logits",
+def evaluate(model, metrics_fn, batches, use_xla: bool = False, progress: bool = False,
+             desc: str = "eval") -> dict:
+    """Weighted means of `metrics_fn(model, batch) -> {name: (sum, count)}` over `batches`.
+
+    Each metric is a pair of float32 scalars (its sum over the batch and the count it is a
+    mean over: masked positions for masked-LM accuracy, examples for NSP), so the result is the
+    exact mean over the whole set whatever the batch sizes. Runs on the calling worker only.
+    Returns {name: float}, plus `examples` (rows seen)."""
+
+    @tf.function(jit_compile=use_xla, reduce_retracing=True)
+    def step(batch):
+        return metrics_fn(model, batch)
+
+    sums, counts, rows = {}, {}, 0
+    it = batches
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(it, unit="batch", desc=desc, dynamic_ncols=True)
+    for batch in it:
+        for name, (total, count) in step(batch).items():
+            sums[name] = sums.get(name, 0.0) + float(total)
+            counts[name] = counts.get(name, 0.0) + float(count)
+        rows += int(tf.shape(next(iter(batch.values())))[0])
+    out = {name: sums[name] / max(counts[name], 1e-12) for name in sums}
+    out["examples"] = rows
+    return out
+
+
+def predict(model, table, batch_size: int, output_key: str = "logits",
             use_xla: bool = False, bucket_width: int = 32, max_seq_length: int = 128,
             progress: bool = False) -> np.ndarray:
-    """Model outputs for every row of `table`, in order (float32 numpy)."""
+    """Model outputs for every row of `table` (a records.FeatureTable), in order (float32)."""
+    from bert_tf.data import records
 
     @tf.function(jit_compile=use_xla, reduce_retracing=True)
     def forward(batch):

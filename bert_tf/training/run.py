@@ -1,0 +1,296 @@
+"""What every training script shares, whatever it trains: the engine's arguments, the runtime
+(Horovod, determinism, dtype policy, XLA default), the output-dir guard, the init checkpoint,
+the feature cache, result files, and the TrainSettings the loop takes.
+
+run_classifier.py, run_ner.py (through bert_tf.finetune) and run_pretraining.py (through
+bert_tf.pretrain) all go through here; the flags behind EngineArgs are defined once, in
+bert_tf.flags.define_engine_flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+
+import numpy as np
+
+from bert_tf.assets import UsageError
+
+logger = logging.getLogger("bert_tf")
+
+
+@dataclasses.dataclass
+class EngineArgs:
+    """The flags of the training engine, common to every training script (Google's names)."""
+    output_dir: str | None = None
+    bert_config_file: str | None = None
+    vocab_file: str | None = None
+    init_checkpoint: str | None = None
+    do_lower_case: bool = True
+    do_lower_case_given: bool = False
+    max_seq_length: int = 128
+    do_train: bool = False
+    do_eval: bool = False
+    train_batch_size: int = 32  # per worker, per micro-batch
+    eval_batch_size: int = 64
+    learning_rate: float = 5e-5
+    warmup_proportion: float = 0.1
+    num_warmup_steps: int | None = None
+    optimizer: str = "adamw"
+    adam_bias_correction: bool = False
+    dtype: str = "fp32"
+    use_xla: bool | None = None
+    use_horovod: bool = False
+    num_accumulation_steps: int = 1
+    save_checkpoints_steps: int = 1000
+    keep_checkpoint_max: int = 3
+    log_steps: int = 10
+    seed: int = 42
+    max_consecutive_nonfinite: int = 20
+    deterministic: bool = False
+    progress: bool = True
+
+    # Flags whose change makes old checkpoints in output_dir belong to another run; subclasses
+    # add their own.
+    identity_flags = ("max_seq_length", "train_batch_size", "learning_rate",
+                      "warmup_proportion", "num_warmup_steps", "optimizer",
+                      "num_accumulation_steps", "seed", "init_checkpoint", "dtype",
+                      "adam_bias_correction")
+
+    def identity(self) -> dict:
+        return {k: getattr(self, k) for k in self.identity_flags}
+
+
+def check_engine_args(args: EngineArgs) -> None:
+    """The engine flags alone, before any work. Raises UsageError naming the flag."""
+    if not args.output_dir:
+        raise UsageError("--output_dir is required (checkpoints, metrics and results go there)")
+    if args.train_batch_size < 1 or args.eval_batch_size < 1:
+        raise UsageError("batch sizes must be at least 1")
+    if not 0 <= args.warmup_proportion < 1:
+        raise UsageError(f"--warmup_proportion={args.warmup_proportion} must be in [0, 1)")
+    if args.num_warmup_steps is not None and args.num_warmup_steps < 0:
+        raise UsageError(f"--num_warmup_steps={args.num_warmup_steps} must be >= 0")
+    if args.num_accumulation_steps < 1:
+        raise UsageError("--num_accumulation_steps must be at least 1")
+    if args.max_consecutive_nonfinite < 1:
+        raise UsageError(f"--max_consecutive_nonfinite={args.max_consecutive_nonfinite} must be "
+                         "at least 1")
+    if args.learning_rate <= 0:
+        raise UsageError(f"--learning_rate={args.learning_rate} must be positive")
+    if args.log_steps < 1:
+        raise UsageError(f"--log_steps={args.log_steps} must be at least 1")
+    if args.save_checkpoints_steps < 1:
+        raise UsageError(f"--save_checkpoints_steps={args.save_checkpoints_steps} must be at "
+                         "least 1")
+    if args.keep_checkpoint_max < 1:
+        raise UsageError(f"--keep_checkpoint_max={args.keep_checkpoint_max} must be at least 1")
+
+
+def setup_runtime(args: EngineArgs):
+    """Distributed context, determinism, dtype policy, XLA default. Returns (dist, use_xla)."""
+    import keras
+    import tensorflow as tf
+
+    from bert_tf.training.distributed import Distributed
+    from bert_tf.training.precision import set_dtype
+
+    dist = Distributed(args.use_horovod)
+    keras.utils.set_random_seed(args.seed)
+    if args.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    set_dtype(args.dtype)
+    use_xla = args.use_xla
+    if use_xla is None:  # on by default where it pays: GPUs. On CPUs it was measured slower.
+        use_xla = bool(tf.config.list_physical_devices("GPU"))
+    return dist, use_xla
+
+
+def has_checkpoints(output_dir: str) -> bool:
+    from bert_tf.training.loop import checkpoint_dir
+
+    directory = checkpoint_dir(output_dir)
+    return os.path.isdir(directory) and any(n.endswith(".index") for n in os.listdir(directory))
+
+
+def guard_output_dir(args: EngineArgs, config, is_chief: bool, num_workers: int = 1,
+                     **identity_extra) -> None:
+    """Refuse to mix a new run into an output_dir holding another run's checkpoints; record this
+    run's flags and config there (run_config.json, bert_config.json).
+
+    The identity is `args.identity()` plus `identity_extra` (e.g. num_labels), the worker count
+    (it sets the global batch, hence the steps, the schedule and where in the data a resumed run
+    starts) and the model config. Raises UsageError naming every difference."""
+    path = os.path.join(args.output_dir, "run_config.json")
+    current = args.identity()
+    current.update(identity_extra)
+    current["num_workers"] = num_workers
+    current["bert_config"] = config.to_dict()
+    resuming = has_checkpoints(args.output_dir) and args.do_train
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            previous = json.load(f).get("identity", {})
+        if resuming:
+            previous.setdefault("num_workers", 1)  # run_config.json of earlier versions
+            diff = sorted(k for k in set(previous) | set(current)
+                          if previous.get(k) != current.get(k))
+            if diff:
+                details = "; ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}"
+                                    for k in diff if k != "bert_config")
+                if "bert_config" in diff:
+                    details += "; bert_config differs"
+                raise UsageError(
+                    f"--output_dir={args.output_dir} holds checkpoints of another run "
+                    f"({details.strip('; ')}). To resume it, rerun with its values; otherwise "
+                    "use a new --output_dir, or delete the old one to start over")
+    elif resuming:
+        raise UsageError(f"--output_dir={args.output_dir} holds checkpoints without a "
+                         "run_config.json (not a bert_tf run?): use a new --output_dir")
+    if is_chief:
+        os.makedirs(args.output_dir, exist_ok=True)
+        record = {"identity": current, "flags": dataclasses.asdict(args)}
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=2, sort_keys=True, default=str)
+        os.replace(tmp, path)
+        config.to_json_file(os.path.join(args.output_dir, "bert_config.json"))
+
+
+# -- feature cache ----------------------------------------------------------------------------------
+
+def _pack_features(features: list[dict]) -> dict:
+    """list of {name: int | float | list} -> flat arrays (+ row splits for list values)."""
+    arrays = {}
+    for key in features[0]:
+        values = [f[key] for f in features]
+        if isinstance(values[0], (list, tuple, np.ndarray)):
+            lengths = np.array([len(v) for v in values], np.int64)
+            flat = np.concatenate([np.asarray(v) for v in values]) if lengths.sum() else \
+                np.zeros((0,), np.int32)
+            arrays[f"{key}.values"] = flat
+            arrays[f"{key}.splits"] = np.concatenate([[0], np.cumsum(lengths)])
+        else:
+            arrays[key] = np.asarray(values)
+    return arrays
+
+
+def _unpack_features(arrays) -> list[dict]:
+    columns = {}
+    for name in arrays.files:
+        if name.endswith(".splits"):
+            continue
+        if name.endswith(".values"):
+            key = name[:-len(".values")]
+            flat, splits = arrays[name], arrays[f"{key}.splits"]
+            columns[key] = [flat[a:b].tolist() for a, b in zip(splits[:-1], splits[1:])]
+        else:
+            columns[name] = arrays[name].tolist()
+    n = len(next(iter(columns.values()))) if columns else 0
+    return [{k: v[i] for k, v in columns.items()} for i in range(n)]
+
+
+def cached(cache_dir: str, key: dict, build):
+    """`build() -> list of feature dicts` once per key, cached as .npz under cache_dir
+    (tokenizing SST-2 or MNLI again for every run would be minutes of Python). Feature values
+    are ints, floats or lists of them. Plain arrays, loaded with allow_pickle=False: a cache
+    file can never run code."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+    path = os.path.join(cache_dir, f"features-{digest[:16]}.npz")
+    if os.path.exists(path):
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                return _unpack_features(arrays)
+        except (OSError, ValueError, KeyError):
+            logger.warning("feature cache %s is unreadable: rebuilding it", path)
+    features = build()
+    if not features:
+        return features
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}.npz"
+    np.savez(tmp, **_pack_features(features))
+    os.replace(tmp, path)
+    return features
+
+
+def file_key(path: str) -> list:
+    st = os.stat(path)
+    return [os.path.abspath(path), st.st_size, int(st.st_mtime)]
+
+
+# -- model state ------------------------------------------------------------------------------------
+
+def init_model(model, assets, args: EngineArgs, dist, what: str = "fine-tuning"):
+    """Load --init_checkpoint into `model` (any format checkpoints.load accepts); without one,
+    warn loudly that training starts from random weights. Returns the LoadReport or None."""
+    from bert_tf import checkpoints
+
+    if assets.init_checkpoint:
+        return checkpoints.load(model, assets.init_checkpoint)  # logs what it loaded
+    if args.do_train and dist.is_chief:
+        logger.warning(
+            "=" * 78 + f"\nNO --init_checkpoint: {what} starts from RANDOM weights. Expect "
+            "scores near chance;\npass a pre-trained checkpoint (a directory, a prefix or a preset "
+            "such as bert-base-uncased).\n" + "=" * 78)
+    return None
+
+
+def restore_trained(model, output_dir: str) -> bool:
+    """The latest trained checkpoint in output_dir, for --do_eval/--do_predict without
+    --do_train. Returns False when there is none."""
+    import tensorflow as tf
+
+    from bert_tf.training.loop import checkpoint_dir
+
+    latest = tf.train.latest_checkpoint(checkpoint_dir(output_dir))
+    if not latest:
+        return False
+    tf.train.Checkpoint(model=model).read(latest).expect_partial()
+    logger.info("evaluating the trained checkpoint %s", latest)
+    return True
+
+
+# -- results ----------------------------------------------------------------------------------------
+
+def write_eval_results(output_dir: str, results: dict, name: str = "eval_results") -> None:
+    """Google's `key = value` eval_results.txt plus the same as JSON."""
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, f"{name}.txt"), "w", encoding="utf-8") as f:
+        for key in sorted(results):
+            f.write(f"{key} = {results[key]}\n")
+    with open(os.path.join(output_dir, f"{name}.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2, sort_keys=True)
+
+
+def training_results(summary: dict) -> dict:
+    """What a training run adds to eval_results: global_step, nonfinite_steps and train_loss
+    (left out when a rerun of a finished run took no step, so there is no loss to report)."""
+    if not summary:
+        return {}
+    out = {"global_step": summary["step"], "nonfinite_steps": summary["nonfinite_steps"]}
+    if np.isfinite(summary["loss"]):
+        out["train_loss"] = summary["loss"]
+    return out
+
+
+def warmup_steps(args: EngineArgs, num_train_steps: int) -> int:
+    warmup = (args.num_warmup_steps if args.num_warmup_steps is not None
+              else int(num_train_steps * args.warmup_proportion))
+    return min(warmup, num_train_steps)
+
+
+def train_settings(args: EngineArgs, num_train_steps: int, use_xla: bool):
+    """The loop's TrainSettings from the engine flags."""
+    from bert_tf.training.loop import TrainSettings
+
+    return TrainSettings(
+        output_dir=args.output_dir, train_batch_size=args.train_batch_size,
+        num_train_steps=num_train_steps, learning_rate=args.learning_rate,
+        num_warmup_steps=warmup_steps(args, num_train_steps), optimizer=args.optimizer,
+        adam_bias_correction=args.adam_bias_correction, dtype=args.dtype, use_xla=use_xla,
+        num_accumulation_steps=args.num_accumulation_steps,
+        save_checkpoints_steps=args.save_checkpoints_steps,
+        keep_checkpoint_max=args.keep_checkpoint_max, log_steps=args.log_steps, seed=args.seed,
+        max_consecutive_nonfinite=args.max_consecutive_nonfinite)
