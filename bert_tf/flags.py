@@ -20,9 +20,36 @@ def define_finetune_flags(default_task: str) -> None:
     flags.DEFINE_alias("task", "task_name")
 
 
+def define_pretraining_flags() -> None:
+    """run_pretraining.py: the engine flags (with Google's pre-training defaults) plus the
+    records'."""
+    f = flags
+    # Google's run_pretraining.py defaults: lr 5e-5, batch 32, eval batch 8, 10k warm-up steps of
+    # 100k (10%), Adam with weight decay. The two-phase recipe configs set LAMB and its rates.
+    define_engine_flags(eval_batch_size=8)
+    f.DEFINE_string("input_file", None, "Training records of create_pretraining_data.py: "
+                    "globs or a comma list.")
+    f.DEFINE_string("eval_input_file", None, "Held-out records for --do_eval (default: "
+                    "--input_file, as Google's script).")
+    f.DEFINE_integer("max_predictions_per_seq", 20, "Masked-LM predictions per sequence; must "
+                     "equal the value the records were written with.")
+    f.DEFINE_integer("num_train_steps", 100000, "Optimizer steps.")
+    f.DEFINE_integer("global_batch_size", None, "Sequences per optimizer step over all workers: "
+                     "sets --num_accumulation_steps = global_batch_size / (train_batch_size x "
+                     "workers), so a published global batch is reached on any worker count.")
+    f.DEFINE_integer("max_eval_steps", 100, "Evaluation batches at most (0: all held-out "
+                     "records).")
+    f.DEFINE_integer("eval_every_steps", 0, "With --do_eval, also evaluate every N steps "
+                     "during training (the held-out curve in metrics.jsonl).")
+    f.DEFINE_integer("shuffle_buffer_size", 10000, "Records in the shuffle buffer.")
+    f.DEFINE_string("export", "", "After training, also write the model as a comma list of "
+                    "google (TF1 checkpoint) and huggingface (config.json + model.safetensors) "
+                    "under OUTPUT_DIR/export/, each with vocab.txt.")
+
+
 def define_engine_flags(learning_rate: float = 5e-5, train_batch_size: int = 32,
                         max_seq_length: int = 128, warmup_proportion: float = 0.1,
-                        optimizer: str = "adamw") -> None:
+                        optimizer: str = "adamw", eval_batch_size: int = 64) -> None:
     """The training engine's flags, the same in every training script (defaults per script)."""
     f = flags
     f.DEFINE_string("output_dir", None, "Where checkpoints, metrics.jsonl, TensorBoard events, "
@@ -35,8 +62,9 @@ def define_engine_flags(learning_rate: float = 5e-5, train_batch_size: int = 32,
                     "directory, bert_tf checkpoint or a preset name (bert-base-uncased, ...).")
     f.DEFINE_bool("do_lower_case", True, "Lower-case input; must match the checkpoint "
                   "(default: what the checkpoint says, else true).")
-    f.DEFINE_integer("max_seq_length", max_seq_length, "Maximum tokens per example after WordPiece, "
-                     "[CLS]/[SEP] included. Batches are padded to the next multiple of 32.")
+    f.DEFINE_integer("max_seq_length", max_seq_length, "Maximum tokens per example after "
+                     "WordPiece, [CLS]/[SEP] included. Fine-tuning batches are padded to the next "
+                     "multiple of 32; pre-training records have exactly this length.")
     f.DEFINE_bool("do_train", False, "Train.")
     f.DEFINE_bool("do_eval", False, "Evaluate on the dev / held-out set(s).")
     f.DEFINE_integer("train_batch_size", train_batch_size,
@@ -44,7 +72,8 @@ def define_engine_flags(learning_rate: float = 5e-5, train_batch_size: int = 32,
                      "x workers x num_accumulation_steps; the learning rate is not scaled for "
                      "you: raise it with the global batch (linearly or by its square root) when "
                      "adding workers.")
-    f.DEFINE_integer("eval_batch_size", 64, "Examples per evaluation batch (chief only).")
+    f.DEFINE_integer("eval_batch_size", eval_batch_size,
+                     "Examples per evaluation batch (chief only).")
     f.DEFINE_float("learning_rate", learning_rate, "Peak learning rate (after warm-up).")
     f.DEFINE_float("warmup_proportion", warmup_proportion, "Fraction of steps with linear warm-up.")
     f.DEFINE_integer("num_warmup_steps", None, "Warm-up steps (overrides warmup_proportion).")

@@ -21,7 +21,8 @@ pre-training differ only in those.
 
 Resuming is exact: the checkpoint holds weights, optimizer slots, the step, the loss scale and
 counters; the data order is a function of (seed, epoch) and the dropout RNG a function of
-(seed, rank, micro-batch index), so a restarted run sees the same batches and masks.
+(seed, slice of the global batch), so a restarted run sees the same batches and masks, and the
+same global batch cut over 2 workers or accumulated on 1 gives the same masks too.
 """
 
 from __future__ import annotations
@@ -121,14 +122,18 @@ def _split_loss(out):
 
 
 def train(model, loss_fn, batches, settings: TrainSettings, dist,
-          progress: bool = True) -> dict:
+          progress: bool = True, eval_fn=None, eval_every_steps: int = 0) -> dict:
     """Train `model` with `loss_fn` on the micro-batches `batches(start_step)` yields.
 
     `settings.train_batch_size` is the rows of one micro-batch on one worker (for throughput
     figures only; the source decides what a batch holds). Returns a summary dict: final step,
     mean loss of the last logging window, its metrics, non-finite steps skipped, seconds.
     Raises TrainingError when more than max_consecutive_nonfinite steps in a row are not
-    finite."""
+    finite.
+
+    eval_fn(step) -> {name: float}, if given, runs on the chief every eval_every_steps steps
+    before the last (the caller evaluates the final model); its results go to metrics.jsonl and
+    TensorBoard under "eval"."""
     s = settings
     accum = s.num_accumulation_steps
     # Variables no loss reaches (the pooler under a token-level head) are left out of the
@@ -163,7 +168,10 @@ def train(model, loss_fn, batches, settings: TrainSettings, dist,
     dist.broadcast_variables(list(model.variables) + list(optimizer.variables) + state_vars)
 
     seed_vars = _seed_variables(model)
-    seed_base = np.int64(s.seed) * 1000003 + dist.rank * 7919
+    # Dropout is seeded by the micro-batch's slice of the global batch (slice a x workers + rank
+    # of the step, as the batch sources cut it), not by the rank: 2 workers, or 1 worker
+    # accumulating 2 micro-batches, draw the same masks for the same rows.
+    seed_base = np.int64(s.seed) * 1000003
 
     @tf.function(jit_compile=s.use_xla, reduce_retracing=True)
     def grad_step(batch, micro_index):
@@ -253,7 +261,10 @@ def train(model, loss_fn, batches, settings: TrainSettings, dist,
                     f"the input ended at step {current} of {s.num_train_steps}: the batch "
                     "source must yield num_train_steps x num_accumulation_steps micro-"
                     "batches (repeat the data or lower the number of steps)") from None
-            loss, step_metrics, grads = grad_step(batch, micro_index)
+            # A tensor, never a Python int: each new int would retrace the step.
+            global_index = tf.convert_to_tensor(
+                int(micro_index) * dist.size + dist.rank, tf.int64)
+            loss, step_metrics, grads = grad_step(batch, global_index)
             if metric_names is None:
                 metric_names = sorted(step_metrics)
             scalars = [loss] + [step_metrics[k] for k in metric_names]
@@ -302,6 +313,9 @@ def train(model, loss_fn, batches, settings: TrainSettings, dist,
         if dist.is_chief and (done % s.save_checkpoints_steps == 0 or
                               done == s.num_train_steps):
             manager.save(checkpoint_number=done)
+        if (eval_fn is not None and dist.is_chief and eval_every_steps and
+                done % eval_every_steps == 0 and done < s.num_train_steps):
+            log.write(done, eval_fn(done), "eval")
     if bar is not None:
         bar.close()
     dist.barrier()

@@ -1,4 +1,5 @@
-"""Losses of the fine-tuning tasks, computed in float32 whatever the compute dtype."""
+"""Losses of the fine-tuning and pre-training tasks, computed in float32 whatever the compute
+dtype."""
 
 from __future__ import annotations
 
@@ -28,3 +29,50 @@ def token_classification_loss(model, batch):
         labels=tf.maximum(labels, 0), logits=logits)
     weights = tf.cast(valid, tf.float32)
     return tf.reduce_sum(per_token * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
+
+
+def _pretraining_terms(model, batch, training):
+    """Per-prediction and per-example terms of Google's pre-training loss, float32.
+
+    mlm_logits [B,P,V] against masked_lm_ids [B,P] weighted by masked_lm_weights [B,P] (0 on
+    padding predictions); nsp_logits [B,2] against next_sentence_labels [B]."""
+    out = model(batch, training=training)
+    mlm_logits = tf.cast(out["mlm_logits"], tf.float32)
+    nsp_logits = tf.cast(out["nsp_logits"], tf.float32)
+    ids = tf.cast(batch["masked_lm_ids"], tf.int32)
+    weights = tf.cast(batch["masked_lm_weights"], tf.float32)
+    mlm_ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=ids, logits=mlm_logits)
+    mlm_hit = tf.cast(tf.equal(tf.argmax(mlm_logits, -1, output_type=tf.int32), ids),
+                      tf.float32)
+    labels = tf.cast(batch["next_sentence_labels"], tf.int32)
+    nsp_ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=nsp_logits)
+    nsp_hit = tf.cast(tf.equal(tf.argmax(nsp_logits, -1, output_type=tf.int32), labels),
+                      tf.float32)
+    return mlm_ce, mlm_hit, weights, nsp_ce, nsp_hit
+
+
+def pretraining_loss(model, batch):
+    """Google's pre-training loss: masked-LM cross-entropy averaged over the real predictions
+    (sum(w * ce) / (sum(w) + 1e-5), run_pretraining.py's get_masked_lm_output) plus the mean
+    next-sentence cross-entropy. Returns (loss, {mlm_loss, nsp_loss, mlm_accuracy,
+    nsp_accuracy}), all float32 scalars."""
+    mlm_ce, mlm_hit, weights, nsp_ce, nsp_hit = _pretraining_terms(model, batch, True)
+    denominator = tf.reduce_sum(weights) + 1e-5
+    mlm_loss = tf.reduce_sum(mlm_ce * weights) / denominator
+    nsp_loss = tf.reduce_mean(nsp_ce)
+    return mlm_loss + nsp_loss, {
+        "mlm_loss": mlm_loss, "nsp_loss": nsp_loss,
+        "mlm_accuracy": tf.reduce_sum(mlm_hit * weights) / denominator,
+        "nsp_accuracy": tf.reduce_mean(nsp_hit)}
+
+
+def pretraining_eval_metrics(model, batch):
+    """{name: (sum, count)} for loop.evaluate: masked-LM loss and accuracy over the real
+    predictions, next-sentence loss and accuracy over the examples (dropout off)."""
+    mlm_ce, mlm_hit, weights, nsp_ce, nsp_hit = _pretraining_terms(model, batch, False)
+    n_pred = tf.reduce_sum(weights)
+    n_ex = tf.cast(tf.shape(nsp_ce)[0], tf.float32)
+    return {"masked_lm_loss": (tf.reduce_sum(mlm_ce * weights), n_pred),
+            "masked_lm_accuracy": (tf.reduce_sum(mlm_hit * weights), n_pred),
+            "next_sentence_loss": (tf.reduce_sum(nsp_ce), n_ex),
+            "next_sentence_accuracy": (tf.reduce_sum(nsp_hit), n_ex)}

@@ -1,0 +1,226 @@
+"""Pre-training behind run_pretraining.py: flags in, checkpoints and results out.
+
+Google's recipe (masked-LM + next-sentence loss over records of create_pretraining_data.py) on
+the one training loop: check the flags and the records before any work, resolve config and
+vocabulary, guard output_dir, build a BertPretrainer, load --init_checkpoint in any format
+(continued pre-training; heads the checkpoint lacks start fresh, the MLM decoder always tied to
+the word embeddings), train, evaluate on held-out records, export Google / Hugging Face
+checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+
+from bert_tf.assets import UsageError, resolve_model_assets
+from bert_tf.data import records  # TF-free at import: it imports TensorFlow lazily
+from bert_tf.training.run import (EngineArgs, check_engine_args, guard_output_dir,
+                                  init_model, restore_trained, setup_runtime, train_settings,
+                                  training_results, write_eval_results)
+
+logger = logging.getLogger("bert_tf")
+
+EXPORT_FORMATS = ("google", "huggingface")
+
+
+@dataclasses.dataclass
+class PretrainArgs(EngineArgs):
+    """The flags of run_pretraining.py: the engine's plus the pre-training data's."""
+    input_file: str | None = None
+    eval_input_file: str | None = None
+    max_predictions_per_seq: int = 20
+    num_train_steps: int = 100000
+    global_batch_size: int | None = None
+    max_eval_steps: int = 100
+    eval_every_steps: int = 0
+    shuffle_buffer_size: int = 10000
+    export: str = ""
+
+    identity_flags = ("input_file", "max_predictions_per_seq", "num_train_steps",
+                      "shuffle_buffer_size") + EngineArgs.identity_flags
+
+
+def export_formats(value: str) -> list[str]:
+    formats = [v.strip() for v in (value or "").split(",") if v.strip()]
+    bad = [v for v in formats if v not in EXPORT_FORMATS]
+    if bad:
+        raise UsageError(f"--export={value}: unknown format(s) {bad}; use a comma list of "
+                         f"{', '.join(EXPORT_FORMATS)}")
+    return formats
+
+
+def check_args(args: PretrainArgs) -> None:
+    """Every flag of run_pretraining.py on its own and together, before any work."""
+    if not (args.do_train or args.do_eval):
+        raise UsageError("nothing to do: pass --do_train and/or --do_eval")
+    check_engine_args(args)
+    if args.do_train and not args.input_file:
+        raise UsageError("--input_file is required with --do_train: the TFRecord files "
+                         "create_pretraining_data.py wrote (globs and comma lists accepted)")
+    if args.do_eval and not (args.eval_input_file or args.input_file):
+        raise UsageError("--do_eval needs --eval_input_file (held-out records)")
+    if args.max_predictions_per_seq < 1:
+        raise UsageError(f"--max_predictions_per_seq={args.max_predictions_per_seq} must be at "
+                         "least 1")
+    if args.max_predictions_per_seq > args.max_seq_length:
+        raise UsageError(f"--max_predictions_per_seq={args.max_predictions_per_seq} exceeds "
+                         f"--max_seq_length={args.max_seq_length}")
+    if args.do_train and args.num_train_steps < 1:
+        raise UsageError(f"--num_train_steps={args.num_train_steps} must be at least 1")
+    if args.max_eval_steps < 0 or args.eval_every_steps < 0:
+        raise UsageError("--max_eval_steps and --eval_every_steps must be >= 0")
+    if args.shuffle_buffer_size < 1:
+        raise UsageError(f"--shuffle_buffer_size={args.shuffle_buffer_size} must be at least 1")
+    if args.global_batch_size is not None and args.global_batch_size < 1:
+        raise UsageError(f"--global_batch_size={args.global_batch_size} must be at least 1")
+    export_formats(args.export)
+
+
+def accumulation_steps(args: PretrainArgs, num_workers: int) -> int:
+    """--global_batch_size -> micro-batches per step on each worker, so the published global
+    batch is reached whatever the worker count. Raises UsageError when it does not divide."""
+    if args.global_batch_size is None:
+        return args.num_accumulation_steps
+    per_step = args.train_batch_size * num_workers
+    if args.global_batch_size % per_step:
+        raise UsageError(
+            f"--global_batch_size={args.global_batch_size} is not a multiple of "
+            f"--train_batch_size={args.train_batch_size} x {num_workers} worker(s) = "
+            f"{per_step}: change one of them")
+    if args.num_accumulation_steps not in (1, args.global_batch_size // per_step):
+        raise UsageError("pass --global_batch_size or --num_accumulation_steps, not both")
+    return args.global_batch_size // per_step
+
+
+def _export(model, args: PretrainArgs, assets) -> dict:
+    """Write the trained model in the asked formats, each directory with the vocabulary and
+    casing, ready for run_classifier.py --init_checkpoint or transformers' from_pretrained."""
+    import json
+
+    from bert_tf import checkpoints
+
+    written = {}
+    for fmt in export_formats(args.export):
+        directory = os.path.join(args.output_dir, "export", fmt)
+        os.makedirs(directory, exist_ok=True)
+        if fmt == "google":
+            checkpoints.save_google(model, os.path.join(directory, "bert_model.ckpt"))
+        else:
+            checkpoints.save_huggingface(model, directory)
+            with open(os.path.join(directory, "tokenizer_config.json"), "w",
+                      encoding="utf-8") as f:
+                json.dump({"do_lower_case": assets.do_lower_case,
+                           "tokenizer_class": "BertTokenizer",
+                           "model_max_length": model.config.max_position_embeddings}, f,
+                          indent=2)
+        shutil.copyfile(assets.vocab_file, os.path.join(directory, "vocab.txt"))
+        logger.info("exported the %s checkpoint to %s", fmt, directory)
+        written[fmt] = directory
+    return written
+
+
+def run_pretraining(args: PretrainArgs) -> dict:
+    """Pre-train (or continue pre-training) and/or evaluate. Returns the eval results."""
+    from bert_tf.modeling import BertPretrainer
+    from bert_tf.training import loop, tasks
+
+    check_args(args)
+    assets = resolve_model_assets(args.init_checkpoint, args.bert_config_file, args.vocab_file,
+                                  args.do_lower_case, args.do_lower_case_given,
+                                  args.max_seq_length)
+    # The records are checked end to end before the runtime starts: a wrong length or a
+    # truncated file is one clear line now, not a DataLossError an hour into training.
+    train_files = eval_files = None
+    try:
+        if args.do_train:
+            train_files = records.expand_files(args.input_file)
+            train_info = records.inspect_records(train_files, args.max_seq_length,
+                                                 args.max_predictions_per_seq)
+            _check_masked(train_info, train_files)
+        if args.do_eval:
+            eval_files = records.expand_files(args.eval_input_file or args.input_file)
+            _check_masked(records.inspect_records(eval_files, args.max_seq_length,
+                                                  args.max_predictions_per_seq), eval_files)
+    except records.RecordError as e:
+        flag = "--input_file" if eval_files is None and args.do_train else "--eval_input_file"
+        raise UsageError(f"{flag}: {e}") from None
+
+    dist, use_xla = setup_runtime(args)
+    args.num_accumulation_steps = accumulation_steps(args, dist.size)
+    guard_output_dir(args, assets.config, dist.is_chief, dist.size)
+
+    model = BertPretrainer(assets.config)
+    report = init_model(model, assets, args, dist, what="pre-training")
+    if report is not None and dist.is_chief:
+        fresh = [n for n in report.missing if "cls" in n or "seq_relationship" in n]
+        if fresh:
+            logger.warning("the checkpoint has no pre-training heads: the masked-LM transform "
+                           "and bias and the next-sentence classifier start fresh (the masked-LM "
+                           "decoder is the word embedding table, as always): %s",
+                           ", ".join(fresh))
+
+    def evaluate(step=None):
+        batches = records.eval_pretraining_batches(
+            eval_files, args.eval_batch_size, args.max_seq_length,
+            args.max_predictions_per_seq, max_steps=args.max_eval_steps or None)
+        result = loop.evaluate(model, tasks.pretraining_eval_metrics, batches,
+                               use_xla=use_xla, progress=args.progress and step is None)
+        if step is not None:
+            logger.info("step %d: held-out masked-LM accuracy %.4f, loss %.4f", step,
+                        result["masked_lm_accuracy"], result["masked_lm_loss"])
+        return result
+
+    summary = {}
+    if args.do_train:
+        source = records.pretraining_batches(
+            train_files, args.train_batch_size, args.max_seq_length,
+            args.max_predictions_per_seq, args.seed, rank=dist.rank, num_workers=dist.size,
+            accumulation=args.num_accumulation_steps,
+            records_per_file=train_info["records"], shuffle_buffer=args.shuffle_buffer_size)
+        settings = train_settings(args, args.num_train_steps, use_xla)
+        if dist.is_chief:
+            global_batch = args.train_batch_size * dist.size * args.num_accumulation_steps
+            logger.info(
+                "pre-training: %d records in %d file(s), %d steps (%d warm-up) of a global "
+                "batch of %d (%d worker(s) x %d x %d accumulation; %.2f epochs), %s, dtype %s, "
+                "XLA %s", source.records, len(train_files), settings.num_train_steps,
+                settings.num_warmup_steps, global_batch, dist.size, args.train_batch_size,
+                args.num_accumulation_steps, settings.num_train_steps / source.steps_per_epoch,
+                args.optimizer, args.dtype, "on" if use_xla else "off")
+        summary = loop.train(model, tasks.pretraining_loss, source, settings, dist,
+                             progress=args.progress,
+                             eval_fn=evaluate if args.do_eval and args.eval_every_steps else None,
+                             eval_every_steps=args.eval_every_steps)
+    elif not restore_trained(model, args.output_dir) and dist.is_chief:
+        logger.warning("no pre-trained checkpoint in %s: evaluating --init_checkpoint as is",
+                       args.output_dir)
+
+    results = {}
+    if dist.is_chief:
+        if args.do_eval:
+            evaluated = evaluate()
+            results.update({k: float(v) for k, v in evaluated.items() if k != "examples"})
+            results["eval_examples"] = evaluated["examples"]
+        results.update(training_results(summary))
+        if results:
+            write_eval_results(args.output_dir, results)
+            loop.MetricsLog(args.output_dir, True).write(results.get("global_step", 0), {
+                k: v for k, v in results.items() if k.startswith(("masked", "next"))}, "eval")
+            for k, v in sorted(results.items()):
+                logger.info("  %s = %s", k, v)
+        if args.export:
+            _export(model, args, assets)
+    dist.barrier()
+    return results
+
+
+def _check_masked(info: dict, files) -> None:
+    if not info["masked"]:
+        raise records.RecordError(
+            f"{files[0]}: records without masks (written with --dynamic_masking); masks drawn "
+            "in the pipeline are not supported by this version of run_pretraining.py: write "
+            "the records without --dynamic_masking")
+

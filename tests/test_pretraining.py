@@ -1,0 +1,404 @@
+"""Pre-training: the record reader (order, resume, worker slices, bad files), Google's loss,
+run_pretraining.py end to end (kill -9 and resume, export into transformers, Horovod, bad
+input). Records here are written with TensorFlow's own tf.train.Example and TFRecordWriter, so
+the reader is checked against TensorFlow's format, not against bert_tf's writer."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, tiny_config
+
+SCRIPT = str(REPO / "run_pretraining.py")
+S, P, V = 32, 5, 99
+
+
+def write_records(path, n, seed=0, seq=S, preds=P, schema="google", truncate=False):
+    """n random pre-training examples in Google's schema; a `uid` hidden in input_ids[1] (row
+    number + 1000 * seed) lets tests track single records."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+
+    def ints(v):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(x) for x in v]))
+
+    with tf.io.TFRecordWriter(str(path)) as w:
+        for i in range(n):
+            length = int(rng.integers(8, seq + 1))
+            ids = np.zeros(seq, np.int64)
+            ids[:length] = rng.integers(5, V, length)
+            ids[0], ids[length - 1] = 2, 3
+            mask = (np.arange(seq) < length).astype(np.int64)
+            segments = ((np.arange(seq) >= length // 2) & (mask > 0)).astype(np.int64)
+            k = min(preds, length - 2)
+            positions = np.zeros(preds, np.int64)
+            positions[:k] = np.sort(rng.choice(np.arange(1, length - 1), k, replace=False))
+            targets = np.zeros(preds, np.int64)
+            targets[:k] = ids[positions[:k]]
+            weights = np.zeros(preds, np.float32)
+            weights[:k] = 1.0
+            ids[positions[:k]] = 4  # [MASK]
+            feature = {"input_ids": ints(ids), "input_mask": ints(mask),
+                       "segment_ids": ints(segments), "masked_lm_positions": ints(positions),
+                       "masked_lm_ids": ints(targets),
+                       "masked_lm_weights": tf.train.Feature(
+                           float_list=tf.train.FloatList(value=weights.tolist())),
+                       "next_sentence_labels": ints([rng.integers(0, 2)]),
+                       "uid": ints([i + 1000 * seed])}
+            if schema == "google":
+                del feature["uid"]
+            elif schema == "other":
+                del feature["next_sentence_labels"]
+            w.write(tf.train.Example(features=tf.train.Features(feature=feature))
+                    .SerializeToString())
+    if truncate:
+        data = open(path, "rb").read()
+        open(path, "wb").write(data[:-7])
+    return str(path)
+
+
+def write_uid_records(root, files=3, per_file=20):
+    """Records whose input_ids[1] is a unique id, to follow records through the pipeline."""
+    import tensorflow as tf
+
+    paths = []
+    for f in range(files):
+        path = os.path.join(root, f"uid-{f}.tfrecord")
+        with tf.io.TFRecordWriter(path) as w:
+            for i in range(per_file):
+                def ints(v):
+                    return tf.train.Feature(int64_list=tf.train.Int64List(value=v))
+                ids = [2, f * per_file + i] + [0] * (S - 2)
+                w.write(tf.train.Example(features=tf.train.Features(feature={
+                    "input_ids": ints(ids), "input_mask": ints([1] * S),
+                    "segment_ids": ints([0] * S), "masked_lm_positions": ints([1] * P),
+                    "masked_lm_ids": ints([1] * P),
+                    "masked_lm_weights": tf.train.Feature(float_list=tf.train.FloatList(
+                        value=[1.0] * P)),
+                    "next_sentence_labels": ints([0])})).SerializeToString())
+        paths.append(path)
+    return paths
+
+
+def uids(batch):
+    return np.asarray(batch["input_ids"])[:, 1].tolist()
+
+
+# -- the reader ------------------------------------------------------------------------------------
+
+def test_reader_order_resume_and_worker_slices(tmp_path):
+    from bert_tf.data import records
+
+    files = write_uid_records(str(tmp_path))  # 60 records
+    one = records.pretraining_batches(files, 4, S, P, seed=5, accumulation=2,
+                                      shuffle_buffer=16)
+    assert one.steps_per_epoch == 60 // 8
+    stream = one(0)
+    steps = [[uids(next(stream)[1]) + uids(next(stream)[1])] for _ in range(2 * 7)]
+    steps = [s[0] for s in steps]
+    epoch0 = sorted(u for s in steps[:7] for u in s)
+    assert len(set(epoch0)) == 56 and set(epoch0) <= set(range(60))  # each record at most once
+    assert steps[:7] != steps[7:]  # epoch 1 is another order ...
+    again = one(0)
+    assert [uids(next(again)[1]) + uids(next(again)[1]) for _ in range(7)] == steps[:7]  # ...
+    # and the same seed gives the same order. A resumed run starts at the exact record:
+    for start in (3, 7, 9):
+        resumed = one(start)
+        index, batch = next(resumed)
+        assert index == start * 2
+        assert uids(batch) + uids(next(resumed)[1]) == steps[start]
+    # 2 workers x 4 rows see exactly the rows of the 1 worker x 2 accumulation step.
+    workers = [records.pretraining_batches(files, 4, S, P, seed=5, rank=r, num_workers=2,
+                                           shuffle_buffer=16)(0) for r in range(2)]
+    for step in steps[:9]:
+        assert uids(next(workers[0])[1]) + uids(next(workers[1])[1]) == step
+    other_seed = records.pretraining_batches(files, 4, S, P, seed=6, accumulation=2,
+                                             shuffle_buffer=16)(0)
+    assert uids(next(other_seed)[1]) + uids(next(other_seed)[1]) != steps[0]
+
+
+def test_parsed_batch_has_google_dtypes(tmp_path):
+    import tensorflow as tf
+
+    from bert_tf.data import records
+
+    path = write_records(tmp_path / "a.tfrecord", 10)
+    _, batch = next(records.pretraining_batches([path], 4, S, P, seed=0)(0))
+    for name in ("input_ids", "input_mask", "segment_ids"):
+        assert batch[name].shape == (4, S) and batch[name].dtype == tf.int32
+    for name in ("masked_lm_positions", "masked_lm_ids"):
+        assert batch[name].shape == (4, P) and batch[name].dtype == tf.int32
+    assert batch["masked_lm_weights"].dtype == tf.float32
+    assert batch["next_sentence_labels"].shape == (4,)
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("seq", "input_ids has length 16 but --max_seq_length=32"),
+    ("preds", "masked_lm_positions has length 7 but --max_predictions_per_seq=5"),
+    ("schema", "missing ['next_sentence_labels']"),
+    ("extra", "unexpected ['uid']"),
+    ("truncated", "truncated or corrupt"),
+    ("garbage", "truncated or corrupt"),
+    ("empty", "holds no records"),
+])
+def test_bad_record_files_name_the_file_and_the_difference(tmp_path, kind, message):
+    from bert_tf.data import records
+
+    path = tmp_path / f"{kind}.tfrecord"
+    if kind == "seq":
+        write_records(path, 3, seq=16)
+    elif kind == "preds":
+        write_records(path, 3, preds=7)
+    elif kind == "schema":
+        write_records(path, 3, schema="other")
+    elif kind == "extra":
+        write_records(path, 3, schema="uid")
+    elif kind == "truncated":
+        write_records(path, 30, truncate=True)
+    elif kind == "garbage":
+        path.write_bytes(os.urandom(3000))
+    else:
+        path.write_bytes(b"")
+    good = write_records(tmp_path / "good.tfrecord", 3)
+    with pytest.raises(records.RecordError, match=re.escape(message)) as err:
+        records.inspect_records([good, str(path)], S, P)
+    assert str(err.value).startswith(str(path))
+    with pytest.raises(records.RecordError, match="no file matches"):
+        records.expand_files(str(tmp_path / "nothing-*.tfrecord"))
+
+
+# -- the loss --------------------------------------------------------------------------------------
+
+def test_pretraining_loss_is_googles_formula():
+    import keras
+    import tensorflow as tf
+
+    from bert_tf.modeling import BertPretrainer
+    from bert_tf.training.tasks import pretraining_eval_metrics, pretraining_loss
+
+    keras.utils.set_random_seed(3)
+    config = tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = BertPretrainer(config)
+    rng = np.random.default_rng(0)
+    batch = {"input_ids": rng.integers(5, V, (3, 12)).astype("int32"),
+             "input_mask": np.ones((3, 12), "int32"), "segment_ids": np.zeros((3, 12), "int32"),
+             "masked_lm_positions": np.array([[1, 2, 0], [3, 0, 0], [4, 5, 6]], "int32"),
+             "masked_lm_ids": np.array([[7, 8, 0], [9, 0, 0], [10, 11, 12]], "int32"),
+             "masked_lm_weights": np.array([[1, 1, 0], [1, 0, 0], [1, 1, 1]], "float32"),
+             "next_sentence_labels": np.array([0, 1, 1], "int32")}
+    loss, metrics = pretraining_loss(model, batch)
+    out = model(batch, training=False)
+    logp = tf.nn.log_softmax(out["mlm_logits"]).numpy()
+    w = batch["masked_lm_weights"]
+    ce = -np.take_along_axis(logp, batch["masked_lm_ids"][..., None], -1)[..., 0]
+    mlm = (ce * w).sum() / (w.sum() + 1e-5)  # Google: padding predictions weigh 0
+    nsp_logp = tf.nn.log_softmax(out["nsp_logits"]).numpy()
+    nsp = -nsp_logp[np.arange(3), batch["next_sentence_labels"]].mean()
+    np.testing.assert_allclose(float(metrics["mlm_loss"]), mlm, rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["nsp_loss"]), nsp, rtol=1e-5)
+    np.testing.assert_allclose(float(loss), mlm + nsp, rtol=1e-5)
+    sums = pretraining_eval_metrics(model, batch)
+    total, count = (float(x) for x in sums["masked_lm_loss"])
+    assert count == 6 and abs(total / count - mlm) < 1e-4
+    hits = (logp.argmax(-1) == batch["masked_lm_ids"]) * w
+    assert float(sums["masked_lm_accuracy"][0]) == hits.sum()
+
+
+# -- run_pretraining.py ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretraining")
+    config = tiny_config(max_position_embeddings=S)
+    config.to_json_file(str(root / "bert_config.json"))
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(V - 5)]
+    (root / "vocab.txt").write_text("\n".join(tokens) + "\n")
+    for i in range(3):
+        write_records(root / f"train-{i}.tfrecord", 60, seed=i)
+    write_records(root / "heldout.tfrecord", 24, seed=9)
+    return root
+
+
+def run_script(args, timeout=600, wait=True):
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+    cmd = [sys.executable, SCRIPT, "--progress=false", *args]
+    if not wait:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def base_args(corpus, out):
+    return [f"--input_file={corpus}/train-*.tfrecord",
+            f"--eval_input_file={corpus}/heldout.tfrecord",
+            f"--bert_config_file={corpus}/bert_config.json", f"--vocab_file={corpus}/vocab.txt",
+            f"--output_dir={out}", f"--max_seq_length={S}", f"--max_predictions_per_seq={P}",
+            "--train_batch_size=4", "--learning_rate=2e-3"]
+
+
+def test_kill_9_mid_accumulation_then_rerun_matches_uninterrupted(tmp_path, corpus):
+    """Steps of 2 micro-batches; killed after a checkpoint and mid-run, the same command ends
+    with the same losses and bit-identical weights as an uninterrupted run."""
+    def args(out):
+        return base_args(corpus, out) + [
+            "--do_train", "--do_eval", "--deterministic", "--num_train_steps=60",
+            "--num_accumulation_steps=2", "--save_checkpoints_steps=10", "--log_steps=5",
+            "--eval_every_steps=20", "--optimizer=lamb"]
+
+    full = run_script(args(tmp_path / "full"))
+    assert full.returncode == 0, full.stderr[-3000:]
+    out = tmp_path / "killed"
+    proc = run_script(args(out), wait=False)
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "ckpt-30.index").exists():
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "eval_results.json").exists()
+    again = run_script(args(out))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from" in again.stderr
+
+    def train_log(run):
+        rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+        by_step = {}
+        for r in rows:
+            if r["split"] == "train":
+                by_step[r["step"]] = (r["loss"], r["mlm_accuracy"], r["nsp_loss"])
+        return by_step
+
+    full_log, resumed_log = train_log(tmp_path / "full"), train_log(out)
+    assert sorted(full_log) == list(range(5, 61, 5))
+    for step, values in resumed_log.items():  # steps logged by both lives of the killed run
+        assert values == full_log[step], step
+    assert json.loads((out / "eval_results.json").read_text()) == json.loads(
+        (tmp_path / "full" / "eval_results.json").read_text())
+    import tensorflow as tf
+    a = tf.train.load_checkpoint(str(tmp_path / "full" / "checkpoints" / "ckpt-60"))
+    b = tf.train.load_checkpoint(str(out / "checkpoints" / "ckpt-60"))
+    for name in a.get_variable_to_shape_map():
+        if name != "_CHECKPOINTABLE_OBJECT_GRAPH":
+            np.testing.assert_array_equal(a.get_tensor(name), b.get_tensor(name), err_msg=name)
+    # It learned: the loss of the last window is below the first's.
+    assert full_log[60][0] < full_log[5][0]
+
+
+def test_export_loads_into_transformers_with_the_same_logits(tmp_path, corpus):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    out = tmp_path / "run"
+    proc = run_script(base_args(corpus, out) + ["--do_train", "--num_train_steps=4",
+                                                "--export=google,huggingface"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    from bert_tf import checkpoints
+    from bert_tf.modeling import BertPretrainer
+    from bert_tf.config import BertConfig
+
+    config = BertConfig.from_json_file(str(out / "export" / "google" / "bert_config.json"))
+    ours = BertPretrainer(config)
+    report = checkpoints.load(ours, str(out / "export" / "google"))
+    assert not report.missing and not report.unused
+    hf, info = transformers.BertForPreTraining.from_pretrained(
+        str(out / "export" / "huggingface"), output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    hf.eval()
+    rng = np.random.default_rng(1)
+    ids = rng.integers(5, V, (2, S)).astype("int64")
+    mask = np.ones((2, S), "int64")
+    mask[1, 20:] = 0
+    segments = (np.arange(S) >= 10).astype("int64")[None].repeat(2, 0)
+    positions = np.array([[1, 5, 9, 12, 30], [2, 3, 4, 15, 19]], "int64")
+    with torch.no_grad():
+        got = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                 token_type_ids=torch.tensor(segments))
+    mine = ours({"input_ids": ids.astype("int32"), "input_mask": mask.astype("int32"),
+                 "segment_ids": segments.astype("int32"),
+                 "masked_lm_positions": positions.astype("int32")})
+    hf_mlm = np.take_along_axis(got.prediction_logits.numpy(), positions[..., None], 1)
+    np.testing.assert_allclose(np.asarray(mine["mlm_logits"]), hf_mlm, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(mine["nsp_logits"]),
+                               got.seq_relationship_logits.numpy(), atol=1e-4)
+
+
+def test_continued_pretraining_from_a_checkpoint_without_heads(tmp_path, corpus):
+    """A Hugging Face encoder without MLM/NSP heads: the heads start fresh and the log says so."""
+    from bert_tf import checkpoints
+    from bert_tf.config import BertConfig
+    from bert_tf.modeling import BertEncoder
+
+    init = tmp_path / "encoder"
+    encoder = BertEncoder(BertConfig.from_json_file(str(corpus / "bert_config.json")))
+    checkpoints.save_huggingface(encoder, str(init))
+    shutil.copy(corpus / "vocab.txt", init / "vocab.txt")
+    args = [a for a in base_args(corpus, tmp_path / "out") if "bert_config" not in a
+            and "vocab_file" not in a]
+    proc = run_script(args + [f"--init_checkpoint={init}", "--do_train", "--do_eval",
+                              "--num_train_steps=3"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "has no pre-training heads" in proc.stderr
+    assert "cls.predictions.transform.dense.weight" in proc.stderr
+    results = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    assert results["global_step"] == 3 and 0 <= results["masked_lm_accuracy"] <= 1
+
+
+def test_bad_input_one_line_exit_2(tmp_path, corpus):
+    seq16 = write_records(tmp_path / "seq16.tfrecord", 5, seq=16)
+    truncated = write_records(tmp_path / "cut.tfrecord", 30, truncate=True)
+    other_vocab = tmp_path / "vocab50.txt"
+    other_vocab.write_text("\n".join(f"t{i}" for i in range(50)) + "\n")
+    cases = [
+        ([f"--input_file={seq16}"], f"{seq16}: input_ids has length 16 but --max_seq_length=32"),
+        ([f"--input_file={truncated}"], "truncated or corrupt"),
+        ([f"--input_file={tmp_path}/none-*"], "no file matches"),
+        ([f"--vocab_file={other_vocab}"], "has 50 entries but"),
+        (["--max_predictions_per_seq=40"], "--max_predictions_per_seq=40 exceeds"),
+        (["--global_batch_size=10"], "--global_batch_size=10 is not a multiple of"),
+        (["--export=onnx"], "--export=onnx: unknown format"),
+        (["--num_train_steps=0"], "--num_train_steps=0 must be at least 1"),
+    ]
+    for i, (extra, message) in enumerate(cases):
+        out = tmp_path / f"out{i}"
+        proc = run_script(base_args(corpus, out) + ["--do_train", "--num_train_steps=2"] + extra)
+        assert proc.returncode == 2, (extra, proc.stderr[-2000:])
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith("run_pretraining.py: error: ") and message in last, (extra, last)
+        assert "Traceback" not in proc.stderr
+        assert not (out / "checkpoints").exists()
+
+
+def test_two_horovod_ranks_match_one_process_with_the_same_global_batch(tmp_path, corpus):
+    pytest.importorskip("horovod.tensorflow", reason="Horovod not installed: run `make horovod`")
+    horovodrun = shutil.which("horovodrun") or os.path.join(os.path.dirname(sys.executable),
+                                                            "horovodrun")
+    common = ["--do_train", "--num_train_steps=6", "--deterministic", "--log_steps=3"]
+    one = run_script(base_args(corpus, tmp_path / "one") + common + ["--global_batch_size=8"])
+    assert one.returncode == 0, one.stderr[-3000:]
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+    two = subprocess.run(
+        [horovodrun, "--gloo", "-np", "2", "-H", "localhost:2", sys.executable, SCRIPT,
+         "--use_horovod", "--progress=false", *base_args(corpus, tmp_path / "two"), *common,
+         "--global_batch_size=8"], env=env, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, (two.stdout + two.stderr)[-4000:]
+    assert "2 worker(s) x 4 x 1 accumulation" in two.stdout + two.stderr
+    assert "1 worker(s) x 4 x 2 accumulation" in one.stderr
+    import tensorflow as tf
+    a = tf.train.load_checkpoint(str(tmp_path / "one" / "checkpoints" / "ckpt-6"))
+    b = tf.train.load_checkpoint(str(tmp_path / "two" / "checkpoints" / "ckpt-6"))
+    for name in a.get_variable_to_shape_map():
+        if name.startswith("model/") and "OPTIMIZER" not in name:
+            # The same records and the same global batch; summation order differs (allreduce
+            # vs accumulation), so equal to float32 rounding.
+            np.testing.assert_allclose(a.get_tensor(name), b.get_tensor(name), rtol=2e-4,
+                                       atol=2e-5, err_msg=name)
