@@ -42,6 +42,10 @@ def define_pretraining_flags() -> None:
     f.DEFINE_integer("eval_every_steps", 0, "With --do_eval, also evaluate every N steps "
                      "during training (the held-out curve in metrics.jsonl).")
     f.DEFINE_integer("shuffle_buffer_size", 10000, "Records in the shuffle buffer.")
+    f.DEFINE_float("masked_lm_prob", 0.15, "Records written with --dynamic_masking only: the "
+                   "fraction of tokens to mask, drawn afresh every epoch.")
+    f.DEFINE_bool("do_whole_word_mask", False, "Records written with --dynamic_masking only: "
+                  "mask whole words (all their ## pieces).")
     f.DEFINE_string("export", "", "After training, also write the model as a comma list of "
                     "google (TF1 checkpoint) and huggingface (config.json + model.safetensors) "
                     "under OUTPUT_DIR/export/, each with vocab.txt.")

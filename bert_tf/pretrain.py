@@ -38,9 +38,12 @@ class PretrainArgs(EngineArgs):
     eval_every_steps: int = 0
     shuffle_buffer_size: int = 10000
     export: str = ""
+    masked_lm_prob: float = 0.15
+    do_whole_word_mask: bool = False
 
     identity_flags = ("input_file", "max_predictions_per_seq", "num_train_steps",
-                      "shuffle_buffer_size") + EngineArgs.identity_flags
+                      "shuffle_buffer_size", "masked_lm_prob",
+                      "do_whole_word_mask") + EngineArgs.identity_flags
 
 
 def export_formats(value: str) -> list[str]:
@@ -74,6 +77,8 @@ def check_args(args: PretrainArgs) -> None:
         raise UsageError("--max_eval_steps and --eval_every_steps must be >= 0")
     if args.shuffle_buffer_size < 1:
         raise UsageError(f"--shuffle_buffer_size={args.shuffle_buffer_size} must be at least 1")
+    if not 0 < args.masked_lm_prob < 1:
+        raise UsageError(f"--masked_lm_prob={args.masked_lm_prob} must be in (0, 1)")
     if args.global_batch_size is not None and args.global_batch_size < 1:
         raise UsageError(f"--global_batch_size={args.global_batch_size} must be at least 1")
     export_formats(args.export)
@@ -134,16 +139,19 @@ def run_pretraining(args: PretrainArgs) -> dict:
     # The records are checked end to end before the runtime starts: a wrong length or a
     # truncated file is one clear line now, not a DataLossError an hour into training.
     train_files = eval_files = None
+    train_masker = eval_masker = None
     try:
         if args.do_train:
             train_files = records.expand_files(args.input_file)
             train_info = records.inspect_records(train_files, args.max_seq_length,
                                                  args.max_predictions_per_seq)
-            _check_masked(train_info, train_files)
+            train_masker = _masker(train_info, args, assets.vocab_file, args.seed)
         if args.do_eval:
             eval_files = records.expand_files(args.eval_input_file or args.input_file)
-            _check_masked(records.inspect_records(eval_files, args.max_seq_length,
-                                                  args.max_predictions_per_seq), eval_files)
+            # Held-out masks are drawn once, the same at every evaluation.
+            eval_masker = _masker(records.inspect_records(
+                eval_files, args.max_seq_length, args.max_predictions_per_seq), args,
+                assets.vocab_file, args.seed + 1)
     except records.RecordError as e:
         flag = "--input_file" if eval_files is None and args.do_train else "--eval_input_file"
         raise UsageError(f"{flag}: {e}") from None
@@ -165,7 +173,8 @@ def run_pretraining(args: PretrainArgs) -> dict:
     def evaluate(step=None):
         batches = records.eval_pretraining_batches(
             eval_files, args.eval_batch_size, args.max_seq_length,
-            args.max_predictions_per_seq, max_steps=args.max_eval_steps or None)
+            args.max_predictions_per_seq, max_steps=args.max_eval_steps or None,
+            masker=eval_masker)
         result = loop.evaluate(model, tasks.pretraining_eval_metrics, batches,
                                use_xla=use_xla, progress=args.progress and step is None)
         if step is not None:
@@ -179,7 +188,8 @@ def run_pretraining(args: PretrainArgs) -> dict:
             train_files, args.train_batch_size, args.max_seq_length,
             args.max_predictions_per_seq, args.seed, rank=dist.rank, num_workers=dist.size,
             accumulation=args.num_accumulation_steps,
-            records_per_file=train_info["records"], shuffle_buffer=args.shuffle_buffer_size)
+            records_per_file=train_info["records"], shuffle_buffer=args.shuffle_buffer_size,
+            masker=train_masker)
         settings = train_settings(args, args.num_train_steps, use_xla)
         if dist.is_chief:
             global_batch = args.train_batch_size * dist.size * args.num_accumulation_steps
@@ -217,10 +227,15 @@ def run_pretraining(args: PretrainArgs) -> dict:
     return results
 
 
-def _check_masked(info: dict, files) -> None:
-    if not info["masked"]:
-        raise records.RecordError(
-            f"{files[0]}: records without masks (written with --dynamic_masking); masks drawn "
-            "in the pipeline are not supported by this version of run_pretraining.py: write "
-            "the records without --dynamic_masking")
+def _masker(info: dict, args: PretrainArgs, vocab_file: str, seed: int):
+    """A DynamicMasker for records written without masks (--dynamic_masking), else None."""
+    if info["masked"]:
+        return None
+    from bert_tf.data.masking import DynamicMasker
+
+    try:
+        return DynamicMasker(vocab_file, args.max_predictions_per_seq, args.masked_lm_prob,
+                             args.do_whole_word_mask, seed)
+    except ValueError as e:
+        raise UsageError(f"--vocab_file: {e}") from None
 

@@ -402,3 +402,112 @@ def test_two_horovod_ranks_match_one_process_with_the_same_global_batch(tmp_path
             # vs accumulation), so equal to float32 rounding.
             np.testing.assert_allclose(a.get_tensor(name), b.get_tensor(name), rtol=2e-4,
                                        atol=2e-5, err_msg=name)
+
+
+# -- dynamic masking -------------------------------------------------------------------------------
+
+def _real_batch(n=64, seq=128):
+    """[CLS] A [SEP] B [SEP] rows of real text (python_docs_heldout, uncased WordPiece)."""
+    from bert_tf.tokenization import FullTokenizer
+    from tests.conftest import shared
+
+    vocab = shared("vocab", "uncased_vocab.txt")
+    tok = FullTokenizer(str(vocab))
+    lines = [l for l in shared("corpus", "python_docs_heldout.txt").read_text().splitlines()
+             if l.strip()]
+    ids = np.zeros((n, seq), np.int32)
+    mask = np.zeros((n, seq), np.int32)
+    segments = np.zeros((n, seq), np.int32)
+    rng = np.random.default_rng(0)
+    for row in range(n):
+        a = tok.convert_tokens_to_ids(tok.tokenize(lines[2 * row]))[:60]
+        b = tok.convert_tokens_to_ids(tok.tokenize(lines[2 * row + 1]))[:60]
+        cut = int(rng.integers(1, len(b) + 1))  # rows of many lengths
+        b = b[:cut]
+        row_ids = [101] + a + [102] + b + [102]  # [CLS]=101, [SEP]=102 in the uncased vocab
+        ids[row, :len(row_ids)] = row_ids
+        mask[row, :len(row_ids)] = 1
+        segments[row, len(a) + 2:len(row_ids)] = 1
+    return str(vocab), tok, {"input_ids": ids, "input_mask": mask, "segment_ids": segments,
+                             "next_sentence_labels": np.zeros(n, np.int32)}
+
+
+@pytest.mark.parametrize("whole_word", [False, True])
+def test_dynamic_masking_follows_googles_rules(whole_word):
+    import tensorflow as tf
+
+    from bert_tf.data.masking import DynamicMasker
+
+    vocab, tok, batch = _real_batch()
+    P = 20
+    masker = DynamicMasker(vocab, P, 0.15, do_whole_word_mask=whole_word, seed=3)
+    counts = {"mask": 0, "same": 0, "random": 0}
+    masked_total = cand_total = 0
+    for key in range(6):
+        out = {k: np.asarray(v) for k, v in masker(batch, tf.constant(key, tf.int64)).items()}
+        for row in range(len(batch["input_ids"])):
+            original = batch["input_ids"][row]
+            n = int(batch["input_mask"][row].sum())
+            w = out["masked_lm_weights"][row]
+            k = int(w.sum())
+            pos = out["masked_lm_positions"][row][:k]
+            want = min(P, max(1, round(n * 0.15)))
+            if whole_word:
+                assert 1 <= k <= want
+            else:
+                assert k == want  # single pieces always fit
+            assert list(pos) == sorted(set(pos))
+            assert (out["masked_lm_positions"][row][k:] == 0).all()
+            assert (w[k:] == 0).all()
+            np.testing.assert_array_equal(out["masked_lm_ids"][row][:k], original[pos])
+            assert not set(original[pos]) & {101, 102, 0} and (pos < n).all()
+            changed = np.flatnonzero(out["input_ids"][row] != original)
+            assert set(changed) <= set(pos)  # only chosen positions change
+            for p in pos:
+                new = out["input_ids"][row][p]
+                counts["mask" if new == 103 else "same" if new == original[p] else "random"] += 1
+            if whole_word:  # never part of a word: a chosen word's pieces are all chosen
+                tokens = tok.convert_ids_to_tokens(original[:n].tolist())
+                chosen = set(pos.tolist())
+                for i in range(1, n):
+                    if tokens[i].startswith("##") and tokens[i - 1] not in ("[CLS]", "[SEP]"):
+                        assert (i in chosen) == (i - 1 in chosen), (tokens[i - 1:i + 1])
+            masked_total += k
+            cand_total += n - 3
+    total = sum(counts.values())
+    assert abs(counts["mask"] / total - 0.8) < 0.04
+    assert abs(counts["same"] / total - 0.1) < 0.03
+    assert abs(counts["random"] / total - 0.1) < 0.03
+    assert 0.12 < masked_total / cand_total < 0.19
+    # Same key, same masks; another key (another epoch or batch), other masks.
+    a = masker(batch, tf.constant(1, tf.int64))["masked_lm_positions"].numpy()
+    b = masker(batch, tf.constant(1, tf.int64))["masked_lm_positions"].numpy()
+    c = masker(batch, tf.constant(2, tf.int64))["masked_lm_positions"].numpy()
+    np.testing.assert_array_equal(a, b)
+    assert (a != c).any()
+
+
+def test_run_pretraining_masks_unmasked_records_in_the_pipeline(tmp_path, corpus):
+    """Records without masks (create_pretraining_data.py --dynamic_masking) train and evaluate
+    with masks drawn in the pipeline."""
+    import tensorflow as tf
+
+    def strip(src, dst):
+        with tf.io.TFRecordWriter(str(dst)) as w:
+            for raw in tf.data.TFRecordDataset(str(src)):
+                example = tf.train.Example.FromString(raw.numpy())
+                for name in ("masked_lm_positions", "masked_lm_ids", "masked_lm_weights"):
+                    del example.features.feature[name]
+                w.write(example.SerializeToString())
+
+    for i in range(3):
+        strip(corpus / f"train-{i}.tfrecord", tmp_path / f"train-{i}.tfrecord")
+    strip(corpus / "heldout.tfrecord", tmp_path / "heldout.tfrecord")
+    args = base_args(corpus, tmp_path / "out")
+    args = [a.replace(str(corpus) + "/train", str(tmp_path) + "/train").replace(
+        str(corpus) + "/heldout", str(tmp_path) + "/heldout") for a in args]
+    proc = run_script(args + ["--do_train", "--do_eval", "--num_train_steps=4",
+                              "--do_whole_word_mask"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    assert results["global_step"] == 4 and 0 <= results["masked_lm_accuracy"] <= 1

@@ -313,9 +313,11 @@ def pretraining_batches(files, batch_size: int, max_seq_length: int,
     (read, not parsed), so a resumed run continues at the exact record where an uninterrupted
     one would be. Every worker reads every record and parses only its own slices.
 
-    `masker`, if given, maps a parsed batch to a batch with masked_lm_* features drawn in the
-    pipeline (dynamic masking); it receives (batch, micro_index) so masks are a function of
-    (seed, step, slice)."""
+    `masker` (a DynamicMasker), if given, draws the masked_lm_* features in the pipeline for
+    records written without them (dynamic masking). It is keyed by the micro-batch's slice of
+    the global batch counted from the first step (step x accumulation x workers + a x workers +
+    r), so the masks are a function of (seed, epoch, position in the epoch): fresh every epoch,
+    the same after a resume, and the same for the same global batch on any worker layout."""
     import tensorflow as tf
 
     files = list(files)
@@ -341,9 +343,16 @@ def pretraining_batches(files, batch_size: int, max_seq_length: int,
                         reshuffle_each_iteration=False)
         ds = ds.take(per_epoch * global_batch).skip(skip_batches * global_batch)
         ds = ds.batch(batch_size, drop_remainder=True)
-        ds = ds.enumerate().filter(lambda i, _: i % num_workers == rank).map(lambda _, x: x)
-        ds = ds.map(lambda x: parse_pretraining(x, max_seq_length, max_predictions_per_seq),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.enumerate().filter(lambda i, _: i % num_workers == rank)
+        # The slice's index in the whole run, for the masks.
+        first = (epoch * per_epoch + skip_batches) * accumulation * num_workers
+
+        def parse(i, serialized):
+            batch = parse_pretraining(serialized, max_seq_length,
+                                      None if masker is not None else max_predictions_per_seq)
+            return masker(batch, first + i) if masker is not None else batch
+
+        ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         options = tf.data.Options()
         options.deterministic = True
         return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
@@ -353,8 +362,6 @@ def pretraining_batches(files, batch_size: int, max_seq_length: int,
         micro_index = start_step * accumulation
         while True:
             for batch in epoch_dataset(epoch, offset):
-                if masker is not None:
-                    batch = masker(batch, micro_index)
                 yield micro_index, batch
                 micro_index += 1
             epoch, offset = epoch + 1, 0
@@ -374,6 +381,10 @@ def eval_pretraining_batches(files, batch_size: int, max_seq_length: int,
     ds = tf.data.TFRecordDataset(list(files)).batch(batch_size)
     if max_steps:
         ds = ds.take(max_steps)
-    ds = ds.map(lambda x: parse_pretraining(x, max_seq_length, max_predictions_per_seq))
-    for i, batch in enumerate(ds.prefetch(tf.data.AUTOTUNE)):
-        yield masker(batch, i) if masker is not None else batch
+
+    def parse(i, serialized):
+        batch = parse_pretraining(serialized, max_seq_length,
+                                  None if masker is not None else max_predictions_per_seq)
+        return masker(batch, i) if masker is not None else batch
+
+    yield from ds.enumerate().map(parse).prefetch(tf.data.AUTOTUNE)
