@@ -24,6 +24,8 @@ setup(
         "numpy",
         "safetensors",
         "tqdm",
+        "google-crc32c",  # TFRecord CRCs in create_pretraining_data's TensorFlow-free workers
+        "blingfire",  # sentence splitting (create_pretraining_data --input_format=paragraphs)
     ],
     extras_require={
         # Test and benchmark peers: never imported by the library.

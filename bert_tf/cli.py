@@ -8,8 +8,6 @@ import sys
 
 from absl import logging as absl_logging
 
-from bert_tf.config import ConfigError
-
 EXIT_USAGE = 2
 
 
@@ -19,18 +17,25 @@ def setup_logging() -> None:
         logging.getLogger(name).setLevel(logging.INFO)
 
 
+# (module, class) of the errors a script turns into one line. Only modules already imported are
+# consulted: an error class whose module was never loaded cannot have been raised, and importing
+# it on the way out (TensorFlow sits behind some) would cost seconds and ~400 MB.
+_KNOWN_ERRORS = (
+    ("bert_tf.assets", "UsageError"),
+    ("bert_tf.config", "ConfigError"),
+    ("bert_tf.checkpoints", "CheckpointError"),
+    ("bert_tf.data.glue", "DataError"),
+    ("bert_tf.training.loop", "TrainingError"),
+    ("bert_tf.checkpoints.presets", "PresetError"),
+)
+
+
 def known_errors():
-    from bert_tf.assets import UsageError
-    from bert_tf.checkpoints import CheckpointError
-    from bert_tf.data.glue import DataError
-    from bert_tf.training.loop import TrainingError
-    errors = [UsageError, ConfigError, CheckpointError, FileNotFoundError, DataError,
-              TrainingError]
-    try:
-        from bert_tf.checkpoints.presets import PresetError
-        errors.append(PresetError)
-    except ImportError:
-        pass
+    errors = [FileNotFoundError]
+    for module_name, class_name in _KNOWN_ERRORS:
+        module = sys.modules.get(module_name)
+        if module is not None and hasattr(module, class_name):
+            errors.append(getattr(module, class_name))
     return tuple(errors)
 
 

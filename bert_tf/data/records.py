@@ -157,20 +157,15 @@ class RecordError(ValueError):
     differs (schema, lengths, corruption) and what to do."""
 
 
-# Google's pre-training features (create_pretraining_data.py / run_pretraining.py): name ->
-# (length, dtype), the length "S" (max_seq_length), "P" (max_predictions_per_seq) or 1.
-# Integers are int64 on disk and int32 in the batch; masked_lm_weights is a float_list.
-PRETRAINING_FEATURES = {
-    "input_ids": ("S", "int64"),
-    "input_mask": ("S", "int64"),
-    "segment_ids": ("S", "int64"),
-    "masked_lm_positions": ("P", "int64"),
-    "masked_lm_ids": ("P", "int64"),
-    "masked_lm_weights": ("P", "float32"),
-    "next_sentence_labels": (1, "int64"),
-}
-# Records written with --dynamic_masking carry no masks: the pipeline draws them.
-UNMASKED_FEATURES = ("input_ids", "input_mask", "segment_ids", "next_sentence_labels")
+# Google's pre-training features, one definition for the writer and this reader:
+# bert_tf.data.pretraining.PRETRAINING_SCHEMA (name -> (length, dtype)); integers are int64 on
+# disk and int32 in the batch; masked_lm_weights is a float_list. Records written with
+# --dynamic_masking carry only DYNAMIC_MASKING_FEATURES: the pipeline draws the masks.
+from bert_tf.data.pretraining import (  # noqa: E402  (TF-free)
+    DYNAMIC_MASKING_FEATURES, PRETRAINING_SCHEMA, feature_lengths)
+
+_FLAG_OF_LENGTH = {"max_seq_length": "--max_seq_length",
+                   "max_predictions_per_seq": "--max_predictions_per_seq"}
 
 
 def expand_files(patterns) -> list[str]:
@@ -232,28 +227,29 @@ def inspect_records(files, max_seq_length: int, max_predictions_per_seq: int | N
                               "a pre-training record file") from None
         found = _feature_lengths(example)
         file_masked = "masked_lm_positions" in found
-        names = set(PRETRAINING_FEATURES if file_masked else UNMASKED_FEATURES)
+        names = set(PRETRAINING_SCHEMA if file_masked else DYNAMIC_MASKING_FEATURES)
         if set(found) != names:
             missing = sorted(names - set(found))
             extra = sorted(set(found) - names)
             raise RecordError(
                 f"{path}: not Google's pre-training schema (missing {missing or 'nothing'}, "
                 f"unexpected {extra or 'nothing'}); write it with create_pretraining_data.py")
-        want = {"S": max_seq_length, "P": max_predictions_per_seq, 1: 1}
-        for name in (n for n in PRETRAINING_FEATURES if n in names):  # schema order
-            length_kind, dtype = PRETRAINING_FEATURES[name]
+        for name in (n for n in PRETRAINING_SCHEMA if n in names):  # schema order
+            length_kind, dtype = PRETRAINING_SCHEMA[name]
             kind, length = found[name]
             expect_kind = "float_list" if dtype == "float32" else "int64_list"
             if kind != expect_kind:
                 raise RecordError(f"{path}: feature {name} is a {kind}, Google's schema has an "
                                   f"{expect_kind}")
-            if length_kind == "P" and max_predictions_per_seq is None:
+            if length_kind == "max_predictions_per_seq" and max_predictions_per_seq is None:
                 continue
-            if length != want[length_kind]:
-                flag = {"S": "--max_seq_length", "P": "--max_predictions_per_seq"}.get(
-                    length_kind, name)
+            want = {"max_seq_length": max_seq_length,
+                    "max_predictions_per_seq": max_predictions_per_seq}.get(length_kind,
+                                                                             length_kind)
+            if length != want:
+                flag = _FLAG_OF_LENGTH.get(length_kind, name)
                 raise RecordError(
-                    f"{path}: {name} has length {length} but {flag}={want[length_kind]}: pass "
+                    f"{path}: {name} has length {length} but {flag}={want}: pass "
                     f"{flag}={length} (the value the records were written with) or recreate "
                     "the records")
         if masked is not None and file_masked != masked:
@@ -270,12 +266,10 @@ def parse_pretraining(serialized, max_seq_length: int, max_predictions_per_seq: 
     max_predictions_per_seq only the unmasked features are parsed."""
     import tensorflow as tf
 
-    want = {"S": max_seq_length, "P": max_predictions_per_seq, 1: 1}
-    names = UNMASKED_FEATURES if max_predictions_per_seq is None else PRETRAINING_FEATURES
-    spec = {}
-    for name in names:
-        length_kind, dtype = PRETRAINING_FEATURES[name]
-        spec[name] = tf.io.FixedLenFeature([want[length_kind]], tf.as_dtype(dtype))
+    lengths = feature_lengths(max_seq_length, max_predictions_per_seq or 0,
+                              dynamic_masking=max_predictions_per_seq is None)
+    spec = {name: tf.io.FixedLenFeature([length], tf.as_dtype(dtype))
+            for name, (length, dtype) in lengths.items()}
     parsed = tf.io.parse_example(serialized, spec)
     out = {}
     for name, value in parsed.items():

@@ -4,6 +4,9 @@
   google-research/bert; no TensorFlow import.
 - `FastTokenizer` (fast.py): same ids, batched, ~6x faster, on tensorflow-text;
   imported on first use, so `import bert_tf.tokenization` stays light.
+- `CachedTokenizer` (cached.py): same ids, no TensorFlow (a memo of WordPiece per word),
+  several times faster than FullTokenizer; the tokenizer of create_pretraining_data's workers.
+- normalization.py: Google's normalisation on C-speed `str`/`re` calls, shared by both.
 """
 
 from bert_tf.tokenization.wordpiece import (
@@ -16,6 +19,7 @@ from bert_tf.tokenization.wordpiece import (
 
 __all__ = [
     "BasicTokenizer",
+    "CachedTokenizer",
     "FastTokenizer",
     "FullTokenizer",
     "WordpieceTokenizer",
@@ -29,4 +33,8 @@ def __getattr__(name):
         from bert_tf.tokenization.fast import FastTokenizer
 
         return FastTokenizer
+    if name == "CachedTokenizer":
+        from bert_tf.tokenization.cached import CachedTokenizer
+
+        return CachedTokenizer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
-import unicodedata
 from typing import Iterable
 
 import tensorflow as tf
@@ -39,12 +37,19 @@ import tensorflow_text as tf_text
 
 from bert_tf.tokenization import wordpiece
 from bert_tf.tokenization.wordpiece import (
-    CJK_RANGES,
     MAX_INPUT_CHARS_PER_WORD,
     SUFFIX_INDICATOR,
     UNK_TOKEN,
     check_vocab_has_unk,
     load_vocab,
+)
+# Google's character classes and normalisation live in a TensorFlow-free module, shared
+# with CachedTokenizer (the tokenizer of create_pretraining_data's worker processes).
+from bert_tf.tokenization.normalization import (
+    CharSet as _CharSet,
+    GoogleCharClasses as _GoogleCharClasses,
+    char_ranges as _ranges,
+    clean_and_fold,
 )
 
 # tensorflow-text limits a word's length in UTF-8 bytes, Google in characters. At
@@ -56,83 +61,8 @@ _MAX_BYTES_PER_WORD = 4 * MAX_INPUT_CHARS_PER_WORD
 _TOO_LONG_WORD = "x" * (_MAX_BYTES_PER_WORD + 1)
 # A run of non-whitespace that may hold a word over 200 characters.
 _LONG_RUN = re.compile(r"\S{%d}" % (MAX_INPUT_CHARS_PER_WORD + 1))
-_ASTRAL = re.compile("[\U00010000-\U0010ffff]")
 # Lone surrogates can be in a Python str but not in UTF-8 for TensorFlow.
 _SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-class _CharSet:
-    """A regex for one set of characters, in a fast BMP-only and a complete variant.
-
-    Python's `re` tests a class that mixes BMP and astral (> U+FFFF) code points
-    range by range, several times slower than its bitmap test for a BMP-only class;
-    astral characters are rare, so `normalize` looks for them once per text and uses
-    the complete variant only where there are some.
-    """
-
-    def __init__(self, ranges: Iterable[tuple[int, int]]):
-        ranges = list(ranges)
-        bmp = [(lo, min(hi, 0xFFFF)) for lo, hi in ranges if lo <= 0xFFFF]
-        astral = [(max(lo, 0x10000), hi) for lo, hi in ranges if hi > 0xFFFF]
-        self.empty = not ranges
-        self.bmp = re.compile(f"[{_class_body(bmp)}]" if bmp else r"(?!)")
-        if astral:
-            # The guard keeps BMP characters off the slow astral class.
-            astral_branch = f"(?=[\U00010000-\U0010ffff])[{_class_body(astral)}]"
-            self.all = re.compile(f"{self.bmp.pattern}|{astral_branch}")
-        else:
-            self.all = self.bmp
-
-    def sub(self, replacement: str, text: str, astral: bool) -> str:
-        if self.empty:
-            return text
-        return (self.all if astral else self.bmp).sub(replacement, text)
-
-
-def _class_body(ranges: list[tuple[int, int]]) -> str:
-    return "".join(
-        re.escape(chr(lo)) if lo == hi else f"{re.escape(chr(lo))}-{re.escape(chr(hi))}"
-        for lo, hi in ranges
-    )
-
-
-def _ranges(chars: Iterable[str]) -> list[tuple[int, int]]:
-    """Sorted inclusive code point ranges covering `chars`."""
-    ranges: list[tuple[int, int]] = []
-    for cp in sorted({ord(c) for c in chars}):
-        if ranges and ranges[-1][1] == cp - 1:
-            ranges[-1] = (ranges[-1][0], cp)
-        else:
-            ranges.append((cp, cp))
-    return ranges
-
-
-class _GoogleCharClasses:
-    """Google's character classes (per this Python's unicodedata), built once (~0.3 s)."""
-
-    _instance: "_GoogleCharClasses | None" = None
-
-    def __init__(self):
-        category = unicodedata.category
-        wanted = {"Cc", "Cf", "Mn", "Zs", "Pc", "Pd", "Ps", "Pe", "Pi", "Pf", "Po"}
-        chars = [chr(cp) for cp in range(sys.maxunicode + 1) if category(chr(cp)) in wanted]
-        chars += [chr(cp) for cp in range(128)]  # ASCII punctuation outside P*
-        # Dropped by cleaning: NUL, U+FFFD and Cc/Cf except \t \n \r.
-        controls = [c for c in chars if wordpiece.is_control(c)]
-        self.dropped = _CharSet(_ranges(controls + ["\x00", "\ufffd"]))
-        self.cjk = _CharSet(CJK_RANGES)
-        self.nonspacing_mark = _CharSet(_ranges(c for c in chars if category(c) == "Mn"))
-        # What Google splits clean text on: its whitespace, the line and paragraph
-        # separators that `str.split` adds, and punctuation.
-        whitespace = {c for c in chars if wordpiece.is_whitespace(c)}
-        self.whitespace = sorted(whitespace | {"\u2028", "\u2029"})
-        self.punctuation = sorted({c for c in chars if wordpiece.is_punctuation(c)})
-
-    @classmethod
-    def get(cls) -> "_GoogleCharClasses":
-        if cls._instance is None:
-            cls._instance = cls()
-        return cls._instance
 
 
 class FastTokenizer:
@@ -219,23 +149,11 @@ class FastTokenizer:
         Not meant for reading: it may hold extra spaces and, for words over 200
         characters, a long stand-in word.
         """
-        text = wordpiece.as_text(text)
-        if text.isascii():  # most text: only controls, case and the splits to handle
-            if not text.isprintable():  # has ASCII controls; \t \n \r are whitespace
-                text = self._classes.dropped.sub("", text, astral=False)
-            if self.do_lower_case:
-                text = text.lower()
+        text, astral = clean_and_fold(wordpiece.as_text(text), self.do_lower_case, self._classes)
+        if text.isascii():
             text = self._to_space_ascii.sub(" ", text, astral=False)
             text = self._split_off_ascii.sub(r" \g<0> ", text, astral=False)
         else:
-            astral = _ASTRAL.search(text) is not None
-            text = self._classes.dropped.sub("", text, astral)
-            text = self._classes.cjk.sub(r" \g<0> ", text, astral)
-            if self.do_lower_case:
-                # lower() of the whole text equals Google's word-by-word lower(): its
-                # one context-dependent rule, final sigma, never looks past whitespace.
-                text = unicodedata.normalize("NFD", text.lower())
-                text = self._classes.nonspacing_mark.sub("", text, astral)
             text = self._to_space.sub(" ", text, astral)
             text = self._split_off.sub(r" \g<0> ", text, astral)
             text = _SURROGATE.sub(self._surrogate_stand_in, text)

@@ -1,0 +1,874 @@
+"""Pre-training data: documents -> instances -> TFRecords, streaming, multi-process, TF-free.
+
+The semantics are those of google-research/bert's create_pretraining_data.py: one sentence a
+line, blank lines between documents; Google's `create_instances_from_document` (segments
+accumulated up to a target length, A = a random number of leading segments, B the actual
+continuation or, with probability 1/2 and always for a one-segment chunk, a random span of
+another document), `truncate_seq_pair` and `create_masked_lm_predictions` (15% of the
+non-special tokens, whole words optionally, 80% [MASK] / 10% kept / 10% random), and Google's
+features and dtypes (`PRETRAINING_SCHEMA`).
+
+What differs from Google's script, which reads the whole corpus into one process:
+
+* Streaming. The main process reads the input line by line and sends raw document text, in
+  batches, over bounded queues to `num_workers` worker processes (spawned: they never import
+  TensorFlow; they tokenize with `CachedTokenizer` and write with `tfrecord`).
+* Sharding fixes the output. Document k (counting non-empty documents in input order) belongs
+  to output shard k % num_output_shards, and shard s is processed entirely by worker
+  s % num_workers, with its own random state seeded from (random_seed, s). So the output is a
+  function of the inputs, the options and num_output_shards alone: 1 or 8 workers write
+  byte-identical shards.
+* Bounded memory. Per shard, a worker holds
+  - a window of `document_window` recent documents to draw random next segments from (Google
+    draws from the whole corpus). A document is processed once `document_window // 2` later
+    documents of its shard have arrived, so the random document comes from either side of it.
+    Processed documents also leave the window while it holds more than `window_tokens`
+    WordPieces (~36 bytes each as Python lists), so a corpus of books stays bounded too;
+  - a shuffle buffer of `shuffle_buffer` serialised instances (Google shuffles all instances):
+    each new instance replaces a random one of the full buffer, which is written out; the
+    rest is shuffled and written at the end. ~700 bytes an instance at max_seq_length 128.
+  The `dupe_factor` copies of a document (different masks and pairings) are made when the
+  document is processed, not in `dupe_factor` passes over the corpus.
+* Crash safety. Shards are written as `NAME.partial` and renamed when every worker has
+  finished; on any error the partial files are removed.
+* `dynamic_masking=True` writes only input_ids, input_mask, segment_ids and
+  next_sentence_labels: the training pipeline draws masks itself.
+
+Random draws: instance creation uses Python's `random.Random` scalar draws; masking is
+vectorised with numpy over batches of `_MASK_BATCH` instances of one shard. The draws differ
+from Google's (so do the shards), the distributions do not; truncation draws the number of
+front deletions as one binomial instead of a coin per deleted token.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import glob
+import json
+import logging
+import multiprocessing
+import os
+import queue
+import random
+import re
+import sys
+import time
+import traceback
+from typing import Iterator
+
+import numpy as np
+
+from bert_tf.assets import UsageError
+from bert_tf.data.glue import DataError
+from bert_tf.data.tfrecord import ExampleEncoder
+
+logger = logging.getLogger("bert_tf")
+
+CLS_TOKEN, SEP_TOKEN, MASK_TOKEN = "[CLS]", "[SEP]", "[MASK]"
+
+# Feature name -> (length, dtype); a length is "max_seq_length", "max_predictions_per_seq" or
+# a number. Google's write_instance_to_example_files writes these, in this order.
+PRETRAINING_SCHEMA = {
+    "input_ids": ("max_seq_length", "int64"),
+    "input_mask": ("max_seq_length", "int64"),
+    "segment_ids": ("max_seq_length", "int64"),
+    "masked_lm_positions": ("max_predictions_per_seq", "int64"),
+    "masked_lm_ids": ("max_predictions_per_seq", "int64"),
+    "masked_lm_weights": ("max_predictions_per_seq", "float32"),
+    "next_sentence_labels": (1, "int64"),
+}
+# Written with dynamic_masking: the masked_lm_* features are drawn by the training pipeline.
+DYNAMIC_MASKING_FEATURES = ("input_ids", "input_mask", "segment_ids", "next_sentence_labels")
+
+INPUT_FORMATS = {
+    "sentences": "one sentence a line, blank lines between documents (Google's format)",
+    "paragraphs": "one paragraph a line, blank lines between documents; paragraphs are split "
+                  "into sentences (blingfire)",
+    "wikitext": "WikiText raw files: a ' = Title = ' line starts a document, other headings "
+                "and blank lines are dropped, paragraphs are split into sentences (blingfire)",
+}
+
+_MASK_BATCH = 256  # instances masked and serialised per numpy call; fixed: it orders the draws
+_DISPATCH_BYTES = 256 * 1024  # text per batch sent to a worker
+_QUEUE_BATCHES = 4  # batches in flight per worker: bounds the main process's lead
+
+
+def feature_lengths(max_seq_length: int, max_predictions_per_seq: int,
+                    dynamic_masking: bool = False) -> dict[str, tuple[int, str]]:
+    """`PRETRAINING_SCHEMA` with numbers for lengths: name -> (length, dtype name).
+
+    A tf.data reader builds `tf.io.FixedLenFeature([length], dtype)` from each entry.
+    """
+    sizes = {"max_seq_length": max_seq_length, "max_predictions_per_seq": max_predictions_per_seq}
+    names = DYNAMIC_MASKING_FEATURES if dynamic_masking else tuple(PRETRAINING_SCHEMA)
+    return {name: (sizes.get(PRETRAINING_SCHEMA[name][0], PRETRAINING_SCHEMA[name][0]),
+                   PRETRAINING_SCHEMA[name][1]) for name in names}
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainingOptions:
+    """What shapes the instances (defaults: Google's flags). All of it goes into the summary."""
+
+    max_seq_length: int = 128
+    max_predictions_per_seq: int = 20
+    masked_lm_prob: float = 0.15
+    short_seq_prob: float = 0.1
+    dupe_factor: int = 10
+    do_whole_word_mask: bool = False
+    random_seed: int = 12345
+    dynamic_masking: bool = False
+    input_format: str = "sentences"
+    document_window: int = 64  # per shard: documents to draw random next segments from
+    window_tokens: int = 1_000_000  # per shard: older documents leave beyond this many WordPieces
+    shuffle_buffer: int = 10_000  # per shard: instances shuffled before writing
+
+    def check(self) -> None:
+        """Raises UsageError naming the flag and what to do when options do not fit together."""
+        if self.max_seq_length < 5:
+            raise UsageError(
+                f"--max_seq_length={self.max_seq_length}: need at least 5 ([CLS] A [SEP] B "
+                "[SEP] with A and B of at least one token each)")
+        if not 0.0 <= self.masked_lm_prob <= 1.0:
+            raise UsageError(f"--masked_lm_prob={self.masked_lm_prob}: must be in [0, 1]")
+        if not 0.0 <= self.short_seq_prob <= 1.0:
+            raise UsageError(f"--short_seq_prob={self.short_seq_prob}: must be in [0, 1]")
+        if self.dupe_factor < 1:
+            raise UsageError(f"--dupe_factor={self.dupe_factor}: must be at least 1")
+        if not self.dynamic_masking:
+            needed = max(1, round(self.masked_lm_prob * self.max_seq_length))
+            if self.max_predictions_per_seq < needed:
+                raise UsageError(
+                    f"--max_predictions_per_seq={self.max_predictions_per_seq} is below "
+                    f"round(masked_lm_prob x max_seq_length) = round({self.masked_lm_prob} x "
+                    f"{self.max_seq_length}) = {needed}: full sequences would be masked at a "
+                    f"lower rate than --masked_lm_prob. Pass --max_predictions_per_seq={needed} "
+                    "(or more)")
+        if self.input_format not in INPUT_FORMATS:
+            raise UsageError(f"--input_format={self.input_format}: must be one of "
+                             f"{', '.join(INPUT_FORMATS)}")
+        if self.document_window < 2:
+            raise UsageError(f"document_window={self.document_window}: must be at least 2")
+        if self.window_tokens < 1:
+            raise UsageError(f"window_tokens={self.window_tokens}: must be at least 1")
+        if self.shuffle_buffer < 1:
+            raise UsageError(f"shuffle_buffer={self.shuffle_buffer}: must be at least 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class VocabIds:
+    """The ids instance creation needs from a vocabulary (built by `vocab_ids`)."""
+
+    cls: int
+    sep: int
+    mask: int
+    random_ids: np.ndarray  # int64 [V]: Google draws a random replacement from vocab.keys()
+    is_suffix: np.ndarray  # bool [max id + 1]: the token starts with "##" (whole-word masking)
+
+
+def vocab_ids(vocab: dict, vocab_file: str) -> VocabIds:
+    """Ids of [CLS], [SEP], [MASK] and the "##" pieces; UsageError when one is missing."""
+    missing = [t for t in (CLS_TOKEN, SEP_TOKEN, MASK_TOKEN) if t not in vocab]
+    if missing:
+        raise UsageError(
+            f"--vocab_file={vocab_file} has no {', '.join(missing)} token, which pre-training "
+            "data needs. Pass a BERT WordPiece vocab.txt (Google's have [PAD], [UNK], [CLS], "
+            "[SEP] and [MASK])")
+    is_suffix = np.zeros(max(vocab.values()) + 1, bool)
+    for token, index in vocab.items():
+        if token.startswith("##"):
+            is_suffix[index] = True
+    return VocabIds(cls=vocab[CLS_TOKEN], sep=vocab[SEP_TOKEN], mask=vocab[MASK_TOKEN],
+                    random_ids=np.array(list(vocab.values()), np.int64), is_suffix=is_suffix)
+
+
+# ---- Instances of one shard ------------------------------------------------------------------
+
+_COUNTERS = ("documents", "multi_sentence_documents", "sentences", "tokens", "instances",
+             "instance_tokens", "random_next", "truncated_instances", "truncated_tokens",
+             "non_special_tokens", "masked_tokens", "replaced_by_mask", "kept", "replaced_random",
+             "capped_instances", "capped_non_special_tokens", "capped_masked_tokens")
+
+
+def _truncate_seq_pair(tokens_a: list, tokens_b: list, max_num_tokens: int,
+                       rng: random.Random) -> tuple[list, list, int]:
+    """Google's truncate_seq_pair in closed form: -> (a, b, tokens removed).
+
+    Google removes one token at a time from the longer side (B on a tie), from the front or
+    the back with probability 1/2 each. The count taken from each side follows from the
+    lengths alone; the fronts taken are one binomial draw per side.
+    """
+    la, lb = len(tokens_a), len(tokens_b)
+    excess = la + lb - max_num_tokens
+    if excess <= 0:
+        return tokens_a, tokens_b, 0
+    # Trim the longer side down to the shorter, then alternately (B first, as on a tie).
+    head = min(excess, abs(la - lb))
+    rest = excess - head
+    from_a = rest // 2 + (head if la > lb else 0)
+    from_b = rest - rest // 2 + (head if la <= lb else 0)
+    if from_a:
+        front = bin(rng.getrandbits(from_a)).count("1")
+        tokens_a = tokens_a[front:la - (from_a - front)]
+    if from_b:
+        front = bin(rng.getrandbits(from_b)).count("1")
+        tokens_b = tokens_b[front:lb - (from_b - front)]
+    return tokens_a, tokens_b, excess
+
+
+class ShardWriter:
+    """Documents of one output shard -> shuffled, serialised instances in one TFRecord file.
+
+    add_document(doc) with doc = list of sentences, each a non-empty list of token ids;
+    close() flushes everything and closes the file. `counts` holds the statistics.
+    """
+
+    def __init__(self, shard: int, path: str, options: PretrainingOptions, ids: VocabIds):
+        self.shard = shard
+        self.options = options
+        self.ids = ids
+        seed = options.random_seed
+        # Seeded from (seed, shard) only: the shard's output does not depend on which worker
+        # runs it or what else that worker runs.
+        self.rng = random.Random(f"bert_tf pretraining {seed} {shard}")
+        self.np_rng = np.random.default_rng([seed % 2**63, shard])
+        self.window: collections.deque = collections.deque()
+        self.window_tokens = 0  # WordPieces in the window
+        self.pending = 0  # the newest `pending` documents of the window are not processed yet
+        self.lookahead = options.document_window // 2
+        self.instances: list[tuple[list, list, bool]] = []
+        self.buffer: list[bytes] = []
+        names = DYNAMIC_MASKING_FEATURES if options.dynamic_masking else tuple(PRETRAINING_SCHEMA)
+        self.encoder = ExampleEncoder(list(names), float_features={
+            name for name in names if PRETRAINING_SCHEMA[name][1] == "float32"})
+        self.counts = dict.fromkeys(_COUNTERS, 0)
+        self.file = open(path, "wb")
+
+    # -- documents -> instances
+
+    def add_document(self, document: list[list[int]]) -> None:
+        if not document:
+            return
+        self.counts["documents"] += 1
+        self.counts["sentences"] += len(document)
+        tokens = sum(map(len, document))
+        self.counts["tokens"] += tokens
+        self.window_tokens += tokens
+        if len(document) > 1:
+            self.counts["multi_sentence_documents"] += 1
+        self.window.append(document)
+        self.pending += 1
+        if self.pending > self.lookahead:
+            self._process(len(self.window) - self.pending)
+
+    def _process(self, index: int) -> None:
+        self.pending -= 1
+        for _ in range(self.options.dupe_factor):
+            self._instances_from_document(index)
+        if len(self.instances) >= _MASK_BATCH:
+            self._emit()
+        # Older documents leave the window once it is full; the pending ones (the newest) and
+        # the one just processed stay.
+        window, options = self.window, self.options
+        while len(window) > self.pending + 1 and (len(window) > options.document_window or
+                                                   self.window_tokens > options.window_tokens):
+            self.window_tokens -= sum(map(len, window.popleft()))
+
+    def _instances_from_document(self, index: int) -> None:
+        """Google's create_instances_from_document for window[index], into self.instances."""
+        window, rng, counts = self.window, self.rng, self.counts
+        document = window[index]
+        max_num_tokens = self.options.max_seq_length - 3  # [CLS] A [SEP] B [SEP]
+        # Usually fill the sequence; sometimes (short_seq_prob) aim shorter, to look more like
+        # fine-tuning inputs. Drawn once per document, as Google does.
+        target_seq_length = max_num_tokens
+        if rng.random() < self.options.short_seq_prob:
+            target_seq_length = rng.randint(2, max_num_tokens)
+        chunk: list[list[int]] = []
+        length = 0
+        i = 0
+        n = len(document)
+        while i < n:
+            segment = document[i]
+            chunk.append(segment)
+            length += len(segment)
+            if i == n - 1 or length >= target_seq_length:
+                # A is the first a_end segments of the chunk.
+                a_end = rng.randint(1, len(chunk) - 1) if len(chunk) >= 2 else 1
+                tokens_a = []
+                for sentence in chunk[:a_end]:
+                    tokens_a += sentence
+                if len(chunk) == 1 or rng.random() < 0.5:
+                    is_random_next = True
+                    target_b_length = target_seq_length - len(tokens_a)
+                    other = window[self._random_document(index)]
+                    tokens_b = []
+                    for j in range(rng.randint(0, len(other) - 1), len(other)):
+                        tokens_b += other[j]
+                        if len(tokens_b) >= target_b_length:
+                            break
+                    # The chunk's unused segments go back, to start the next chunk.
+                    i -= len(chunk) - a_end
+                else:
+                    is_random_next = False
+                    tokens_b = []
+                    for sentence in chunk[a_end:]:
+                        tokens_b += sentence
+                tokens_a, tokens_b, removed = _truncate_seq_pair(
+                    tokens_a, tokens_b, max_num_tokens, rng)
+                if removed:
+                    counts["truncated_instances"] += 1
+                    counts["truncated_tokens"] += removed
+                self.instances.append((tokens_a, tokens_b, is_random_next))
+                chunk = []
+                length = 0
+            i += 1
+
+    def _random_document(self, index: int) -> int:
+        """A uniformly random other document of the window (itself if it is alone)."""
+        n = len(self.window)
+        if n == 1:
+            return index
+        other = self.rng.randrange(n - 1)
+        return other + (other >= index)
+
+    # -- instances -> masked, serialised, shuffled records
+
+    def _emit(self) -> None:
+        """Masks and serialises self.instances, vectorised, and feeds the shuffle buffer."""
+        batch, self.instances = self.instances, []
+        if not batch:
+            return
+        self._shuffle_in(self.encoder.encode_records(self._features(batch)))
+
+    def _features(self, batch: list[tuple[list, list, bool]]) -> dict[str, np.ndarray]:
+        """Google's features for a batch of instances: name -> array [I, length]."""
+        S = self.options.max_seq_length
+        ids = self.ids
+        flat: list[int] = []
+        for tokens_a, tokens_b, _ in batch:
+            flat.append(ids.cls)
+            flat += tokens_a
+            flat.append(ids.sep)
+            flat += tokens_b
+            flat.append(ids.sep)
+        len_a = np.fromiter((len(a) for a, _, _ in batch), np.int64, len(batch))
+        len_b = np.fromiter((len(b) for _, b, _ in batch), np.int64, len(batch))
+        lengths = len_a + len_b + 3
+        positions = np.arange(S)
+        valid = positions < lengths[:, None]  # [I, S]
+        tokens = np.zeros(valid.shape, np.int64)
+        tokens[valid] = np.array(flat, np.int64)
+        segment_ids = (positions >= (len_a + 2)[:, None]) & valid
+        labels = np.fromiter((r for _, _, r in batch), np.int64, len(batch))
+        counts = self.counts
+        counts["instances"] += len(batch)
+        counts["instance_tokens"] += int(lengths.sum())
+        counts["random_next"] += int(labels.sum())
+        features = {"input_ids": tokens, "input_mask": valid, "segment_ids": segment_ids,
+                    "next_sentence_labels": labels[:, None]}
+        if not self.options.dynamic_masking:
+            features.update(self._mask(tokens, valid, len_a, lengths))
+        return features
+
+    def _mask(self, tokens: np.ndarray, valid: np.ndarray, len_a: np.ndarray,
+              lengths: np.ndarray) -> dict[str, np.ndarray]:
+        """Google's create_masked_lm_predictions on a batch; replaces tokens in place.
+
+        tokens int64 [I, S] (modified: masked positions get [MASK], a random id or stay),
+        valid bool [I, S], len_a/lengths int64 [I]. Returns masked_lm_positions,
+        masked_lm_ids (int64 [I, P], 0-padded) and masked_lm_weights (float32 [I, P]).
+        """
+        options, rng = self.options, self.np_rng
+        I, S = tokens.shape
+        P = options.max_predictions_per_seq
+        rows = np.arange(I)
+        # Candidates: every real token but [CLS] (position 0) and the two [SEP]s.
+        candidate = valid.copy()
+        candidate[:, 0] = False
+        candidate[rows, len_a + 1] = False
+        candidate[rows, lengths - 1] = False
+        # round() on floats is Python 3's (half to even), as in Google's script on Python 3.
+        num_to_predict = np.minimum(P, np.maximum(1, np.round(lengths * options.masked_lm_prob)
+                                                  .astype(np.int64)))
+        if options.do_whole_word_mask:
+            masked = self._choose_whole_words(tokens, candidate, num_to_predict)
+        else:
+            # Shuffling the candidates and taking the first num_to_predict = taking those with
+            # the smallest random keys.
+            keys = rng.random((I, S), dtype=np.float32)
+            keys[~candidate] = 2.0
+            order = np.argsort(keys, axis=1)[:, :min(P, S)]
+            take = ((np.arange(order.shape[1]) < num_to_predict[:, None])
+                    & (np.take_along_axis(keys, order, axis=1) < 2.0))
+            masked = np.zeros((I, S), bool)
+            masked[np.broadcast_to(rows[:, None], order.shape)[take], order[take]] = True
+
+        # Row-major nonzero: positions come out sorted within each instance, as Google sorts.
+        mrows, mcols = np.nonzero(masked)
+        original = tokens[mrows, mcols]
+        u = rng.random(mrows.size)
+        keep = rng.random(mrows.size) < 0.5
+        random_ids = self.ids.random_ids[rng.integers(0, self.ids.random_ids.size, mrows.size)]
+        to_mask = u < 0.8
+        tokens[mrows, mcols] = np.where(to_mask, self.ids.mask, np.where(keep, original,
+                                                                          random_ids))
+        per_row = masked.sum(axis=1)
+        rank = np.arange(mrows.size) - (np.cumsum(per_row) - per_row)[mrows]
+        positions = np.zeros((I, P), np.int64)
+        label_ids = np.zeros((I, P), np.int64)
+        weights = np.zeros((I, P), np.float32)
+        positions[mrows, rank] = mcols
+        label_ids[mrows, rank] = original
+        weights[mrows, rank] = 1.0
+
+        counts = self.counts
+        non_special = lengths - 3
+        counts["non_special_tokens"] += int(non_special.sum())
+        counts["masked_tokens"] += int(mrows.size)
+        n_mask = int(to_mask.sum())
+        n_keep = int((~to_mask & keep).sum())
+        counts["replaced_by_mask"] += n_mask
+        counts["kept"] += n_keep
+        counts["replaced_random"] += int(mrows.size) - n_mask - n_keep
+        # Instances where max_predictions_per_seq, not masked_lm_prob, set the count.
+        capped = np.round(lengths * options.masked_lm_prob) > P
+        counts["capped_instances"] += int(capped.sum())
+        counts["capped_non_special_tokens"] += int(non_special[capped].sum())
+        counts["capped_masked_tokens"] += int(per_row[capped].sum())
+        return {"masked_lm_positions": positions, "masked_lm_ids": label_ids,
+                "masked_lm_weights": weights}
+
+    def _choose_whole_words(self, tokens: np.ndarray, candidate: np.ndarray,
+                            num_to_predict: np.ndarray) -> np.ndarray:
+        """Google's whole-word candidate choice: -> bool [I, S] of masked positions.
+
+        A "##" piece joins the previous candidate group (even across the [SEP], as in
+        Google's loop); groups are shuffled, then taken whole while they fit in
+        num_to_predict, skipping those that do not.
+        """
+        I, S = tokens.shape
+        rows = np.arange(I)
+        # Position 1 (A's first token) is always a candidate, so a "##" piece has an earlier
+        # candidate to join exactly when it is at position 2 or later.
+        continues = candidate & self.ids.is_suffix[tokens]
+        continues[:, :2] = False
+        starts = candidate & ~continues
+        group = np.cumsum(starts, axis=1, dtype=np.int32) - 1  # group of each candidate
+        np.maximum(group, 0, out=group)  # (positions before the first group: never candidates)
+        num_groups = group[:, -1] + 1
+        sizes = np.bincount((rows[:, None] * S + group)[candidate], minlength=I * S).reshape(I, S)
+        keys = self.np_rng.random((I, S), dtype=np.float32)
+        keys[np.arange(S) >= num_groups[:, None]] = 2.0
+        order = np.argsort(keys, axis=1)
+        shuffled_sizes = np.take_along_axis(sizes, order, axis=1)
+        taken = np.zeros((I, S), bool)
+        count = np.zeros(I, np.int64)
+        for col in range(int(num_groups.max(initial=0))):
+            size = shuffled_sizes[:, col]
+            fits = (size > 0) & (count + size <= num_to_predict)
+            taken[:, col] = fits
+            count += size * fits
+            if col % 8 == 7 and ((count >= num_to_predict) | (col + 1 >= num_groups)).all():
+                break
+        group_taken = np.zeros((I, S), bool)
+        np.put_along_axis(group_taken, order, taken, axis=1)
+        return candidate & np.take_along_axis(group_taken, group, axis=1)
+
+    def _shuffle_in(self, records: list[bytes]) -> None:
+        """Bounded shuffle: once the buffer is full, each new record takes the place of a
+        random one, which is written out."""
+        buffer, capacity = self.buffer, self.options.shuffle_buffer
+        fill = min(len(records), capacity - len(buffer))
+        buffer += records[:fill]
+        if fill == len(records):
+            return
+        out = []
+        # One numpy draw for the batch instead of a random.randrange per record.
+        for j, record in zip(self.np_rng.integers(0, capacity, len(records) - fill).tolist(),
+                             records[fill:]):
+            out.append(buffer[j])
+            buffer[j] = record
+        self.file.write(b"".join(out))
+
+    def close(self) -> None:
+        """Processes the documents still waiting for lookahead, writes everything, closes."""
+        while self.pending:
+            self._process(len(self.window) - self.pending)
+        self._emit()
+        self.rng.shuffle(self.buffer)
+        self.file.write(b"".join(self.buffer))
+        self.buffer = []
+        self.file.close()
+
+
+# ---- Reading input ---------------------------------------------------------------------------
+
+# A stripped WikiText heading: "= Title =" (an article), "= = Section = =", ...
+_WIKITEXT_HEADING = re.compile(r"^(=(?: =)*) .* \1$")
+
+
+def expand_input_files(input_file: str) -> list[str]:
+    """Google's --input_file: comma-separated globs -> files, in the order given.
+
+    Raises DataError naming a pattern that matches no file.
+    """
+    files = []
+    for pattern in (p.strip() for p in input_file.split(",")):
+        if not pattern:
+            continue
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else (
+            [pattern] if os.path.exists(pattern) else [])
+        if not matches:
+            raise DataError(f"--input_file={pattern}: no such file (nor files matching it); "
+                            "check the path or glob")
+        for path in matches:
+            if os.path.isfile(path) and os.path.getsize(path) == 0:
+                raise DataError(f"{path}: no text (the file is empty); remove it from "
+                                "--input_file")
+        files.extend(matches)
+    if not files:
+        raise UsageError("--input_file is empty: pass text files (comma-separated, globs allowed)")
+    return files
+
+
+def read_documents(paths: list[str], input_format: str = "sentences",
+                   progress=None) -> Iterator[list[str]]:
+    """The non-empty documents of the input files, in order, each a list of stripped lines.
+
+    `sentences`/`paragraphs`: a blank line ends a document (Google's format). `wikitext`: a
+    level-1 heading (` = Title = `) starts one; headings and blank lines are dropped. Lines
+    are split at "\\n" ("\\r\\n" works: strip() takes the "\\r"). `progress(n_bytes)` is called
+    now and then with the bytes read since the last call.
+    Raises DataError naming file and line for non-UTF-8 or NUL-laden (binary) input, and for
+    a file without any text.
+    """
+    wikitext = input_format == "wikitext"
+    document: list[str] = []
+    for path in paths:
+        has_text = False
+        unreported = 0
+        with open(path, "rb") as f:
+            for line_number, raw in enumerate(f, 1):
+                unreported += len(raw)
+                if progress is not None and unreported >= 1 << 20:
+                    progress(unreported)
+                    unreported = 0
+                if b"\x00" in raw:
+                    raise DataError(
+                        f"{path}:{line_number}: NUL byte: this looks like a binary file, not "
+                        "UTF-8 text. --input_file takes text, one sentence a line and blank "
+                        "lines between documents")
+                try:
+                    line = raw.decode("utf-8").strip()
+                except UnicodeDecodeError as error:
+                    raise DataError(
+                        f"{path}:{line_number}: not UTF-8 text ({error.reason} at byte "
+                        f"{error.start} of the line). Convert the file to UTF-8 (iconv) or remove "
+                        "it from --input_file") from None
+                if wikitext:
+                    heading = _WIKITEXT_HEADING.match(line)
+                    if heading:
+                        if heading.group(1) == "=" and document:
+                            yield document
+                            document = []
+                        has_text = True
+                        continue
+                    if not line:
+                        continue
+                elif not line:
+                    if document:
+                        yield document
+                        document = []
+                    continue
+                has_text = True
+                document.append(line)
+        if progress is not None and unreported:
+            progress(unreported)
+        if not has_text:
+            raise DataError(f"{path}: no text (the file is empty or holds only blank lines); "
+                            "remove it from --input_file")
+        # A document never spans files (Google starts a new one only at blank lines, but a
+        # file boundary is a document boundary in any sensible corpus).
+        if document:
+            yield document
+            document = []
+
+
+def split_sentences(paragraph: str) -> list[str]:
+    """Sentences of one paragraph (blingfire's rule-and-model splitter; offline, C++ speed)."""
+    import blingfire  # only needed for --input_format=paragraphs/wikitext
+
+    return [s for s in blingfire.text_to_sentences(paragraph).split("\n") if s.strip()]
+
+
+# ---- Worker processes ------------------------------------------------------------------------
+
+
+def _worker_main(worker: int, num_workers: int, shard_paths: list[str], vocab_file: str,
+                 do_lower_case: bool, options: PretrainingOptions, inbox, outbox) -> None:
+    """A worker process: tokenizes its documents and runs the ShardWriters of its shards.
+
+    Messages in: lists of (document index, lines), then None. Out: ("done", worker, counts
+    per shard) or ("error", worker, traceback text). Never imports TensorFlow.
+    """
+    try:
+        from bert_tf.tokenization.cached import CachedTokenizer
+
+        tokenizer = CachedTokenizer(vocab_file, do_lower_case)
+        ids = vocab_ids(tokenizer.vocab, vocab_file)
+        num_shards = len(shard_paths)
+        shards = {s: ShardWriter(s, path, options, ids) for s, path in enumerate(shard_paths)
+                  if s % num_workers == worker}
+        split = options.input_format != "sentences"
+        tokenize = tokenizer.ids
+        while True:
+            batch = inbox.get()
+            if batch is None:
+                break
+            for index, lines in batch:
+                if split:
+                    lines = [s for paragraph in lines for s in split_sentences(paragraph)]
+                # Google drops sentences without tokens (e.g. only control characters).
+                document = [t for t in map(tokenize, lines) if t]
+                shards[index % num_shards].add_document(document)
+        for shard in shards.values():
+            shard.close()
+        outbox.put(("done", worker, {s: shard.counts for s, shard in shards.items()}))
+    except BaseException:  # reported to the main process, which cleans up and raises
+        outbox.put(("error", worker, traceback.format_exc()))
+
+
+def output_paths(output_file: str, num_output_shards: int | None) -> list[str]:
+    """Google's --output_file (comma-separated files) and --num_output_shards -> shard paths.
+
+    One file and n > 1 shards: `{file}-00000-of-0000n`, ... . A list: one shard per file
+    (num_output_shards, if given, must equal its length).
+    """
+    files = [f.strip() for f in output_file.split(",") if f.strip()]
+    if not files:
+        raise UsageError("--output_file is required")
+    if num_output_shards is None:
+        return files
+    if num_output_shards < 1:
+        raise UsageError(f"--num_output_shards={num_output_shards}: must be at least 1")
+    if len(files) > 1:
+        if num_output_shards != len(files):
+            raise UsageError(
+                f"--num_output_shards={num_output_shards} but --output_file lists {len(files)} "
+                "files: give one file (shards are named FILE-00000-of-0000N) or drop "
+                "--num_output_shards")
+        return files
+    if num_output_shards == 1:
+        return files
+    return [f"{files[0]}-{s:05d}-of-{num_output_shards:05d}" for s in range(num_output_shards)]
+
+
+def summary_path(output_file: str) -> str:
+    """Where the JSON summary goes: next to the (first) --output_file, `{file}.summary.json`."""
+    first = output_file.split(",")[0].strip()
+    return f"{first}.summary.json"
+
+
+def create_pretraining_data(input_file: str, output_file: str, vocab_file: str,
+                            do_lower_case: bool = True,
+                            options: PretrainingOptions = PretrainingOptions(),
+                            num_workers: int = 2, num_output_shards: int | None = None,
+                            overwrite_output: bool = False, show_progress: bool = True,
+                            flags_used: dict | None = None) -> dict:
+    """Reads text, writes pre-training TFRecords and a JSON summary; returns the summary.
+
+    input_file: comma-separated globs (Google's --input_file); output_file: comma-separated
+    files, or one file split into `num_output_shards` shards (see `output_paths`). The shards
+    are byte-identical for any `num_workers` (see the module docstring). The summary
+    (`{output_file}.summary.json`) holds counts, masking and NSP statistics, per-shard
+    instance counts and `flags_used`.
+    Raises UsageError (flags), DataError (input files; nothing is left on disk) or
+    RuntimeError (a worker failed; its traceback is in the message).
+    """
+    started = time.time()
+    options.check()
+    if num_workers < 1:
+        raise UsageError(f"--num_workers={num_workers}: must be at least 1")
+    from bert_tf.tokenization.wordpiece import check_vocab_has_unk, load_vocab
+
+    if not os.path.isfile(vocab_file):
+        raise UsageError(f"--vocab_file={vocab_file}: file not found")
+    vocab = load_vocab(vocab_file)
+    try:
+        check_vocab_has_unk(vocab, vocab_file)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    vocab_ids(vocab, vocab_file)  # fails early on a missing [CLS]/[SEP]/[MASK]
+    input_files = expand_input_files(input_file)
+    shard_paths = output_paths(output_file, num_output_shards)
+    summary_file = summary_path(output_file)
+    if not overwrite_output:
+        existing = [p for p in shard_paths + [summary_file] if os.path.exists(p)]
+        if existing:
+            raise UsageError(f"{existing[0]} exists; pass --overwrite_output to replace it "
+                             "(or choose another --output_file)")
+    for path in shard_paths:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if num_workers > len(shard_paths):
+        logger.info("%d workers for %d output shards: only %d will work; raise "
+                    "--num_output_shards to use more", num_workers, len(shard_paths),
+                    len(shard_paths))
+        num_workers = len(shard_paths)
+    partials = [p + ".partial" for p in shard_paths]
+
+    # Spawned workers start a fresh interpreter: nothing (TensorFlow above all) is inherited.
+    context = multiprocessing.get_context("spawn")
+    outbox = context.Queue()
+    inboxes = [context.Queue(_QUEUE_BATCHES) for _ in range(num_workers)]
+    workers = [context.Process(target=_worker_main, name=f"pretraining-worker-{w}",
+                               args=(w, num_workers, partials, vocab_file, do_lower_case,
+                                     options, inboxes[w], outbox), daemon=True)
+               for w in range(num_workers)]
+    results: dict[int, dict] = {}
+    progress_bar = None
+    try:
+        for worker in workers:
+            worker.start()
+        if show_progress:
+            from tqdm import tqdm
+
+            total = sum(os.path.getsize(p) for p in input_files)
+            progress_bar = tqdm(total=total, unit="B", unit_scale=True, file=sys.stderr,
+                                desc="create_pretraining_data", mininterval=1.0)
+        _dispatch(input_files, options.input_format, len(shard_paths), inboxes, workers, outbox,
+                  results, progress_bar.update if progress_bar else None)
+        for inbox in inboxes:
+            _put(inbox, None, workers, outbox, results)
+        while len(results) < num_workers:
+            _receive(outbox, workers, results, timeout=1.0)
+        for worker in workers:
+            worker.join()
+        counts = {s: c for per_worker in results.values() for s, c in per_worker.items()}
+        summary = _summary(counts, input_files, shard_paths, options, flags_used,
+                           time.time() - started)
+        _check_counts(summary, input_files)
+        for partial, path in zip(partials, shard_paths):
+            os.replace(partial, path)
+        tmp = summary_file + ".partial"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, summary_file)
+        return summary
+    except BaseException:
+        for worker in workers:
+            if worker.is_alive():
+                worker.terminate()  # our own child; it holds nothing worth keeping
+        for worker in workers:
+            if worker.pid is not None:
+                worker.join()
+        for partial in partials + [summary_file + ".partial"]:
+            if os.path.exists(partial):
+                os.remove(partial)
+        raise
+    finally:
+        if progress_bar is not None:
+            progress_bar.close()
+
+
+def _dispatch(input_files, input_format, num_shards, inboxes, workers, outbox, results,
+              progress) -> None:
+    """Sends document k to the worker of shard k % num_shards, in batches of ~256 KB."""
+    num_workers = len(inboxes)
+    batches: list[list] = [[] for _ in range(num_workers)]
+    sizes = [0] * num_workers
+    for index, lines in enumerate(read_documents(input_files, input_format, progress)):
+        w = (index % num_shards) % num_workers
+        batches[w].append((index, lines))
+        sizes[w] += sum(map(len, lines))
+        if sizes[w] >= _DISPATCH_BYTES:
+            _put(inboxes[w], batches[w], workers, outbox, results)
+            batches[w], sizes[w] = [], 0
+    for w in range(num_workers):
+        if batches[w]:
+            _put(inboxes[w], batches[w], workers, outbox, results)
+
+
+def _put(inbox, message, workers, outbox, results) -> None:
+    """Blocking put that notices a failed worker instead of waiting for it forever."""
+    while True:
+        try:
+            inbox.put(message, timeout=0.5)
+            return
+        except queue.Full:
+            _receive(outbox, workers, results, timeout=0)
+
+
+def _receive(outbox, workers, results, timeout: float) -> None:
+    """Takes one worker message; raises on a worker error or a worker that died silently."""
+    try:
+        kind, worker, payload = outbox.get(timeout=timeout) if timeout else outbox.get_nowait()
+    except queue.Empty:
+        dead = [w for w in workers if w.exitcode not in (None, 0)]
+        if dead:
+            raise RuntimeError(f"{dead[0].name} exited with status {dead[0].exitcode} "
+                               "(out of memory?)") from None
+        return
+    if kind == "error":
+        raise RuntimeError(f"pretraining worker {worker} failed:\n{payload}")
+    results[worker] = payload
+
+
+def _summary(counts: dict[int, dict], input_files: list[str], shard_paths: list[str],
+             options: PretrainingOptions, flags_used: dict | None, seconds: float) -> dict:
+    total = collections.Counter()
+    for c in counts.values():
+        total.update(c)
+
+    def ratio(a, b):
+        return a / b if b else None
+
+    summary = {
+        "input_files": input_files,
+        "documents": total["documents"],
+        "multi_sentence_documents": total["multi_sentence_documents"],
+        "sentences": total["sentences"],
+        "tokens": total["tokens"],
+        "instances": total["instances"],
+        "instance_tokens": total["instance_tokens"],
+        "next_sentence": {"random_next": total["random_next"],
+                          "fraction_random_next": ratio(total["random_next"],
+                                                        total["instances"])},
+        "truncation": {"truncated_instances": total["truncated_instances"],
+                       "truncated_tokens": total["truncated_tokens"]},
+        "shards": [{"file": path, "instances": counts[s]["instances"]}
+                   for s, path in enumerate(shard_paths)],
+        "options": dataclasses.asdict(options),
+        "flags": flags_used or {},
+        "seconds": round(seconds, 3),
+        "instances_per_second": round(total["instances"] / seconds, 1) if seconds else None,
+    }
+    if not options.dynamic_masking:
+        masked = total["masked_tokens"]
+        uncapped_tokens = total["non_special_tokens"] - total["capped_non_special_tokens"]
+        summary["masked_lm"] = {
+            "masked_tokens": masked,
+            "non_special_tokens": total["non_special_tokens"],
+            "masked_fraction": ratio(masked, total["non_special_tokens"]),
+            # Where max_predictions_per_seq did not cap the count: ~masked_lm_prob.
+            "masked_fraction_uncapped": ratio(masked - total["capped_masked_tokens"],
+                                              uncapped_tokens),
+            "capped_instances": total["capped_instances"],
+            "fraction_replaced_by_mask": ratio(total["replaced_by_mask"], masked),
+            "fraction_kept": ratio(total["kept"], masked),
+            "fraction_replaced_random": ratio(total["replaced_random"], masked),
+        }
+    return summary
+
+
+def _check_counts(summary: dict, input_files: list[str]) -> None:
+    """Refuses output that would train nothing useful (raised before any shard is renamed)."""
+    names = ", ".join(input_files[:3]) + (" ..." if len(input_files) > 3 else "")
+    if summary["instances"] == 0:
+        raise DataError(f"{names}: no instances (no document has any WordPiece token)")
+    if summary["multi_sentence_documents"] == 0:
+        raise DataError(
+            f"{names}: every document has a single sentence, so every next-sentence label "
+            "would be 'random next'. Put one sentence a line with blank lines only between "
+            "documents, or pass --input_format=paragraphs for one paragraph a line")
