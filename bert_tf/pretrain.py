@@ -217,8 +217,10 @@ def run_pretraining(args: PretrainArgs) -> dict:
         results.update(training_results(summary))
         if results:
             write_eval_results(args.output_dir, results)
-            loop.MetricsLog(args.output_dir, True).write(results.get("global_step", 0), {
-                k: v for k, v in results.items() if k.startswith(("masked", "next"))}, "eval")
+            evaluated = {k: v for k, v in results.items() if k.startswith(("masked", "next"))}
+            if evaluated:
+                loop.MetricsLog(args.output_dir, True).write(results.get("global_step", 0),
+                                                             evaluated, "eval")
             for k, v in sorted(results.items()):
                 logger.info("  %s = %s", k, v)
         if args.export:
