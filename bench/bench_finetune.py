@@ -144,9 +144,10 @@ def command(s: dict, a, features: str) -> tuple[list[str], dict]:
 class Worker:
     """A setting's subprocess: started once, then one `round` command at a time."""
 
-    def __init__(self, s: dict, a, features: str, log_dir: str):
+    def __init__(self, s: dict, a, features: str, log_dir: str, command_fn=None):
+        # command_fn(setting, args, features) -> (argv, env); bench_pretrain_step.py passes its own
         self.setting = s
-        cmd, env = command(s, a, features)
+        cmd, env = (command_fn or command)(s, a, features)
         name = f"{s['framework']}-{s['name']}".replace(" ", "_")
         self.log_path = os.path.join(log_dir, name + ".stderr")
         self.log = open(self.log_path, "w", encoding="utf-8")

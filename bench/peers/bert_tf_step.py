@@ -1,10 +1,17 @@
-"""bert_tf fine-tuning rounds for bench/bench_finetune.py (a worker subprocess, project venv).
+"""bert_tf training rounds for bench/bench_finetune.py and bench/bench_pretrain_step.py (a worker
+subprocess, project venv).
 
-The step is the project's own: `bert_tf.training.loop.train` with `TrainSettings`, the
-classification loss of `bert_tf.training.tasks`, a `BertClassifier` loaded from the
-all-MiniLM-L6-v2 checkpoint with `bert_tf.checkpoints.load`, and the FeatureTable / bucketed
-batches of `bert_tf.data.records`. Nothing is re-implemented: the number is what a
-`run_classifier.py` user gets.
+The step is the project's own: `bert_tf.training.loop.train` with `TrainSettings` and Google's
+AdamW (`optimizer="adamw"`), the batch source and loss a script hands it:
+- finetune: a `BertClassifier` loaded from the all-MiniLM-L6-v2 checkpoint with
+  `bert_tf.checkpoints.load`, `tasks.classification_loss`, and `records.table_batches` over a
+  `FeatureTable` (the source run_classifier.py uses), padded to buckets of 32 (dynamic) or to
+  max_seq_length (fixed);
+- pretrain: a `BertPretrainer` of --bert_config_file's dimensions (random weights),
+  `tasks.pretraining_loss` (masked-LM on the masked positions + next sentence, with its
+  accuracies, as run_pretraining.py), and a source yielding one fixed batch in Google's
+  pre-training schema, as tensors (what records.pretraining_batches' tf.data pipeline yields).
+Nothing is re-implemented: the number is what a run_classifier.py / run_pretraining.py user gets.
 
 Protocol: bench/peers/worker.py. A round is one call of train() (a fresh
 optimizer and output_dir; the weights carry on; the same batches every round, from the seed) of
@@ -51,22 +58,14 @@ def load_features(path: str) -> list[dict]:
 
 
 
-def main(argv=None) -> None:
-    a = parse_args(argv)
-    import keras
-    import tensorflow as tf
-
+def finetune_source(a):
+    """(model, loss_fn, batch source, widths of every step, indices of the timed steps)."""
     from bert_tf import checkpoints
     from bert_tf.config import BertConfig
     from bert_tf.data import records
     from bert_tf.modeling import BertClassifier
     from bert_tf.training import tasks
-    from bert_tf.training.distributed import Distributed
-    from bert_tf.training.loop import TrainSettings, train
-    from bert_tf.training.precision import set_dtype
 
-    keras.utils.set_random_seed(a.seed)
-    set_dtype(a.dtype)  # before the model is built
     config = BertConfig.from_json_file(os.path.join(a.model_dir, "config.json"))
     model = BertClassifier(config, 2)
     checkpoints.load(model, a.model_dir)
@@ -85,24 +84,67 @@ def main(argv=None) -> None:
             timed.append(len(widths))
         seen.add(w)
         widths.append(w)
+    source = records.table_batches(table, a.batch_size, a.seed, bucket_width=bucket_width,
+                                   max_seq_length=a.max_seq_length)
+    return model, tasks.classification_loss, source, widths, timed
+
+
+def pretrain_source(a):
+    """(model, loss_fn, batch source, widths of every step, indices of the timed steps)."""
+    import tensorflow as tf
+
+    from bert_tf.config import BertConfig
+    from bert_tf.modeling import BertPretrainer
+    from bert_tf.training import tasks
+
+    model = BertPretrainer(BertConfig.from_json_file(a.bert_config_file))
+    batch = {k: tf.constant(v) for k, v in worker.load_pretraining_batch(a).items()}
+
+    def source(start_step: int):
+        # The loop's contract: (micro_index, batch), endless; the same batch every step.
+        step = start_step
+        while True:
+            yield step, batch
+            step += 1
+
+    num_steps = a.warmup + a.steps
+    return (model, tasks.pretraining_loss, source, [a.max_seq_length] * num_steps,
+            list(range(a.warmup, num_steps)))
+
+
+def main(argv=None) -> None:
+    a = parse_args(argv)
+    worker.check_args(a)
+    import keras
+    import tensorflow as tf
+
+    from bert_tf.training.distributed import Distributed
+    from bert_tf.training.loop import TrainSettings, train
+    from bert_tf.training.precision import set_dtype
+
+    keras.utils.set_random_seed(a.seed)
+    set_dtype(a.dtype)  # before the model is built
+    setup = finetune_source if a.task == "finetune" else pretrain_source
+    model, loss_fn, source, widths, timed = setup(a)
     num_steps = len(widths)
     setup_seconds = time.time() - T_START
 
-    # train() always saves a checkpoint at its last step (~270 MB with the Adam slots); on this
-    # VM's disk that write sometimes stalls ~40 s. Off the clock, but it slows the benchmark.
+    # train() always saves a checkpoint at its last step (weights + 2 Adam slots: ~270 MB for
+    # MiniLM, ~350 MB for BERT-Small); on this VM's disk that write sometimes stalls ~40 s. Off
+    # the clock, but it slows the benchmark.
     scratch = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
     def run_round() -> dict:
         with tempfile.TemporaryDirectory(prefix="bench_bert_tf_", dir=scratch) as out:
             settings = TrainSettings(
                 output_dir=out, train_batch_size=a.batch_size, num_train_steps=num_steps,
-                learning_rate=5e-5, num_warmup_steps=max(1, num_steps // 10),
+                learning_rate=a.learning_rate, num_warmup_steps=max(1, num_steps // 10),
                 optimizer="adamw", dtype=a.dtype, use_xla=a.xla == "on",
                 num_accumulation_steps=1, save_checkpoints_steps=10 ** 9, log_steps=1,
-                seed=a.seed, max_seq_length=a.max_seq_length, bucket_width=bucket_width)
+                seed=a.seed)
             t0 = time.time()
-            summary = train(model, tasks.classification_loss, table, settings,
-                            Distributed(False), progress=False)
+            summary = train(model, loss_fn, source, settings, Distributed(False),
+                            progress=False)
             train_seconds = time.time() - t0
             with open(os.path.join(out, "metrics.jsonl"), encoding="utf-8") as f:
                 rows = [json.loads(line) for line in f]
@@ -111,12 +153,14 @@ def main(argv=None) -> None:
         info = {"step_seconds": times, "timed_widths": [widths[i] for i in timed],
                 "first_steps_seconds": [step_seconds[i + 1] for i in range(num_steps)
                                         if i not in timed],
-                "round_seconds": train_seconds, "final_loss": summary["loss"]}
+                "round_seconds": train_seconds, "final_loss": summary["loss"],
+                "final_metrics": summary["metrics"]}
         return worker.result(a, "bert_tf", a.xla, os.environ.get("XLA_FLAGS", ""),
-                             setup_seconds, info, tf_version=tf.__version__)
+                             setup_seconds, info, tf_version=tf.__version__,
+                             keras_version=keras.__version__, optimizer="adamw (Google's "
+                             "AdamWeightDecay, no bias correction)")
 
     worker.serve(run_round)
-
 
 if __name__ == "__main__":
     main()
