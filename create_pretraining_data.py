@@ -49,7 +49,7 @@ flags.DEFINE_enum("input_format", "sentences", ["sentences", "paragraphs", "wiki
                   "paragraphs: one paragraph a line, split into sentences (blingfire). "
                   "wikitext: WikiText raw files (' = Title = ' starts a document), split into "
                   "sentences.")
-flags.DEFINE_integer("document_window", 2048,
+flags.DEFINE_integer("document_window", 64,
                      "Per shard: recent documents the random next segment is drawn from.")
 flags.DEFINE_integer("window_tokens", 1_000_000,
                      "Per shard: processed documents leave that window while it holds more "

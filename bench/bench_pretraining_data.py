@@ -363,8 +363,12 @@ def print_table(rows: list[dict]) -> dict:
             b10["peak_tree_rss_mb_max"] / b1["peak_tree_rss_mb_max"])
         ratios["bert_tf_10x_wall_over_bert_tf_1x_wall"] = (
             b10["wall_seconds_median"] / b1["wall_seconds_median"])
+    targets = {"bert_tf_10x_over_google_1x_instances_per_second": ">= 10",
+               "bert_tf_10x_peak_over_bert_tf_1x_peak": "<= 1.2",
+               "bert_tf_10x_peak_over_google_peak": "< 1"}
     for name, value in ratios.items():
-        print(f"{name}: {value:.2f}")
+        target = f" (target {targets[name]})" if name in targets else ""
+        print(f"{name}: {value:.2f}{target}")
     return ratios
 
 

@@ -19,7 +19,7 @@ What differs from Google's script, which reads the whole corpus into one process
   function of the inputs, the options and num_output_shards alone: 1 or 8 workers write
   byte-identical shards.
 * Bounded memory. Per shard, a worker holds
-  - a window of `document_window` (2048) recent documents to draw random next segments from (Google
+  - a window of `document_window` (64) recent documents to draw random next segments from (Google
     draws from the whole corpus). A document is processed once `document_window // 2` later
     documents of its shard have arrived, so the random document comes from either side of it.
     Processed documents also leave the window while it holds more than `window_tokens`
@@ -119,7 +119,7 @@ class PretrainingOptions:
     random_seed: int = 12345
     dynamic_masking: bool = False
     input_format: str = "sentences"
-    document_window: int = 2048  # per shard: documents to draw random next segments from
+    document_window: int = 64  # per shard: documents to draw random next segments from
     window_tokens: int = 1_000_000  # per shard: older documents leave beyond this many WordPieces
     shuffle_buffer: int = 10_000  # per shard: instances shuffled before writing
 
