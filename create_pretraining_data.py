@@ -49,13 +49,18 @@ flags.DEFINE_enum("input_format", "sentences", ["sentences", "paragraphs", "wiki
                   "paragraphs: one paragraph a line, split into sentences (blingfire). "
                   "wikitext: WikiText raw files (' = Title = ' starts a document), split into "
                   "sentences.")
-flags.DEFINE_integer("document_window", 64,
-                     "Per shard: recent documents the random next segment is drawn from.")
+flags.DEFINE_integer("document_window", 2048,
+                     "Per shard: documents the random next segment is drawn from (half before, "
+                     "half after the current one). Google draws from the whole corpus.")
 flags.DEFINE_integer("window_tokens", 1_000_000,
-                     "Per shard: processed documents leave that window while it holds more "
-                     "WordPieces than this (bounds memory for corpora of long documents).")
+                     "Per shard: WordPieces that window may hold (~36 bytes each); documents "
+                     "leave it, or are processed early, beyond this. Bounds memory whatever "
+                     "the document lengths.")
 flags.DEFINE_integer("shuffle_buffer", 10000,
-                     "Per shard: instances shuffled before writing (~0.7 KB each at length 128).")
+                     "Per shard: instances held in memory (~0.7 KB each at length 128). A "
+                     "shard with more is shuffled globally through random temporary buckets "
+                     "beside the output (disk: the shard's size), as Google shuffles all "
+                     "instances.")
 flags.DEFINE_bool("overwrite_output", False, "Replace existing output files.")
 flags.DEFINE_bool("progress", True, "Show a progress bar (bytes read) on stderr.")
 FLAGS = flags.FLAGS

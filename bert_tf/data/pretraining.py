@@ -24,9 +24,19 @@ What differs from Google's script, which reads the whole corpus into one process
     documents of its shard have arrived, so the random document comes from either side of it.
     Processed documents also leave the window while it holds more than `window_tokens`
     WordPieces (~36 bytes each as Python lists), so a corpus of books stays bounded too;
-  - a shuffle buffer of `shuffle_buffer` serialised instances (Google shuffles all instances):
-    each new instance replaces a random one of the full buffer, which is written out; the
-    rest is shuffled and written at the end. ~700 bytes an instance at max_seq_length 128.
+    The documents waiting for their lookahead are capped too: once they hold more than
+    `window_tokens // 2` WordPieces the oldest is processed early, so book-length documents
+    cannot pile up in the lookahead either.
+  - at most `shuffle_buffer` serialised instances (~700 bytes each at max_seq_length 128).
+* A global shuffle in bounded memory. Google shuffles all instances of the corpus before
+  writing; a bounded buffer cannot, and a file written through one runs through the corpus
+  topic by topic. So a shard that outgrows `shuffle_buffer` instances spills them, each to one
+  of `SHUFFLE_BUCKETS` temporary files chosen uniformly at random (`NAME.partial.shuffle/`);
+  at the end each bucket is read back, shuffled in memory and appended to the shard, in bucket
+  order (a bucket larger than `shuffle_buffer` is split the same way again first). Random
+  buckets, each uniformly shuffled, make every order of the shard's instances equally likely,
+  as Google's in-memory shuffle does, at the cost of writing and reading every record once more
+  (temporary disk: the shard's size). A shard that fits in the buffer never touches the disk.
   The `dupe_factor` copies of a document (different masks and pairings) are made when the
   document is processed, not in `dupe_factor` passes over the corpus.
 * Crash safety. Shards are written as `NAME.partial` and renamed when every worker has
@@ -52,6 +62,7 @@ import os
 import queue
 import random
 import re
+import shutil
 import sys
 import time
 import traceback
@@ -61,7 +72,7 @@ import numpy as np
 
 from bert_tf.assets import UsageError
 from bert_tf.data.glue import DataError
-from bert_tf.data.tfrecord import ExampleEncoder
+from bert_tf.data.tfrecord import ExampleEncoder, iter_framed
 
 logger = logging.getLogger("bert_tf")
 
@@ -89,6 +100,7 @@ INPUT_FORMATS = {
                 "and blank lines are dropped, paragraphs are split into sentences (blingfire)",
 }
 
+SHUFFLE_BUCKETS = 64  # temporary files per shard (and per split bucket) of the global shuffle
 _MASK_BATCH = 256  # instances masked and serialised per numpy call; fixed: it orders the draws
 _DISPATCH_BYTES = 256 * 1024  # text per batch sent to a worker
 _QUEUE_BATCHES = 4  # batches in flight per worker: bounds the main process's lead
@@ -119,9 +131,9 @@ class PretrainingOptions:
     random_seed: int = 12345
     dynamic_masking: bool = False
     input_format: str = "sentences"
-    document_window: int = 64  # per shard: documents to draw random next segments from
+    document_window: int = 2048  # per shard: documents to draw random next segments from
     window_tokens: int = 1_000_000  # per shard: older documents leave beyond this many WordPieces
-    shuffle_buffer: int = 10_000  # per shard: instances shuffled before writing
+    shuffle_buffer: int = 10_000  # per shard: instances held in memory (see the global shuffle)
 
     def check(self) -> None:
         """Raises UsageError naming the flag and what to do when options do not fit together."""
@@ -235,9 +247,13 @@ class ShardWriter:
         self.window: collections.deque = collections.deque()
         self.window_tokens = 0  # WordPieces in the window
         self.pending = 0  # the newest `pending` documents of the window are not processed yet
+        self.pending_tokens = 0  # WordPieces in those
         self.lookahead = options.document_window // 2
         self.instances: list[tuple[list, list, bool]] = []
         self.buffer: list[bytes] = []
+        self.path = path
+        self.bucket_dir = path + ".shuffle"  # created on the first spill
+        self.spilled = False
         names = DYNAMIC_MASKING_FEATURES if options.dynamic_masking else tuple(PRETRAINING_SCHEMA)
         self.encoder = ExampleEncoder(list(names), float_features={
             name for name in names if PRETRAINING_SCHEMA[name][1] == "float32"})
@@ -258,11 +274,16 @@ class ShardWriter:
             self.counts["multi_sentence_documents"] += 1
         self.window.append(document)
         self.pending += 1
-        if self.pending > self.lookahead:
+        self.pending_tokens += tokens
+        # Process the oldest waiting document once it has its lookahead, or early when the
+        # waiting documents hold too many WordPieces (long documents).
+        while self.pending > self.lookahead or (
+                self.pending > 1 and self.pending_tokens > self.options.window_tokens // 2):
             self._process(len(self.window) - self.pending)
 
     def _process(self, index: int) -> None:
         self.pending -= 1
+        self.pending_tokens -= sum(map(len, self.window[index]))
         for _ in range(self.options.dupe_factor):
             self._instances_from_document(index)
         if len(self.instances) >= _MASK_BATCH:
@@ -476,29 +497,66 @@ class ShardWriter:
         return candidate & np.take_along_axis(group_taken, group, axis=1)
 
     def _shuffle_in(self, records: list[bytes]) -> None:
-        """Bounded shuffle: once the buffer is full, each new record takes the place of a
-        random one, which is written out."""
-        buffer, capacity = self.buffer, self.options.shuffle_buffer
-        fill = min(len(records), capacity - len(buffer))
-        buffer += records[:fill]
-        if fill == len(records):
+        """Keeps records in memory up to `shuffle_buffer`, then spills them to random buckets."""
+        self.buffer += records
+        if len(self.buffer) >= self.options.shuffle_buffer:
+            if not self.spilled:
+                os.makedirs(self.bucket_dir, exist_ok=True)
+                self.spilled = True
+            self._spill(self.buffer, self.bucket_dir)
+            self.buffer = []
+
+    def _spill(self, records: list[bytes], directory: str) -> None:
+        """Appends each record to one of SHUFFLE_BUCKETS files of `directory`, chosen uniformly
+        at random (files are opened per spill, so a worker with many shards keeps few open)."""
+        buckets = self.np_rng.integers(0, SHUFFLE_BUCKETS, len(records))
+        order = np.argsort(buckets, kind="stable")
+        bounds = np.searchsorted(buckets[order], np.arange(SHUFFLE_BUCKETS + 1))
+        for b in range(SHUFFLE_BUCKETS):
+            if bounds[b] < bounds[b + 1]:
+                with open(os.path.join(directory, f"{b:02d}"), "ab") as f:
+                    f.write(b"".join(records[i] for i in order[bounds[b]:bounds[b + 1]]))
+
+    def _write_bucket(self, path: str) -> None:
+        """Shuffles one bucket file into the shard: in memory if it fits in `shuffle_buffer`
+        records, else split into random sub-buckets first. Removes the file."""
+        records = []
+        split_dir = None
+        for record in iter_framed(path):
+            records.append(record)
+            if len(records) >= self.options.shuffle_buffer:
+                if split_dir is None:
+                    split_dir = path + ".split"
+                    os.makedirs(split_dir)
+                self._spill(records, split_dir)
+                records = []
+        os.remove(path)
+        if split_dir is None:
+            self.rng.shuffle(records)
+            self.file.write(b"".join(records))
             return
-        out = []
-        # One numpy draw for the batch instead of a random.randrange per record.
-        for j, record in zip(self.np_rng.integers(0, capacity, len(records) - fill).tolist(),
-                             records[fill:]):
-            out.append(buffer[j])
-            buffer[j] = record
-        self.file.write(b"".join(out))
+        if records:
+            self._spill(records, split_dir)
+        for name in sorted(os.listdir(split_dir)):
+            self._write_bucket(os.path.join(split_dir, name))
+        os.rmdir(split_dir)
 
     def close(self) -> None:
         """Processes the documents still waiting for lookahead, writes everything, closes."""
         while self.pending:
             self._process(len(self.window) - self.pending)
         self._emit()
-        self.rng.shuffle(self.buffer)
-        self.file.write(b"".join(self.buffer))
-        self.buffer = []
+        if self.spilled:
+            if self.buffer:
+                self._spill(self.buffer, self.bucket_dir)
+                self.buffer = []
+            for name in sorted(os.listdir(self.bucket_dir)):
+                self._write_bucket(os.path.join(self.bucket_dir, name))
+            os.rmdir(self.bucket_dir)
+        else:
+            self.rng.shuffle(self.buffer)
+            self.file.write(b"".join(self.buffer))
+            self.buffer = []
         self.file.close()
 
 
@@ -766,6 +824,8 @@ def create_pretraining_data(input_file: str, output_file: str, vocab_file: str,
         for partial in partials + [summary_file + ".partial"]:
             if os.path.exists(partial):
                 os.remove(partial)
+            if os.path.isdir(partial + ".shuffle"):
+                shutil.rmtree(partial + ".shuffle", ignore_errors=True)
         raise
     finally:
         if progress_bar is not None:
