@@ -27,8 +27,14 @@ class ModelAssets:
 
 
 def count_vocab(path: str) -> int:
-    with open(path, encoding="utf-8") as f:
-        return sum(1 for line in f if line.strip())
+    """Ids the vocabulary file defines, counted as the tokenizer assigns them (every line is
+    one id, whatever it holds: `tokenization.wordpiece.vocab_tokens`)."""
+    from bert_tf.tokenization.wordpiece import vocab_size
+
+    try:
+        return vocab_size(path)
+    except ValueError as e:
+        raise UsageError(f"--vocab_file={path}: {e}") from None
 
 
 def resolve_model_assets(init_checkpoint=None, bert_config_file=None, vocab_file=None,

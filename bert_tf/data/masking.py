@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from bert_tf.tokenization.wordpiece import load_vocab
+from bert_tf.tokenization.wordpiece import vocab_tokens
 
 
 class DynamicMasker:
@@ -36,12 +36,13 @@ class DynamicMasker:
 
     def __init__(self, vocab_file: str, max_predictions_per_seq: int,
                  masked_lm_prob: float = 0.15, do_whole_word_mask: bool = False, seed: int = 0):
-        vocab = load_vocab(vocab_file)
+        tokens = vocab_tokens(vocab_file)
+        vocab = {token: index for index, token in enumerate(tokens)}
         missing = [t for t in ("[MASK]", "[CLS]", "[SEP]") if t not in vocab]
         if missing:
             raise ValueError(f"{vocab_file}: no {', '.join(missing)} token; dynamic masking "
                              "needs the vocabulary the records were written with")
-        size = max(vocab.values()) + 1
+        size = len(tokens)
         continuation = np.zeros(size, bool)
         for token, index in vocab.items():
             if token.startswith("##"):

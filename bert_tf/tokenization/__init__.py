@@ -15,6 +15,8 @@ from bert_tf.tokenization.wordpiece import (
     WordpieceTokenizer,
     check_do_lower_case,
     load_vocab,
+    vocab_size,
+    vocab_tokens,
 )
 
 __all__ = [
@@ -25,6 +27,8 @@ __all__ = [
     "WordpieceTokenizer",
     "check_do_lower_case",
     "load_vocab",
+    "vocab_size",
+    "vocab_tokens",
 ]
 
 

@@ -124,22 +124,42 @@ def _missing_vocab_message(path: str) -> str:
     )
 
 
-def load_vocab(vocab_file: str | os.PathLike) -> "collections.OrderedDict[str, int]":
-    """Reads a WordPiece vocabulary: one token per line, the 0-based line number is its id.
+def vocab_tokens(vocab_file: str | os.PathLike) -> list[str]:
+    """The one definition of a vocabulary file: token i is line i, stripped.
 
-    Each line is stripped of surrounding whitespace (so CRLF files work). If a token
-    appears twice, it maps to its last line, as in Google's loader.
+    Google's `load_vocab` reads with `GFile.readline()` until it returns "", and gives each
+    line the next id whatever it holds; so every line ending in "\n" is one id (an empty line,
+    one of spaces, a line holding U+2028 or a lone "\r" too), and so is a last line without a
+    newline. Only "\n" ends a line, and every "\r" is dropped (TensorFlow's
+    `BufferedInputStream::ReadLine` under GFile skips them: "n\ro" is the token "no"). Each
+    token is then `str.strip()`ped, as Google does. The number
+    of ids (what `vocab_size` must equal) is the length of this list, the tokenizer's ids are
+    its indices, and a checkpoint's vocab.txt is this file copied byte for byte.
+
+    Raises FileNotFoundError, or ValueError for a file that is not UTF-8 or holds no line.
     """
     path = os.fspath(vocab_file)
     if "://" not in path and not os.path.isfile(path):
         raise FileNotFoundError(_missing_vocab_message(path))
-    vocab: collections.OrderedDict[str, int] = collections.OrderedDict()
-    for index, line in enumerate(_read_lines(path)):
-        vocab[line.strip()] = index
-    if not vocab:
+    tokens = [line.replace("\r", "").strip() for line in _read_lines(path)]
+    if not tokens:
         raise ValueError(
             f"Vocabulary file {path!r} is empty; expected one WordPiece token per line."
         )
+    return tokens
+
+
+def vocab_size(vocab_file: str | os.PathLike) -> int:
+    """Number of ids the vocabulary file defines (see `vocab_tokens`)."""
+    return len(vocab_tokens(vocab_file))
+
+
+def load_vocab(vocab_file: str | os.PathLike) -> "collections.OrderedDict[str, int]":
+    """Token -> id, as Google's loader builds it from `vocab_tokens`: the 0-based line number
+    is the id; a token on several lines maps to its last one (the earlier ids stay unused)."""
+    vocab: collections.OrderedDict[str, int] = collections.OrderedDict()
+    for index, token in enumerate(vocab_tokens(vocab_file)):
+        vocab[token] = index
     return vocab
 
 

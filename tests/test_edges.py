@@ -1,0 +1,97 @@
+"""Faults users of BERT tools hit at the edges, each checked for its whole kind against an
+independent oracle (Google's reading rules run through TensorFlow's own GFile, transformers),
+never against bert_tf's own output."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.conftest import shared
+
+TINY_GOOGLE = ("checkpoints", "google-tf1-tiny-random")
+
+
+# ---- 1. A vocabulary file has one id per line, whatever the line holds -----------------------
+
+def _google_load_vocab(path) -> dict:
+    """google-research/bert tokenization.load_vocab: GFile.readline() until "", every line one
+    id, token = line.strip(). TensorFlow's GFile is the reader Google's code used."""
+    import tensorflow as tf
+
+    vocab, index = {}, 0
+    with tf.io.gfile.GFile(str(path), "r") as reader:
+        while True:
+            token = reader.readline()
+            if not token:
+                break
+            vocab[token.strip()] = index
+            index += 1
+    return vocab, index
+
+
+def _tiny_lines():
+    text = shared(*TINY_GOOGLE, "vocab.txt").read_text(encoding="utf-8")
+    lines = text.split("\n")
+    assert len(lines) == 15 and lines[-1] == "boy"  # no newline after the last token
+    return lines
+
+
+# name -> how the 15 lines of the tiny checkpoint's vocab.txt are changed (line 9 is "no").
+VOCAB_VARIANTS = {
+    "empty_9th_line": lambda ls: ls[:8] + [""] + ls[9:],
+    "spaces_line": lambda ls: ls[:8] + ["   "] + ls[9:],
+    "ideographic_space_line": lambda ls: ls[:8] + ["\u3000"] + ls[9:],
+    "no_break_space_line": lambda ls: ls[:8] + ["\u00a0"] + ls[9:],
+    "line_separator_inside": lambda ls: ls[:8] + ["n\u2028o"] + ls[9:],
+    "paragraph_separator_line": lambda ls: ls[:8] + ["\u2029"] + ls[9:],
+    "lone_cr_inside": lambda ls: ls[:8] + ["n\ro"] + ls[9:],
+    "next_line_char_inside": lambda ls: ls[:8] + ["n\x85o"] + ls[9:],
+    "crlf_endings": lambda ls: [line + "\r" for line in ls[:-1]] + ls[-1:],
+    "trailing_newline": lambda ls: ls + [""],
+    "trailing_blank_line": lambda ls: ls + ["", ""],
+    "duplicate_token": lambda ls: ls[:8] + ["work"] + ls[9:],
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VOCAB_VARIANTS))
+def test_vocab_ids_and_size_follow_googles_reading(tmp_path, variant):
+    from bert_tf.assets import count_vocab
+    from bert_tf.tokenization import FullTokenizer, load_vocab, vocab_size
+
+    path = tmp_path / "vocab.txt"
+    path.write_bytes("\n".join(VOCAB_VARIANTS[variant](_tiny_lines())).encode("utf-8"))
+    want_vocab, want_size = _google_load_vocab(path)
+    assert count_vocab(str(path)) == vocab_size(path) == want_size
+    assert dict(load_vocab(path)) == want_vocab
+    assert FullTokenizer(str(path), True).vocab == want_vocab
+
+
+def test_tiny_google_checkpoint_with_an_empty_vocab_line_is_accepted(tmp_path):
+    """The issue's case: vocab_size 15 and a 15-line vocab.txt whose 9th line is empty."""
+    from bert_tf.assets import resolve_model_assets
+    from bert_tf.tokenization import FullTokenizer
+
+    source = shared(*TINY_GOOGLE)
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(source, checkpoint)
+    lines = _tiny_lines()
+    (checkpoint / "vocab.txt").write_text("\n".join(lines[:8] + [""] + lines[9:]),
+                                          encoding="utf-8")
+    assets = resolve_model_assets(init_checkpoint=str(checkpoint / "bert_model.ckpt"))
+    assert assets.config.vocab_size == 15
+    tokenizer = FullTokenizer(assets.vocab_file, True)
+    assert sorted(tokenizer.vocab.values()) == list(range(15))
+    assert tokenizer.convert_tokens_to_ids(["jack", "boy"]) == [11, 14]
+
+
+def test_vocab_with_one_line_too_many_is_refused_naming_both_files(tmp_path):
+    from bert_tf.assets import UsageError, resolve_model_assets
+
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(shared(*TINY_GOOGLE), checkpoint)
+    (checkpoint / "vocab.txt").write_text("\n".join(_tiny_lines()) + "\n\n", encoding="utf-8")
+    with pytest.raises(UsageError, match=r"vocab.txt has 16 entries but .*bert_config.json "
+                                         r"says vocab_size 15"):
+        resolve_model_assets(init_checkpoint=str(checkpoint / "bert_model.ckpt"))
