@@ -30,27 +30,35 @@ class Example:
 
 
 def read_examples(path: str) -> list[Example]:
-    """One example per line; `text_a ||| text_b` for a pair. Blank lines are errors (they would
-    shift every line index after them)."""
-    examples = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                raise InputError(f"{path}:{lineno}: empty line; put one sentence (or "
-                                 "'text_a ||| text_b') on every line")
-            m = _PAIR.match(line)
-            a, b = (m.group(1), m.group(2)) if m else (line, None)
-            examples.append(Example(len(examples), a, b))
-    if not examples:
+    """Google's extract_features.read_examples, line for line: line k (0-based) is example
+    `linex_index` k. Lines end at "\n" only; "\r" characters are dropped (TensorFlow's GFile
+    reader, which Google's script reads with, skips them); each line is `strip()`ped, then split
+    at the last " ||| " into text_a and text_b. So an empty line is an example too
+    ([CLS] [SEP]), "jack ||| " is the single text "jack |||", and a newline at the end of the
+    file ends the last line without starting another.
+
+    Raises InputError naming the file when it is not UTF-8 or holds no line at all."""
+    from bert_tf.tokenization.wordpiece import gfile_lines
+
+    try:
+        lines = gfile_lines(path)
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text ({e}); give one sentence (or "
+                         "'text_a ||| text_b') a line") from None
+    if not lines:
         raise InputError(f"{path}: no examples in the file")
+    examples = []
+    for line in lines:
+        m = _PAIR.match(line)
+        a, b = (m.group(1), m.group(2)) if m else (line, None)
+        examples.append(Example(len(examples), a, b))
     return examples
 
 
 def example_to_tokens(example: Example, tokenizer, max_seq_length: int):
     """-> (tokens, segment_ids) with [CLS] a [SEP] (b [SEP])."""
     a = tokenizer.tokenize(example.text_a)
-    b = tokenizer.tokenize(example.text_b) if example.text_b is not None else None
+    b = tokenizer.tokenize(example.text_b) if example.text_b else None  # Google: `if text_b`
     if b is not None:
         truncate_pair(a, b, max_seq_length - 3)
     else:

@@ -95,3 +95,103 @@ def test_vocab_with_one_line_too_many_is_refused_naming_both_files(tmp_path):
     with pytest.raises(UsageError, match=r"vocab.txt has 16 entries but .*bert_config.json "
                                          r"says vocab_size 15"):
         resolve_model_assets(init_checkpoint=str(checkpoint / "bert_model.ckpt"))
+
+
+# ---- 3. extract_features.py reads every line as Google's script does -------------------------
+
+def _google_read_examples(path) -> list[tuple[int, str, str | None]]:
+    """google-research/bert extract_features.read_examples: GFile.readline() until "", strip,
+    split at " ||| " with its regex; one example a line."""
+    import re
+
+    import tensorflow as tf
+
+    examples = []
+    with tf.io.gfile.GFile(str(path), "r") as reader:
+        while True:
+            line = reader.readline()
+            if not line:
+                break
+            line = line.strip()
+            m = re.match(r"^(.*) \|\|\| (.*)$", line)
+            examples.append((len(examples), *(m.groups() if m else (line, None))))
+    return examples
+
+
+EXTRACT_INPUTS = {
+    "empty_middle_line": "a\n\nb\n",
+    "pair_with_nothing_after": "jack ||| \n",
+    "lone_cr": "a\rb\n",
+    "crlf": "jack ||| all\r\nwork\r\n",
+    "no_final_newline": "a\nb",
+    "final_blank_line": "a\n\n",
+    "spaces_only_line": "a\n   \nb\n",
+    "line_separator": "a\u2028b\n",
+    "two_separators": "a ||| b ||| c\n",
+    "leading_spaces_pair": "  jack |||  boy  \n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXTRACT_INPUTS))
+def test_extract_features_reads_lines_as_google(tmp_path, name):
+    from bert_tf.extract import read_examples
+
+    path = tmp_path / "input.txt"
+    path.write_bytes(EXTRACT_INPUTS[name].encode("utf-8"))
+    got = [(e.index, e.text_a, e.text_b) for e in read_examples(str(path))]
+    assert got == _google_read_examples(path)
+
+
+def test_extract_features_script_keeps_empty_lines_as_rows(tmp_path):
+    """End to end on the tiny Google checkpoint: "a\\n\\nb\\n" is three rows, the middle one
+    [CLS] [SEP]; "jack ||| " is one text whose tokens include the bars."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    checkpoint = shared(*TINY_GOOGLE)
+    path = tmp_path / "input.txt"
+    path.write_text("jack\n\nboy\njack ||| \n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "extract_features.py"), f"--input_file={path}",
+         f"--output_file={out}", f"--init_checkpoint={checkpoint / 'bert_model.ckpt'}",
+         "--layers=-1", "--max_seq_length=16"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    tokens = [[f["token"] for f in row["features"]] for row in rows]
+    assert [row["linex_index"] for row in rows] == [0, 1, 2, 3]
+    assert tokens[:3] == [["[CLS]", "jack", "[SEP]"], ["[CLS]", "[SEP]"],
+                          ["[CLS]", "boy", "[SEP]"]]
+    # The tiny vocabulary has no "|": each bar is [UNK], all in segment A.
+    assert tokens[3] == ["[CLS]", "jack", "[UNK]", "[UNK]", "[UNK]", "[SEP]"]
+
+
+# ---- 5. CoNLL columns are separated by spaces only --------------------------------------------
+
+def test_conll_word_with_a_no_break_space_is_one_row(tmp_path):
+    """conlleval splits a line at the space character (its default delimiter), as does the
+    Hugging Face conll2003 loader (`line.split(" ")`): U+00A0 inside a word is part of it."""
+    from bert_tf.data.conll import read_conll
+
+    rows = ["-DOCSTART- -X- -X- O", "", "New\u00a0York NNP B-NP B-LOC", "is VBZ B-VP O",
+            "big JJ B-ADJP O", "", "Paris\u2009Hilton NNP B-NP B-PER", ""]
+    path = tmp_path / "eng.testa"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    sentences = read_conll(str(path))
+    # The oracle: each non-blank, non-DOCSTART line split at " ", first and last column.
+    want, current = [], []
+    for line in rows:
+        if not line or line.startswith("-DOCSTART-"):
+            if current:
+                want.append(current)
+            current = []
+        else:
+            cols = line.split(" ")
+            current.append((cols[0], cols[-1]))
+    assert [list(zip(s.words, s.tags)) for s in sentences] == want

@@ -92,9 +92,10 @@ def test_bad_inputs_exit_with_clear_errors(tmp_path, minilm):
                       f"--init_checkpoint={minilm}", f"--bert_config_file={bad_config}")
     assert proc.returncode == 2 and "layer.4" in proc.stderr  # unused encoder weights named
 
-    blank = tmp_path / "blank.txt"
-    blank.write_text("one\n\nthree\n")
-    proc = run_script(f"--input_file={blank}", f"--output_file={out}",
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\u00e9\n".encode("latin-1"))
+    proc = run_script(f"--input_file={latin1}", f"--output_file={out}",
                       f"--init_checkpoint={minilm}")
-    assert proc.returncode == 2 and "blank.txt:2: empty line" in proc.stderr
+    assert proc.returncode == 2 and "latin1.txt: not UTF-8" in proc.stderr
+    assert "Traceback" not in proc.stderr
     assert not os.path.exists(out)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Any, Sequence
 
 from bert_tf.data.glue import DataError
@@ -30,6 +31,7 @@ __all__ = [
     "convert_sentences_to_features", "assemble_predictions", "write_predictions",
 ]
 
+_COLUMN_SEPARATOR = re.compile(r"[ \t]+")
 ENTITY_TYPES = ("PER", "ORG", "LOC", "MISC")
 # Label ids for CoNLL-2003 in IOB2; "O" is id 0.
 LABELS = ("O",) + tuple(f"{p}-{t}" for t in ENTITY_TYPES for p in ("B", "I"))
@@ -105,7 +107,11 @@ def read_conll(path: str, to_iob2: bool = True) -> list[Sentence]:
 
     with open(path, encoding="utf-8-sig", newline="\n") as f:
         for line_number, line in enumerate(f, start=1):
-            fields = line.split()
+            # Columns are separated by spaces (conlleval's delimiter; tabs accepted too), not
+            # by any Unicode whitespace: a word may hold a no-break space.
+            fields = _COLUMN_SEPARATOR.split(line.strip(" \t\r\n"))
+            if fields == [""]:
+                fields = []
             if not fields:
                 flush()
                 continue

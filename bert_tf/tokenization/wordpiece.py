@@ -92,6 +92,20 @@ def is_cjk(char: str) -> bool:
     return any(lo <= cp <= hi for lo, hi in CJK_RANGES)
 
 
+def gfile_lines(path: str | os.PathLike) -> list[str]:
+    """A UTF-8 text file's lines as Google's scripts read them with `GFile.readline()` and
+    `strip()`: split at "\\n" only, a final "\\n" ends the last line without starting another,
+    every "\\r" dropped (TensorFlow's `BufferedInputStream::ReadLine` skips them), each line
+    stripped of surrounding whitespace. Raises UnicodeDecodeError for a file that is not UTF-8."""
+    path = os.fspath(path)
+    with open(path, encoding="utf-8", newline="") as reader:
+        content = reader.read()
+    lines = content.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line.replace("\r", "").strip() for line in lines]
+
+
 def _read_lines(path: str) -> list[str]:
     """Lines of a UTF-8 text file, split at "\\n" only; remote paths (gs://...) via tf.io.gfile."""
     try:
@@ -348,12 +362,12 @@ def check_do_lower_case(do_lower_case: bool, init_checkpoint: str | os.PathLike 
     if uncased and not do_lower_case:
         raise ValueError(
             f"do_lower_case=False does not match init_checkpoint={path!r}: {model_name!r} is an "
-            "uncased (lower-cased) model. Pass --do_lower_case=True so fine-tuning sees text the "
+            "uncased (lower-cased) model. Pass --do_lower_case=True so the model sees text the "
             "way pre-training did, or use a cased checkpoint if case matters to the task."
         )
     if not uncased and do_lower_case:
         raise ValueError(
             f"do_lower_case=True does not match init_checkpoint={path!r}: {model_name!r} is a "
-            "cased model. Pass --do_lower_case=False so fine-tuning sees text the way "
+            "cased model. Pass --do_lower_case=False so the model sees text the way "
             "pre-training did, or use an uncased checkpoint."
         )
