@@ -64,6 +64,10 @@ def define_engine_flags(learning_rate: float = 5e-5, train_batch_size: int = 32,
     f.DEFINE_string("init_checkpoint", None,
                     "Pre-trained weights: Google checkpoint prefix/directory, Hugging Face "
                     "directory, bert_tf checkpoint or a preset name (bert-base-uncased, ...).")
+    f.DEFINE_bool("fresh_head", False,
+                  "Load only the encoder of --init_checkpoint: the task head starts from random "
+                  "weights even when the checkpoint has one (a model fine-tuned for another "
+                  "task or number of labels).")
     f.DEFINE_bool("do_lower_case", True, "Lower-case input; must match the checkpoint "
                   "(default: what the checkpoint says, else true).")
     f.DEFINE_integer("max_seq_length", max_seq_length, "Maximum tokens per example after "

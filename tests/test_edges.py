@@ -195,3 +195,110 @@ def test_conll_word_with_a_no_break_space_is_one_row(tmp_path):
             cols = line.split(" ")
             current.append((cols[0], cols[-1]))
     assert [list(zip(s.words, s.tags)) for s in sentences] == want
+
+
+# ---- 2. Optimizer state under any name is not a weight ----------------------------------------
+
+def _copy_with_slots(source_prefix, prefix, slot_names, counters=("global_step",)):
+    """The tiny Google checkpoint re-written with extra variables nested under every weight
+    (`W/<slot>`), as an optimizer or a moving average leaves them."""
+    import numpy as np
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(source_prefix)
+    weights = {n: reader.get_tensor(n) for n in reader.get_variable_to_shape_map()
+               if "/adam_" not in n and n != "global_step"}
+    names, tensors = [], []
+    for name, value in weights.items():
+        names.append(name)
+        tensors.append(tf.constant(value))
+        for k, slot in enumerate(slot_names):
+            names.append(f"{name}/{slot}")
+            tensors.append(tf.constant(np.full_like(value, 1000.0 + k)))
+    for counter in counters:
+        names.append(counter)
+        tensors.append(tf.constant(np.int64(12345)))
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
+                      tensors=tensors)
+    return weights
+
+
+@pytest.mark.parametrize("slots", [("BERTAdam", "BERTAdam_1"), ("ExponentialMovingAverage",),
+                                   ("Momentum",), ("some_new_optimizer/accumulator",)],
+                         ids=["biobert_v1.0", "moving_average", "momentum", "unknown_nested"])
+def test_slots_under_any_name_are_ignored_and_outputs_match_transformers(tmp_path, slots):
+    import numpy as np
+    import torch
+    import transformers
+
+    from bert_tf import checkpoints as ck
+    from bert_tf.config import BertConfig
+    from bert_tf.modeling import BertPretrainer
+    from tests.conftest import random_batch
+
+    source = shared(*TINY_GOOGLE)
+    prefix = str(tmp_path / "bert_model.ckpt")
+    weights = _copy_with_slots(str(source / "bert_model.ckpt"), prefix, slots)
+    shutil.copy(source / "bert_config.json", tmp_path / "bert_config.json")
+    config = BertConfig.from_json_file(source / "bert_config.json")
+    model = BertPretrainer(config)
+    report = ck.load(model, prefix)
+    assert sorted(report.loaded) == sorted(weights)
+    assert not report.missing and not report.unused
+    assert len(report.state) == len(weights) * len(slots) + 1
+    assert "optimizer-state variables ignored" in report.summary()
+
+    # transformers on a weights-only copy (its TF loader knows adam_m/adam_v, not these).
+    clean = str(tmp_path / "clean" / "bert_model.ckpt")
+    (tmp_path / "clean").mkdir()
+    _copy_with_slots(str(source / "bert_model.ckpt"), clean, (), counters=())
+    hf_config = transformers.BertConfig(
+        vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        intermediate_size=config.intermediate_size, hidden_act=config.hidden_act,
+        max_position_embeddings=config.max_position_embeddings,
+        type_vocab_size=config.type_vocab_size, layer_norm_eps=1e-12)
+    theirs = transformers.BertForPreTraining(hf_config).eval()
+    transformers.models.bert.modeling_bert.load_tf_weights_in_bert(theirs, hf_config, clean)
+    batch = random_batch(config, seq=16)
+    batch["input_ids"] = batch["input_ids"] % config.vocab_size
+    with torch.no_grad():
+        out = theirs(input_ids=torch.tensor(batch["input_ids"], dtype=torch.long),
+                     attention_mask=torch.tensor(batch["input_mask"], dtype=torch.long),
+                     token_type_ids=torch.tensor(batch["segment_ids"], dtype=torch.long))
+    ours = model(batch, training=False)
+    assert np.abs(ours["nsp_logits"] - out.seq_relationship_logits.numpy()).max() <= 1e-5
+    mlm = np.take_along_axis(out.prediction_logits.numpy(),
+                             batch["masked_lm_positions"][..., None], axis=1)
+    assert np.abs(ours["mlm_logits"] - mlm).max() <= 1e-5
+
+
+def test_head_of_another_size_names_stored_shapes_and_fresh_head_loads_the_encoder(tmp_path):
+    """A 3-label classifier checkpoint into a 2-label model: the message shows the shapes as the
+    checkpoint stores them (Google's output_weights are [num_labels, H]) and says what to do;
+    fresh_head=True then loads the encoder and starts the head fresh."""
+    import numpy as np
+
+    from bert_tf import checkpoints as ck
+    from bert_tf.modeling import BertClassifier
+    from tests.conftest import tiny_config
+
+    config = tiny_config()
+    prefix = ck.save_google(BertClassifier(config, num_labels=3), str(tmp_path / "bert_model.ckpt"))
+    model = BertClassifier(config, num_labels=2)
+    with pytest.raises(ck.CheckpointError) as error:
+        ck.load(model, prefix)
+    message = str(error.value)
+    assert "output_weights: the checkpoint stores [3, 32], this model needs [2, 32]" in message
+    assert "--fresh_head" in message
+    head_before = model.head.dense.kernel.numpy().copy()
+    report = ck.load(model, prefix, fresh_head=True)
+    assert report.missing == ["output_weights", "output_bias"] and not report.unused
+    np.testing.assert_array_equal(model.head.dense.kernel.numpy(), head_before)
+    import tensorflow as tf
+    want = tf.train.load_checkpoint(prefix).get_tensor("bert/pooler/dense/kernel")
+    np.testing.assert_array_equal(model.encoder.pooler.kernel.numpy()
+                                  if hasattr(model.encoder.pooler, "kernel")
+                                  else [v for v in model.weights if "pooler" in v.path
+                                        and v.path.endswith("kernel")][0].numpy(), want)

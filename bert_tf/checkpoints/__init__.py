@@ -34,6 +34,7 @@ class LoadReport:
     loaded: list = dataclasses.field(default_factory=list)
     missing: list = dataclasses.field(default_factory=list)  # model weights not in the checkpoint
     unused: list = dataclasses.field(default_factory=list)  # checkpoint weights the model lacks
+    state: list = dataclasses.field(default_factory=list)  # optimizer slots etc., not loaded
 
     def summary(self) -> str:
         parts = [f"loaded {len(self.loaded)} weights from {self.format} checkpoint {self.path}"]
@@ -43,6 +44,9 @@ class LoadReport:
         if self.unused:
             parts.append(f"{len(self.unused)} checkpoint weights not used by this model: "
                          f"{', '.join(self.unused)}")
+        if self.state:
+            kinds = sorted({name.rsplit("/", 1)[-1] for name in self.state})
+            parts.append(f"{len(self.state)} optimizer-state variables ignored ({', '.join(kinds)})")
         return "; ".join(parts)
 
 
@@ -91,9 +95,15 @@ def detect_format(path: str) -> tuple[str, str]:
 
 # -- loading -----------------------------------------------------------------------------------------
 
-def _shape_message(entry, source_name, src_shape, want):
-    msg = f"{source_name}: checkpoint shape {list(src_shape)}, model expects {list(want)}"
-    if entry.google_name == "bert/embeddings/word_embeddings":
+def _shape_message(entry, source_name, stored, want_stored):
+    """Both shapes in the checkpoint's own layout (as its files store them)."""
+    msg = (f"{source_name}: the checkpoint stores {list(stored)}, this model needs "
+           f"{list(want_stored)}")
+    src_shape, want = stored, want_stored
+    if not entry.encoder:
+        msg += (" (a head trained for another task or number of labels: pass --fresh_head to "
+                "start the head from random weights and load only the encoder)")
+    elif entry.google_name == "bert/embeddings/word_embeddings":
         msg += (f" (the checkpoint's vocabulary has {src_shape[0]} entries and the config's "
                 f"vocab_size is {want[0]}: use the bert_config.json and vocab.txt that came with "
                 "the checkpoint)")
@@ -102,15 +112,19 @@ def _shape_message(entry, source_name, src_shape, want):
     return msg
 
 
-def _load_by_name(model, reader, fmt, path, allow_missing_encoder=False) -> LoadReport:
+def _load_by_name(model, reader, fmt, path, allow_missing_encoder=False,
+                  fresh_head=False) -> LoadReport:
     """Map a name -> array reader (Google or Hugging Face names) onto the model; check everything
     before assigning anything, so a failed load leaves the model untouched."""
-    report = LoadReport(path=path, format=fmt)
+    report = LoadReport(path=path, format=fmt, state=list(getattr(reader, "state", [])))
     entries = variable_map(model)
     hf = fmt == "huggingface"
     used, errors, assignments, missing_encoder = set(), [], [], []
     for entry in entries:
         name = entry.hf_name if hf else entry.google_name
+        if fresh_head and not entry.encoder:
+            report.missing.append(name)  # keeps its initial values, by request
+            continue
         if name not in reader:
             # The pooler is optional: Hugging Face token-classification and QA checkpoints are
             # saved without one; it keeps its initial values and the report says so.
@@ -118,17 +132,20 @@ def _load_by_name(model, reader, fmt, path, allow_missing_encoder=False) -> Load
             (missing_encoder if strict else report.missing).append(name)
             continue
         used.add(name)
-        src_shape = tuple(reader.shapes[name])
-        if hf and hf_transposed(entry.google_name):
-            src_shape = src_shape[::-1]  # -> Google layout
-        if entry.transpose:
-            src_shape = src_shape[::-1]  # -> our layout
+        stored = tuple(reader.shapes[name])
+        # The model's shape in the checkpoint's layout: Google's [in, out] kernels are ours,
+        # its output_weights [out, in] are our kernel transposed, HF Linear weights [out, in].
         want = tuple(entry.variable.shape)
-        if src_shape != want:
-            errors.append(_shape_message(entry, name, src_shape, want))
+        if entry.transpose:
+            want = want[::-1]  # -> Google layout
+        if hf and hf_transposed(entry.google_name):
+            want = want[::-1]  # -> Hugging Face layout
+        if stored != want:
+            errors.append(_shape_message(entry, name, stored, want))
             continue
         assignments.append((entry, name))
-    unused = sorted(n for n in reader if n not in used)
+    unused = sorted(n for n in reader if n not in used and not (
+        fresh_head and not n.startswith("bert/" if not hf else "bert.")))
     encoder_prefix = "bert." if hf else "bert/"
     unused_encoder = [n for n in unused if n.startswith(encoder_prefix)]
     report.unused = [n for n in unused if not n.startswith(encoder_prefix)]
@@ -184,7 +201,8 @@ def _load_native(model, prefix) -> LoadReport:
     return report
 
 
-def load(model, path: str, allow_missing_encoder: bool = False) -> LoadReport:
+def load(model, path: str, allow_missing_encoder: bool = False,
+         fresh_head: bool = False) -> LoadReport:
     """Load weights into `model` (a BertEncoder or any task model) from a Google TF1 checkpoint
     prefix, a Hugging Face directory / .safetensors file, or this project's checkpoint.
 
@@ -192,17 +210,21 @@ def load(model, path: str, allow_missing_encoder: bool = False) -> LoadReport:
     checkpoint has but the model lacks, and (unless allow_missing_encoder) on encoder weights the
     checkpoint lacks. Head weights absent from the checkpoint (a fresh classifier) keep their
     initial values and are reported; checkpoint heads the model lacks are reported as unused.
+    fresh_head=True loads the encoder only: the model's head keeps its initial values even where
+    the checkpoint has one (a model fine-tuned for another task or number of labels). Optimizer
+    slots and counters in a Google checkpoint are ignored and counted in the report.
     """
     fmt, resolved = detect_format(path)
     if fmt == "bert_tf":
         report = _load_native(model, resolved)
     elif fmt == "google":
         from bert_tf.checkpoints.google import LazyReader
-        report = _load_by_name(model, LazyReader(resolved), fmt, resolved, allow_missing_encoder)
+        report = _load_by_name(model, LazyReader(resolved), fmt, resolved, allow_missing_encoder,
+                               fresh_head)
     else:
         from bert_tf.checkpoints.huggingface import SafetensorsReader
         report = _load_by_name(model, SafetensorsReader(resolved), fmt, resolved,
-                               allow_missing_encoder)
+                               allow_missing_encoder, fresh_head)
     logger.info(report.summary())
     return report
 

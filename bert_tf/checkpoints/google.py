@@ -17,7 +17,24 @@ _NON_WEIGHTS = ("global_step", "beta1_power", "beta2_power", "loss_scale", "good
 
 
 def is_optimizer_state(name: str) -> bool:
+    """A known slot or counter name (used when the weight it belongs to is not at hand)."""
     return name.endswith(_SLOT_SUFFIXES) or name.split("/")[-1] in _NON_WEIGHTS
+
+
+def optimizer_state(names) -> set[str]:
+    """The names among `names` that hold no model weight: TF1 slots and averages live under
+    the name of the variable they belong to (`W/adam_m`, `W/BERTAdam`, `W/BERTAdam_1` in early
+    domain BERTs such as BioBERT v1.0, `W/ExponentialMovingAverage`, `W/Momentum`, ...), so any
+    variable nested under another variable's name is state, whatever made it; plus the known
+    counters (global_step, beta1_power, loss scale)."""
+    names = set(names)
+    state = set()
+    for name in names:
+        parts = name.split("/")
+        if any("/".join(parts[:i]) in names for i in range(1, len(parts))) or \
+                is_optimizer_state(name):
+            state.add(name)
+    return state
 
 
 def is_object_based(prefix: str) -> bool:
@@ -32,9 +49,10 @@ class LazyReader:
     def __init__(self, prefix: str):
         self.prefix = prefix
         self._reader = tf.train.load_checkpoint(prefix)
-        self.shapes = {n: tuple(s) for n, s in
-                       self._reader.get_variable_to_shape_map().items()
-                       if not is_optimizer_state(n)}
+        shapes = self._reader.get_variable_to_shape_map()
+        self.state = sorted(optimizer_state(shapes))  # slots, averages, counters: not weights
+        state = set(self.state)
+        self.shapes = {n: tuple(s) for n, s in shapes.items() if n not in state}
 
     def __contains__(self, name):
         return name in self.shapes

@@ -29,6 +29,7 @@ class EngineArgs:
     bert_config_file: str | None = None
     vocab_file: str | None = None
     init_checkpoint: str | None = None
+    fresh_head: bool = False
     do_lower_case: bool = True
     do_lower_case_given: bool = False
     max_seq_length: int = 128
@@ -228,7 +229,8 @@ def init_model(model, assets, args: EngineArgs, dist, what: str = "fine-tuning")
     from bert_tf import checkpoints
 
     if assets.init_checkpoint:
-        return checkpoints.load(model, assets.init_checkpoint)  # logs what it loaded
+        return checkpoints.load(model, assets.init_checkpoint,  # logs what it loaded
+                                fresh_head=args.fresh_head)
     if args.do_train and dist.is_chief:
         logger.warning(
             "=" * 78 + f"\nNO --init_checkpoint: {what} starts from RANDOM weights. Expect "
