@@ -97,4 +97,4 @@ def main(argv):
 if __name__ == "__main__":
     from bert_tf.cli import run_main
 
-    app.run(lambda argv: run_main(main, argv))
+    app.run(lambda argv: run_main(main, argv, tensorflow=False))

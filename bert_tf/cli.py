@@ -4,6 +4,8 @@ a non-zero exit instead of a traceback."""
 from __future__ import annotations
 
 import logging
+import os
+import re
 import sys
 
 from absl import logging as absl_logging
@@ -39,10 +41,61 @@ def known_errors():
     return tuple(errors)
 
 
-def run_main(main, argv) -> None:
-    """Call main(argv); a known error prints `script: error: message` and exits 2."""
+# What TensorFlow's CUDA plugins print while they look for a GPU that is not there: at import
+# (cuFFT/cuDNN/cuBLAS factories registered twice, the CUDA runtime stub) and at the first device
+# query (cuInit failing). A new user reads them as failures.
+_CUDA_PROBE_NOISE = re.compile(
+    r"cudart_stub\.cc|Could not find cuda drivers|Unable to register cu(FFT|DNN|BLAS) factory"
+    r"|failed call to cuInit|cuda_driver\.cc.*cuInit|cuda_executor\.cc.*(NUMA|cuInit)"
+    r"|All log messages before absl::InitializeLog\(\) is called are written to STDERR")
+
+
+def gpu_present() -> bool:
+    """An NVIDIA driver is loaded on this machine (its device files or /proc entry exist)."""
+    return os.path.exists("/dev/nvidia0") or os.path.exists("/proc/driver/nvidia/version")
+
+
+def import_tensorflow_quietly():
+    """Imports TensorFlow and lists its devices with file descriptor 2 captured, then writes
+    back every captured line except the CUDA probe noise of a machine without an NVIDIA driver.
+    Real errors and warnings (and everything on a GPU machine) still show. Returns the module."""
+    if "tensorflow" in sys.modules or gpu_present():
+        import tensorflow as tf
+
+        return tf
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # the cuInit probe happens here
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read().decode("utf-8", errors="replace")
+            kept = [line for line in text.splitlines(keepends=True)
+                    if not _CUDA_PROBE_NOISE.search(line)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+    return tf
+
+
+def run_main(main, argv, tensorflow: bool = True) -> None:
+    """Call main(argv); a known error prints `script: error: message` and exits 2.
+
+    tensorflow=True imports TensorFlow first, without CUDA probe noise on machines without a GPU
+    (`import_tensorflow_quietly`); scripts that never need it pass False."""
     script = sys.argv[0].rsplit("/", 1)[-1]
     try:
+        if tensorflow:
+            import_tensorflow_quietly()
         main(argv)
     except known_errors() as e:
         print(f"{script}: error: {e}", file=sys.stderr)

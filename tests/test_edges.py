@@ -302,3 +302,32 @@ def test_head_of_another_size_names_stored_shapes_and_fresh_head_loads_the_encod
                                   if hasattr(model.encoder.pooler, "kernel")
                                   else [v for v in model.weights if "pooler" in v.path
                                         and v.path.endswith("kernel")][0].numpy(), want)
+
+
+# ---- First run output: no CUDA probe noise without a GPU --------------------------------------
+
+@pytest.mark.parametrize("script", ["run_classifier.py", "run_pretraining.py", "run_ner.py",
+                                    "extract_features.py"])
+def test_no_cuda_probe_noise_on_a_machine_without_gpu(tmp_path, script):
+    import os
+    import subprocess
+    import sys
+
+    from bert_tf.cli import gpu_present
+    from tests.conftest import REPO
+
+    if gpu_present():
+        pytest.skip("this machine has an NVIDIA driver: the probe lines are real information")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = str(REPO)
+    if script == "extract_features.py":
+        args = [f"--input_file={REPO / 'README.md'}", f"--output_file={tmp_path / 'out.jsonl'}"]
+    else:
+        args = [f"--output_dir={tmp_path / 'out'}", "--do_train"]
+    proc = subprocess.run(
+        [sys.executable, str(REPO / script), *args, "--init_checkpoint=/nonexistent/checkpoint"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    for noise in ("cuInit", "Unable to register", "cuda drivers", "cudart", "absl::InitializeLog"):
+        assert noise not in proc.stderr, proc.stderr
+    assert "error:" in proc.stderr.strip().splitlines()[-1]
