@@ -111,6 +111,8 @@ def run_classifier(args: RunArgs) -> dict:
         return examples, FeatureTable.from_features(feats, args.max_seq_length, label_dtype)
 
     model = BertClassifier(assets.config, num_labels)
+    if not processor.is_regression:
+        model.label_names = list(labels)  # output i is labels[i]; saved with the checkpoint
     init_model(model, assets, args, dist)
     loss_fn = tasks.regression_loss if processor.is_regression else tasks.classification_loss
 
@@ -206,6 +208,7 @@ def run_ner(args: RunArgs) -> dict:
         return sentences, feats, table
 
     model = BertTokenClassifier(assets.config, len(labels))
+    model.label_names = list(labels)
     init_model(model, assets, args, dist)
     summary = {}
     if args.do_train:

@@ -331,3 +331,137 @@ def test_no_cuda_probe_noise_on_a_machine_without_gpu(tmp_path, script):
     for noise in ("cuInit", "Unable to register", "cuda drivers", "cudart", "absl::InitializeLog"):
         assert noise not in proc.stderr, proc.stderr
     assert "error:" in proc.stderr.strip().splitlines()[-1]
+
+
+# ---- 4. A fine-tuned head is read in the order of its own label names -------------------------
+
+def _mnli_dir(tmp_path, rows=24):
+    """MNLI-layout dev_matched/test_matched files holding entailment-only pairs (RTE's)."""
+    import csv
+
+    source = shared("glue", "RTE", "dev.tsv")
+    with open(source, encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        pairs = [(r["sentence1"], r["sentence2"]) for r in reader
+                 if r["label"] == "entailment"][:rows]
+    data = tmp_path / "MNLI"
+    data.mkdir()
+    for kind in ("matched", "mismatched"):
+        with open(data / f"dev_{kind}.tsv", "w", encoding="utf-8") as f:
+            f.write("index\tsentence1\tsentence2\tgold_label\n")
+            for i, (a, b) in enumerate(pairs):
+                f.write(f"{i}\t{a}\t{b}\tentailment\n")
+        with open(data / f"test_{kind}.tsv", "w", encoding="utf-8") as f:
+            f.write("index\tsentence1\tsentence2\n")
+            for i, (a, b) in enumerate(pairs):
+                f.write(f"{i}\t{a}\t{b}\n")
+    return data, pairs
+
+
+def _hf_classifier(directory, id2label, favourite):
+    """A small transformers BertForSequenceClassification (uncased vocab) whose head always
+    answers output `favourite`, saved with its id2label."""
+    import torch
+    import transformers
+
+    config = transformers.BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=37, max_position_embeddings=128, id2label=id2label,
+        label2id={v: k for k, v in id2label.items()})
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(config).eval()
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.zero_()
+        model.classifier.bias[favourite] = 5.0
+    model.save_pretrained(directory, safe_serialization=True)
+    shutil.copy(shared("vocab", "uncased_vocab.txt"), directory / "vocab.txt")
+    return model
+
+
+def _run_classifier(*args):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, str(REPO / "run_classifier.py"), *args], env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_hf_mnli_head_is_read_in_its_own_label_order(tmp_path):
+    """id2label {0: entailment, 1: neutral, 2: contradiction}, a head that always answers
+    entailment, entailment-only dev pairs: transformers scores 1.0, and so must we."""
+    import json
+
+    import torch
+    import transformers
+
+    data, pairs = _mnli_dir(tmp_path)
+    hf_dir = tmp_path / "hf_mnli"
+    model = _hf_classifier(hf_dir, {0: "entailment", 1: "neutral", 2: "contradiction"}, 0)
+    tokenizer = transformers.BertTokenizer(str(hf_dir / "vocab.txt"), do_lower_case=True)
+    with torch.no_grad():
+        enc = tokenizer([a for a, _ in pairs], [b for _, b in pairs], padding=True,
+                        truncation=True, max_length=128, return_tensors="pt")
+        theirs = [model.config.id2label[int(i)] for i in model(**enc).logits.argmax(-1)]
+    want_accuracy = sum(t == "entailment" for t in theirs) / len(theirs)
+    assert want_accuracy == 1.0
+
+    out = tmp_path / "out"
+    proc = _run_classifier("--task=MNLI", "--do_eval", "--do_predict", f"--data_dir={data}",
+                           f"--init_checkpoint={hf_dir}", f"--output_dir={out}",
+                           "--max_seq_length=128")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["dev_matched_eval_accuracy"] == want_accuracy
+    submission = (out / "MNLI-m.tsv").read_text().splitlines()
+    assert [line.split("\t")[1] for line in submission[1:]] == theirs
+    assert "reordered the head" in proc.stderr
+
+
+def test_hf_head_with_other_labels_is_refused(tmp_path):
+    data, _ = _mnli_dir(tmp_path, rows=4)
+    hf_dir = tmp_path / "hf_sentiment"
+    _hf_classifier(hf_dir, {0: "negative", 1: "neutral", 2: "positive"}, 0)
+    proc = _run_classifier("--task=MNLI", "--do_eval", f"--data_dir={data}",
+                           f"--init_checkpoint={hf_dir}", f"--output_dir={tmp_path / 'out'}")
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "['negative', 'neutral', 'positive']" in last and "--fresh_head" in last
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("fmt", ["huggingface", "google", "bert_tf"])
+def test_saved_heads_carry_their_label_names(tmp_path, fmt):
+    """Saved with the task's names (transformers reads id2label back); loaded into a model whose
+    task lists the same labels in another order, the outputs follow the names."""
+    import numpy as np
+
+    from bert_tf import checkpoints as ck
+    from bert_tf.modeling import BertClassifier
+    from tests.conftest import random_batch, tiny_config
+
+    config = tiny_config()
+    model = BertClassifier(config, 3)
+    model.label_names = ["contradiction", "entailment", "neutral"]
+    batch = random_batch(config)
+    logits = np.asarray(model(batch, training=False)["logits"])
+    if fmt == "huggingface":
+        import transformers
+
+        path = ck.save_huggingface(model, str(tmp_path / "hf"))
+        hf_config = transformers.AutoConfig.from_pretrained(path)
+        assert [hf_config.id2label[i] for i in range(3)] == model.label_names
+    elif fmt == "google":
+        path = ck.save_google(model, str(tmp_path / "google" / "bert_model.ckpt"))
+    else:
+        path = ck.save(model, str(tmp_path / "native" / "ckpt"))
+        path = str(tmp_path / "native")
+    assert ck.stored_label_names(path) == model.label_names
+    other = BertClassifier(config, 3)
+    ck.load(other, path, label_names=["Neutral", "Contradiction", "Entailment"])
+    reordered = np.asarray(other(batch, training=False)["logits"])
+    np.testing.assert_allclose(reordered, logits[:, [2, 0, 1]], atol=1e-5)

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 
 import numpy as np
 
@@ -201,8 +202,84 @@ def _load_native(model, prefix) -> LoadReport:
     return report
 
 
+LABELS_FILE = "labels.json"  # beside a Google-layout checkpoint: the head's label names by id
+_GENERIC_LABEL = re.compile(r"^LABEL_\d+$")
+
+
+def stored_label_names(path: str) -> list[str] | None:
+    """The label names of a checkpoint's classification head, index = output row, or None when
+    the checkpoint does not say: Hugging Face `config.json` id2label (unless transformers'
+    placeholders LABEL_0..N), `labels.json` beside a Google or bert_tf checkpoint."""
+    fmt, resolved = detect_format(path)
+    directory = resolved if os.path.isdir(resolved) else os.path.dirname(resolved)
+    if fmt == "huggingface":
+        config_file = os.path.join(directory, "config.json")
+        if not os.path.exists(config_file):
+            return None
+        with open(config_file, encoding="utf-8") as f:
+            id2label = json.load(f).get("id2label") or {}
+        names = [id2label[k] for k in sorted(id2label, key=int)]
+        if not names or all(_GENERIC_LABEL.match(str(n)) for n in names):
+            return None
+        return [str(n) for n in names]
+    labels_file = os.path.join(directory, LABELS_FILE)
+    if os.path.exists(labels_file):
+        with open(labels_file, encoding="utf-8") as f:
+            return [str(n) for n in json.load(f)]
+    return None
+
+
+def _head_variables(model):
+    """(kernel [H, N], bias [N]) of a classification or tagging head, else None."""
+    from bert_tf.modeling import BertClassifier, BertTokenClassifier
+
+    if isinstance(model, (BertClassifier, BertTokenClassifier)):
+        return model.head.dense.kernel, model.head.dense.bias
+    return None
+
+
+def _order_head(model, path: str, label_names, report: LoadReport) -> None:
+    """Put the loaded head's outputs in the task's label order (case-insensitive names), or
+    raise CheckpointError when the checkpoint's labels are not the task's."""
+    head = _head_variables(model)
+    if head is None or not label_names or len(label_names) < 2:
+        return
+    if not any(n in report.loaded for n in ("output_weights", "classifier.weight")) and \
+            report.format != "bert_tf":
+        return  # the head was not loaded: nothing to order
+    if report.format == "bert_tf" and len(report.loaded) < len(model.weights):
+        return  # encoder only
+    stored = stored_label_names(path)
+    if stored is None:
+        logger.warning("%s does not name its labels: its head's outputs are taken to be in the "
+                       "task's order %s", path, label_names)
+        return
+    want = [n.lower() for n in label_names]
+    have = [n.lower() for n in stored]
+    if sorted(want) != sorted(have) or len(set(have)) != len(have):
+        raise CheckpointError(
+            f"{path}: its head was trained for the labels {stored}, this task has "
+            f"{list(label_names)}: pass --fresh_head to start a new head on the encoder, or use "
+            "a checkpoint fine-tuned for this task")
+    if have == want:
+        return
+    order = [have.index(name) for name in want]  # task label i = checkpoint output order[i]
+    kernel, bias = head
+    kernel.assign(kernel.numpy()[:, order])
+    bias.assign(bias.numpy()[order])
+    logger.info("reordered the head of %s from its labels %s to the task's %s", path, stored,
+                list(label_names))
+
+
+def write_label_names(directory: str, label_names) -> None:
+    """labels.json beside a Google-layout or bert_tf checkpoint (read by `stored_label_names`)."""
+    with open(os.path.join(directory, LABELS_FILE), "w", encoding="utf-8") as f:
+        json.dump(list(label_names), f)
+        f.write("\n")
+
+
 def load(model, path: str, allow_missing_encoder: bool = False,
-         fresh_head: bool = False) -> LoadReport:
+         fresh_head: bool = False, label_names=None) -> LoadReport:
     """Load weights into `model` (a BertEncoder or any task model) from a Google TF1 checkpoint
     prefix, a Hugging Face directory / .safetensors file, or this project's checkpoint.
 
@@ -213,6 +290,9 @@ def load(model, path: str, allow_missing_encoder: bool = False,
     fresh_head=True loads the encoder only: the model's head keeps its initial values even where
     the checkpoint has one (a model fine-tuned for another task or number of labels). Optimizer
     slots and counters in a Google checkpoint are ignored and counted in the report.
+    label_names (the task's labels, by output index) put a loaded classification or tagging
+    head in that order when the checkpoint names its own labels in another order (Hugging Face
+    id2label, labels.json); labels that differ raise CheckpointError.
     """
     fmt, resolved = detect_format(path)
     if fmt == "bert_tf":
@@ -225,6 +305,8 @@ def load(model, path: str, allow_missing_encoder: bool = False,
         from bert_tf.checkpoints.huggingface import SafetensorsReader
         report = _load_by_name(model, SafetensorsReader(resolved), fmt, resolved,
                                allow_missing_encoder, fresh_head)
+    if not fresh_head:
+        _order_head(model, resolved, label_names, report)
     logger.info(report.summary())
     return report
 
@@ -241,6 +323,8 @@ def save(model, prefix: str) -> str:
     encoder = model if not hasattr(model, "encoder") else model.encoder
     path = tf.train.Checkpoint(model=model, encoder=encoder).write(prefix)
     encoder.config.to_json_file(os.path.join(directory, "bert_config.json"))
+    if getattr(model, "label_names", None):
+        write_label_names(directory, model.label_names)
     with open(os.path.join(directory, NATIVE_MARKER), "w", encoding="utf-8") as f:
         json.dump({"model_class": type(model).__name__, "prefix": os.path.basename(prefix)}, f)
     return path

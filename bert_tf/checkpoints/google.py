@@ -88,4 +88,7 @@ def save_google(model, prefix: str, config_file: bool = True) -> str:
         with open(os.path.join(directory, "bert_config.json"), "w", encoding="utf-8") as f:
             json.dump(config.to_google_dict(), f, indent=2, sort_keys=True)
             f.write("\n")
+    if getattr(model, "label_names", None):
+        from bert_tf.checkpoints import write_label_names
+        write_label_names(directory, model.label_names)
     return prefix

@@ -82,7 +82,7 @@ class SafetensorsReader:
         return self._handles[f].get_tensor(k)
 
 
-def hf_config_dict(config, architecture="BertModel", num_labels=None) -> dict:
+def hf_config_dict(config, architecture="BertModel", num_labels=None, label_names=None) -> dict:
     out = {
         "architectures": [architecture],
         "model_type": "bert",
@@ -102,8 +102,10 @@ def hf_config_dict(config, architecture="BertModel", num_labels=None) -> dict:
         "position_embedding_type": "absolute",
     }
     if num_labels is not None:
-        out["id2label"] = {str(i): f"LABEL_{i}" for i in range(num_labels)}
-        out["label2id"] = {f"LABEL_{i}": i for i in range(num_labels)}
+        names = list(label_names) if label_names and len(label_names) == num_labels else [
+            f"LABEL_{i}" for i in range(num_labels)]
+        out["id2label"] = {str(i): name for i, name in enumerate(names)}
+        out["label2id"] = {name: i for i, name in enumerate(names)}
         if num_labels == 1:
             out["problem_type"] = "regression"
     return out
@@ -140,6 +142,7 @@ def save_huggingface(model, directory: str) -> str:
     save_file(tensors, tmp, metadata={"format": "pt"})
     os.replace(tmp, os.path.join(directory, "model.safetensors"))
     with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(hf_config_dict(config, arch, num_labels), f, indent=2, sort_keys=True)
+        json.dump(hf_config_dict(config, arch, num_labels, getattr(model, "label_names", None)),
+                  f, indent=2, sort_keys=True)
         f.write("\n")
     return directory

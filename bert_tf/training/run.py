@@ -230,7 +230,8 @@ def init_model(model, assets, args: EngineArgs, dist, what: str = "fine-tuning")
 
     if assets.init_checkpoint:
         return checkpoints.load(model, assets.init_checkpoint,  # logs what it loaded
-                                fresh_head=args.fresh_head)
+                                fresh_head=args.fresh_head,
+                                label_names=getattr(model, "label_names", None))
     if args.do_train and dist.is_chief:
         logger.warning(
             "=" * 78 + f"\nNO --init_checkpoint: {what} starts from RANDOM weights. Expect "
