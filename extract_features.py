@@ -32,6 +32,9 @@ flags.DEFINE_integer("max_seq_length", 128, "Maximum tokens per example, [CLS]/[
                      "longer inputs are truncated.")
 flags.DEFINE_integer("batch_size", 32, "Examples per forward pass.")
 flags.DEFINE_enum("dtype", "fp32", ["fp32", "fp16", "bf16"], "Compute precision.")
+from bert_tf.flags import define_tokenizer_flag  # noqa: E402
+
+define_tokenizer_flag()
 FLAGS = flags.FLAGS
 
 
@@ -62,7 +65,7 @@ def main(argv):
 
     from bert_tf import checkpoints, extract
     from bert_tf.modeling import BertEncoder
-    from bert_tf.tokenization import FullTokenizer
+    from bert_tf.tokenization import make_tokenizer
     from bert_tf.training.precision import set_dtype
 
     try:
@@ -71,7 +74,8 @@ def main(argv):
     except ValueError as e:
         raise UsageError(str(e)) from None
     set_dtype(FLAGS.dtype)
-    tokenizer = FullTokenizer(assets.vocab_file, do_lower_case=assets.do_lower_case)
+    tokenizer = make_tokenizer(assets.vocab_file, assets.do_lower_case,
+                               reference=FLAGS.reference_tokenizer)
     encoder = BertEncoder(assets.config)
     checkpoints.load(encoder, assets.init_checkpoint)  # logs what it loaded
 

@@ -28,6 +28,7 @@ class RunArgs(EngineArgs):
     do_predict: bool = False
     predict_batch_size: int = 64
     num_train_epochs: float = 3.0
+    reference_tokenizer: bool = False
 
     identity_flags = ("task_name", "num_train_epochs") + EngineArgs.identity_flags
 
@@ -76,7 +77,7 @@ def run_classifier(args: RunArgs) -> dict:
     from bert_tf.data.download import ensure_glue_data
     from bert_tf.data.records import FeatureTable
     from bert_tf.modeling import BertClassifier
-    from bert_tf.tokenization import FullTokenizer
+    from bert_tf.tokenization import make_tokenizer
     from bert_tf.training import loop, tasks
 
     check_args(args)
@@ -94,7 +95,8 @@ def run_classifier(args: RunArgs) -> dict:
     labels = processor.get_labels()
     num_labels = 1 if processor.is_regression else len(labels)
     guard_output_dir(args, assets.config, dist.is_chief, dist.size, num_labels=num_labels)
-    tokenizer = FullTokenizer(assets.vocab_file, do_lower_case=assets.do_lower_case)
+    tokenizer = make_tokenizer(assets.vocab_file, assets.do_lower_case,
+                               reference=args.reference_tokenizer)
     cache_dir = os.path.join(args.output_dir, "cache")
     label_dtype = "float32" if processor.is_regression else "int32"
 
@@ -178,7 +180,7 @@ def run_ner(args: RunArgs) -> dict:
     from bert_tf.data import conll
     from bert_tf.data.records import FeatureTable
     from bert_tf.modeling import BertTokenClassifier
-    from bert_tf.tokenization import FullTokenizer
+    from bert_tf.tokenization import make_tokenizer
     from bert_tf.training import loop, tasks
 
     check_args(args)
@@ -192,7 +194,8 @@ def run_ner(args: RunArgs) -> dict:
     dist, use_xla = setup_runtime(args)
     labels = list(conll.LABELS)
     guard_output_dir(args, assets.config, dist.is_chief, dist.size, num_labels=len(labels))
-    tokenizer = FullTokenizer(assets.vocab_file, do_lower_case=assets.do_lower_case)
+    tokenizer = make_tokenizer(assets.vocab_file, assets.do_lower_case,
+                               reference=args.reference_tokenizer)
     cache_dir = os.path.join(args.output_dir, "cache")
 
     def data_for(split):

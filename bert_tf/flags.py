@@ -17,7 +17,15 @@ def define_finetune_flags(default_task: str) -> None:
     f.DEFINE_bool("do_predict", False, "Predict the test set(s).")
     f.DEFINE_integer("predict_batch_size", 64, "Examples per prediction batch (chief only).")
     f.DEFINE_float("num_train_epochs", 3.0, "Epochs over the training set.")
+    define_tokenizer_flag()
     flags.DEFINE_alias("task", "task_name")
+
+
+def define_tokenizer_flag() -> None:
+    flags.DEFINE_bool("reference_tokenizer", False,
+                      "Tokenize with the pure-Python FullTokenizer (Google's code, line for line) "
+                      "instead of the memoised CachedTokenizer: the same ids, several times "
+                      "slower on large sets.")
 
 
 def define_pretraining_flags() -> None:

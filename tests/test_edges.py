@@ -465,3 +465,27 @@ def test_saved_heads_carry_their_label_names(tmp_path, fmt):
     ck.load(other, path, label_names=["Neutral", "Contradiction", "Entailment"])
     reordered = np.asarray(other(batch, training=False)["logits"])
     np.testing.assert_allclose(reordered, logits[:, [2, 0, 1]], atol=1e-5)
+
+
+# ---- Fine-tuning tokenization: the fast path gives the reference ids -------------------------
+
+def test_sst2_features_fast_tokenizer_equal_reference():
+    """SST-2 train (67k sentences) through glue's feature builder: the scripts' default
+    CachedTokenizer gives exactly FullTokenizer's features (Google's code path)."""
+    import numpy as np
+
+    from bert_tf.data import glue
+    from bert_tf.tokenization import make_tokenizer
+
+    data_dir = shared("glue", "SST-2")
+    processor = glue.get_processor("SST-2")
+    examples = processor.get_examples(str(data_dir), "train")
+    assert len(examples) == 67349
+    vocab = shared("vocab", "uncased_vocab.txt")
+    features = {}
+    for reference in (False, True):
+        tokenizer = make_tokenizer(vocab, True, reference=reference)
+        features[reference] = glue.convert_examples_to_features(
+            examples, processor.get_labels(), 64, tokenizer, False)
+    assert features[False] == features[True]
+    assert np.mean([f["length"] for f in features[True]]) > 10  # real sentences, not empty

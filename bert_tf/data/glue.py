@@ -442,7 +442,8 @@ def convert_examples_to_features(examples: Sequence[InputExample], label_list: S
     """BERT inputs for each example, unpadded.
 
     `tokenizer` is anything with tokenize(text) -> word pieces and convert_tokens_to_ids(pieces)
-    (the project's FullTokenizer, or transformers' BertTokenizer). Each feature is a dict:
+    (the project's FullTokenizer, or transformers' BertTokenizer), or with ids(text) -> ids
+    (CachedTokenizer, the scripts' default). Each feature is a dict:
         input_ids    [CLS] a [SEP] (b [SEP]) as vocabulary ids, at most max_seq_length of them
         input_mask   1 for every token (padding, added later, gets 0)
         segment_ids  0 for [CLS] a [SEP], 1 for b [SEP]
@@ -456,17 +457,32 @@ def convert_examples_to_features(examples: Sequence[InputExample], label_list: S
     label_map = {label: i for i, label in enumerate(label_list)}
     cls_id, sep_id = tokenizer.convert_tokens_to_ids(["[CLS]", "[SEP]"])
     features = []
+    # Truncation only counts pieces, so it may run on ids: a tokenizer with `ids(text)`
+    # (CachedTokenizer) skips the round trip through token strings.
+    direct = getattr(tokenizer, "ids", None)
+    if direct is not None:
+        def pieces(text):
+            return list(direct(text))
+
+        def to_ids(ids):
+            return ids
+    else:
+        def pieces(text):
+            return list(tokenizer.tokenize(text))
+
+        def to_ids(tokens):
+            return list(tokenizer.convert_tokens_to_ids(tokens))
     for example in examples:
-        tokens_a = list(tokenizer.tokenize(example.text_a))
-        tokens_b = list(tokenizer.tokenize(example.text_b)) if example.text_b is not None else None
+        tokens_a = pieces(example.text_a)
+        tokens_b = pieces(example.text_b) if example.text_b is not None else None
         if tokens_b is not None:
             truncate_pair(tokens_a, tokens_b, max_seq_length - 3)
         else:
             del tokens_a[max_seq_length - 2:]
-        input_ids = [cls_id] + list(tokenizer.convert_tokens_to_ids(tokens_a)) + [sep_id]
+        input_ids = [cls_id] + to_ids(tokens_a) + [sep_id]
         segment_ids = [0] * len(input_ids)
         if tokens_b is not None:
-            b_ids = list(tokenizer.convert_tokens_to_ids(tokens_b)) + [sep_id]
+            b_ids = to_ids(tokens_b) + [sep_id]
             input_ids += b_ids
             segment_ids += [1] * len(b_ids)
 

@@ -27,9 +27,21 @@ __all__ = [
     "WordpieceTokenizer",
     "check_do_lower_case",
     "load_vocab",
+    "make_tokenizer",
     "vocab_size",
     "vocab_tokens",
 ]
+
+
+def make_tokenizer(vocab_file, do_lower_case: bool = True, reference: bool = False):
+    """The scripts' tokenizer: `CachedTokenizer` (Google's ids, memoised per word, no
+    TensorFlow), or with reference=True Google's pure-Python `FullTokenizer`. Both have
+    `tokenize`, `convert_tokens_to_ids`, `convert_ids_to_tokens` and `vocab`."""
+    if reference:
+        return FullTokenizer(vocab_file, do_lower_case=do_lower_case)
+    from bert_tf.tokenization.cached import CachedTokenizer
+
+    return CachedTokenizer(vocab_file, do_lower_case=do_lower_case)
 
 
 def __getattr__(name):
