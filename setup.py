@@ -26,6 +26,9 @@ setup(
         "tqdm",
         "google-crc32c",  # TFRecord CRCs in create_pretraining_data's TensorFlow-free workers
         "blingfire",  # sentence splitting (create_pretraining_data --input_format=paragraphs)
+        "scikit-learn",  # GLUE metrics (bert_tf.metrics)
+        "scipy",  # STS-B correlations
+        "seqeval",  # CoNLL entity chunks, conlleval's rules
     ],
     extras_require={
         # Test and benchmark peers: never imported by the library.
@@ -33,9 +36,6 @@ setup(
             "pytest",
             "torch==2.13.0",  # CPU build; the machine image ships this wheel
             "transformers<5",
-            "scikit-learn",
-            "scipy",
-            "seqeval",
         ],
         "tracking": ["mlflow", "optuna"],
         "azure": ["azure-ai-ml", "azure-identity", "mlflow", "azureml-mlflow"],

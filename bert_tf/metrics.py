@@ -1,9 +1,11 @@
 """Evaluation metrics for fine-tuning: GLUE's classification and regression scores, and
 entity-level precision / recall / F1 for NER as the CoNLL shared task's `conlleval` counts them.
 
-Pure Python + numpy; every function returns plain Python floats (no numpy scalars), so results go
-straight into JSON, MLflow and TensorBoard. Scores are fractions in [0, 1] (conlleval prints
-percentages; multiply by 100 to compare).
+The scores are the well-kept libraries' own: scikit-learn (accuracy, F1, Matthews correlation),
+scipy.stats (Pearson, Spearman) and seqeval (conlleval's entity chunks). This module checks the
+inputs, names the metrics each task reports and returns plain Python floats (no numpy scalars),
+so results go straight into JSON, MLflow and TensorBoard. Scores are fractions in [0, 1]
+(conlleval prints percentages; multiply by 100 to compare).
 
 Which GLUE task reports what (the GLUE leaderboard's choice):
     CoLA: mcc            SST-2, MNLI, QNLI, RTE, WNLI: accuracy
@@ -12,14 +14,14 @@ Which GLUE task reports what (the GLUE leaderboard's choice):
 
 from __future__ import annotations
 
-import math
+import warnings
 from collections import Counter
 from typing import Iterable, Sequence
 
 import numpy as np
 
 __all__ = [
-    "accuracy", "f1", "matthews_corrcoef", "pearson", "spearman", "rankdata",
+    "accuracy", "f1", "matthews_corrcoef", "pearson", "spearman",
     "get_entities", "entity_scores", "compute_metrics", "METRICS",
 ]
 
@@ -37,126 +39,87 @@ def _pair(y_true, y_pred, min_length=1):
     return t, p
 
 
-# -- classification -----------------------------------------------------------------------------
+# -- classification (scikit-learn) --------------------------------------------------------------
 def accuracy(y_true, y_pred) -> float:
-    """Fraction of positions where the prediction equals the label."""
+    """Fraction of positions where the prediction equals the label (sklearn accuracy_score)."""
+    from sklearn.metrics import accuracy_score
+
     t, p = _pair(y_true, y_pred)
-    return float(np.mean(t == p))
+    return float(accuracy_score(t, p))
 
 
 def f1(y_true, y_pred, positive=1) -> float:
-    """Binary F1 of the `positive` class: 2·TP / (2·TP + FP + FN); 0.0 when there is no positive
-    label and no positive prediction (scikit-learn's zero_division default)."""
+    """F1 of the `positive` class, 2·TP / (2·TP + FP + FN) (sklearn f1_score restricted to that
+    label); 0.0 when there is no positive label and no positive prediction (zero_division=0)."""
+    from sklearn.metrics import f1_score
+
     t, p = _pair(y_true, y_pred)
     if (t.dtype.kind in "US" or p.dtype.kind in "US") != isinstance(positive, str):
         # "1" == 1 is False: without this check string labels would silently score 0.
         raise ValueError(f"positive={positive!r} and the labels ({t.dtype}, {p.dtype}) must both "
                          "be strings or both be numbers")
-    t_pos = t == positive
-    p_pos = p == positive
-    tp = int(np.sum(t_pos & p_pos))
-    fp = int(np.sum(~t_pos & p_pos))
-    fn = int(np.sum(t_pos & ~p_pos))
-    denominator = 2 * tp + fp + fn
-    return 0.0 if denominator == 0 else float(2 * tp / denominator)
+    return float(f1_score(t, p, labels=[positive], average=None, zero_division=0.0)[0])
 
 
 def matthews_corrcoef(y_true, y_pred) -> float:
-    """Matthews correlation coefficient (CoLA's metric), multi-class form (Gorodkin 2004), which
-    for two classes is (TP·TN − FP·FN) / sqrt((TP+FP)(TP+FN)(TN+FP)(TN+FN)).
+    """Matthews correlation coefficient (CoLA's metric; sklearn's, multi-class form of Gorodkin
+    2004). 0.0 when undefined (all labels or all predictions one class)."""
+    from sklearn.metrics import matthews_corrcoef as mcc
 
-    0.0 when undefined (all labels or all predictions one class), as scikit-learn does."""
     t, p = _pair(y_true, y_pred)
-    classes, encoded = np.unique(np.concatenate([t, p]), return_inverse=True)
-    k = len(classes)
-    t_idx, p_idx = encoded[: len(t)], encoded[len(t):]
-    confusion = np.zeros((k, k), dtype=np.float64)  # [true class, predicted class]
-    np.add.at(confusion, (t_idx, p_idx), 1.0)
-    true_counts = confusion.sum(axis=1)
-    pred_counts = confusion.sum(axis=0)
-    correct = np.trace(confusion)
-    n = confusion.sum()
-    cov_tp = correct * n - np.dot(true_counts, pred_counts)
-    cov_tt = n * n - np.dot(true_counts, true_counts)
-    cov_pp = n * n - np.dot(pred_counts, pred_counts)
-    denominator = cov_tt * cov_pp
-    if denominator == 0:
-        return 0.0
-    return float(cov_tp / math.sqrt(denominator))
+    return float(mcc(t, p))
 
 
-# -- regression (STS-B) -------------------------------------------------------------------------
-def pearson(x, y) -> float:
-    """Pearson correlation; nan when either input is constant (undefined, as in scipy)."""
+# -- regression (STS-B; scipy.stats) ------------------------------------------------------------
+def _correlation(test, x, y) -> float:
     a, b = _pair(x, y, min_length=2)
-    a = a.astype(np.float64) - np.mean(a, dtype=np.float64)
-    b = b.astype(np.float64) - np.mean(b, dtype=np.float64)
-    # Normalise first so long inputs with large values cannot overflow the dot products.
-    norm_a = np.linalg.norm(a)
-    norm_b = np.linalg.norm(b)
-    if norm_a == 0 or norm_b == 0:
-        return float("nan")
-    r = float(np.dot(a / norm_a, b / norm_b))
-    return max(-1.0, min(1.0, r))
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    if np.all(a == a[0]) or np.all(b == b[0]):
+        return float("nan")  # undefined for a constant input (scipy warns and returns nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(test(a, b).statistic)
 
 
-def rankdata(values) -> np.ndarray:
-    """1-based ranks (float64); tied values share the average of the ranks they span."""
-    v = np.asarray(values)
-    if v.ndim != 1:
-        raise ValueError(f"expected a 1-D sequence, got shape {v.shape}")
-    order = np.argsort(v, kind="mergesort")
-    sorted_v = v[order]
-    # Start of each run of equal values in sorted order.
-    starts = np.flatnonzero(np.concatenate([[True], sorted_v[1:] != sorted_v[:-1]]))
-    ends = np.concatenate([starts[1:], [len(v)]])  # exclusive
-    # Positions start..end-1 hold ranks start+1..end; their mean is (start + 1 + end) / 2.
-    run_rank = (starts + 1 + ends) / 2.0
-    ranks = np.empty(len(v), dtype=np.float64)
-    ranks[order] = np.repeat(run_rank, ends - starts)
-    return ranks
+def pearson(x, y) -> float:
+    """Pearson correlation (scipy.stats.pearsonr); nan when either input is constant."""
+    from scipy.stats import pearsonr
+
+    return _correlation(pearsonr, x, y)
 
 
 def spearman(x, y) -> float:
-    """Spearman rank correlation: Pearson on average ranks (ties share their mean rank)."""
-    a, b = _pair(x, y, min_length=2)
-    return pearson(rankdata(a), rankdata(b))
+    """Spearman rank correlation, ties sharing their mean rank (scipy.stats.spearmanr); nan
+    when either input is constant."""
+    from scipy.stats import spearmanr
+
+    return _correlation(spearmanr, x, y)
 
 
-# -- NER: entity-level scores as conlleval counts them ------------------------------------------
-def _split_tag(tag: str) -> tuple[str, str]:
-    """'B-PER' -> ('B', 'PER'); 'O' -> ('O', '')."""
+# -- NER: entity-level scores as conlleval counts them (seqeval's chunks) -----------------------
+def _check_tag(tag: str) -> None:
     if tag == "O":
-        return "O", ""
+        return
     prefix, sep, kind = tag.partition("-")
     if not sep or prefix not in ("B", "I", "E", "S") or not kind:
         raise ValueError(f"tag {tag!r} is neither 'O' nor of the form B-/I-/E-/S-<TYPE>")
-    return prefix, kind
 
 
 def get_entities(tags: Sequence[str]) -> list[tuple[str, int, int]]:
     """Entity chunks of one tag sequence as (type, start, end) with `end` exclusive.
 
-    Follows conlleval's chunk rules, so IOB1 input and ill-formed IOB2 are read the way the
-    official scorer reads them: a chunk starts at B-X (and S-X), and also at I-X / E-X when no
-    chunk of type X is open (after O, after another type, or after a chunk closed by E-/S-); it
-    ends before O, B-, S- or a change of type, and right after E- or S-.
+    seqeval's default (conlleval-compatible) chunking, so IOB1 input and ill-formed IOB2 are
+    read the way the official scorer reads them: a chunk starts at B-X (and S-X), and also at
+    I-X / E-X when no chunk of type X is open; it ends before O, B-, S- or a change of type,
+    and right after E- or S-. Raises ValueError on a tag that is not O or B-/I-/E-/S-<TYPE>.
     """
-    entities = []
-    open_type, open_start = None, 0
-    prev_prefix = "O"
-    for i, tag in enumerate(tags):
-        prefix, kind = _split_tag(tag)
-        if open_type is not None and (
-                prefix in ("O", "B", "S") or prev_prefix in ("E", "S") or kind != open_type):
-            entities.append((open_type, open_start, i))
-            open_type = None
-        if prefix != "O" and open_type is None:
-            open_type, open_start = kind, i
-        prev_prefix = prefix
-    if open_type is not None:
-        entities.append((open_type, open_start, len(tags)))
-    return entities
+    from seqeval.metrics.sequence_labeling import get_entities as chunks
+
+    tags = list(tags)
+    for tag in tags:
+        _check_tag(tag)
+    return [(kind, start, end + 1) for kind, start, end in chunks(tags)]
 
 
 def entity_scores(true_tags: Iterable[Sequence[str]], pred_tags: Iterable[Sequence[str]]) -> dict:

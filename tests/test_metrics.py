@@ -1,6 +1,9 @@
-"""bert_tf.metrics against independent implementations: scikit-learn (accuracy, F1, Matthews),
-scipy.stats (Pearson, Spearman, ranks) and seqeval (entity-level scores, conlleval mode), on real
-GLUE / CoNLL-2003 labels and on random inputs, including the degenerate cases."""
+"""bert_tf.metrics is scikit-learn (accuracy, F1, Matthews), scipy.stats (Pearson, Spearman)
+and seqeval (conlleval's entity chunks) behind a small wrapper. These tests check the wiring
+against the libraries called the documented way (which class is positive, string labels,
+conlleval's reading of IOB1 and IOBES, the per-sentence entity counts) and against values known
+by hand (perfect and inverted correlations, CoNLL-2003 dev's 5,942 entities), on real GLUE /
+CoNLL-2003 labels, random inputs and the degenerate cases."""
 
 import math
 import random
@@ -126,8 +129,6 @@ def test_correlations_random_with_ties(seed):
     y[: n // 3] = np.round(y[: n // 3])
     assert metrics.pearson(x, y) == pytest.approx(stats.pearsonr(x, y)[0], abs=1e-12)
     assert metrics.spearman(x, y) == pytest.approx(stats.spearmanr(x, y)[0], abs=1e-12)
-    np.testing.assert_array_equal(metrics.rankdata(x), stats.rankdata(x))
-    np.testing.assert_array_equal(metrics.rankdata(y), stats.rankdata(y))
 
 
 def test_correlation_edge_cases():
