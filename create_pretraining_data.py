@@ -95,6 +95,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from bert_tf.cli import run_main
+    from bert_tf.cli import parse_flags, run_main
 
-    app.run(lambda argv: run_main(main, argv, tensorflow=False))
+    app.run(lambda argv: run_main(main, argv, tensorflow=False), flags_parser=parse_flags)

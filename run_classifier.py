@@ -32,6 +32,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from bert_tf.cli import run_main
+    from bert_tf.cli import parse_flags, run_main
 
-    app.run(lambda argv: run_main(main, argv))
+    app.run(lambda argv: run_main(main, argv), flags_parser=parse_flags)

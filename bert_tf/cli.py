@@ -87,6 +87,20 @@ def import_tensorflow_quietly():
     return tf
 
 
+def parse_flags(argv):
+    """absl's flag parsing for app.run(..., flags_parser=parse_flags): an unknown flag, a value of
+    the wrong type or outside an enum is one line `script: error: ...` and exit 2, like every
+    other bad input (absl's own handler prints two lines and exits 1)."""
+    from absl import flags
+
+    script = os.path.basename(argv[0]) if argv else "script"
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        print(f"{script}: error: {e} (pass --helpshort for the flags)", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
 def run_main(main, argv, tensorflow: bool = True) -> None:
     """Call main(argv); a known error prints `script: error: message` and exits 2.
 

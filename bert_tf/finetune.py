@@ -47,8 +47,18 @@ def train_steps(num_examples: int, args: RunArgs, num_workers: int) -> tuple[int
     global_batch = args.train_batch_size * num_workers * args.num_accumulation_steps
     steps = int(num_examples / global_batch * args.num_train_epochs)
     if steps < 1:
-        raise UsageError(f"{num_examples} training examples make no full step of {global_batch} "
-                         f"(train_batch_size x workers x accumulation): lower --train_batch_size")
+        seen = num_examples * args.num_train_epochs
+        if num_examples >= global_batch:
+            raise UsageError(
+                f"--num_train_epochs={args.num_train_epochs} over {num_examples} training "
+                f"examples is {seen:g} examples, less than one step of {global_batch} "
+                f"(train_batch_size x workers x accumulation): raise --num_train_epochs to at "
+                f"least {global_batch / num_examples:.3g}")
+        raise UsageError(
+            f"{num_examples} training examples make no full step of {global_batch} "
+            f"(train_batch_size {args.train_batch_size} x {num_workers} workers x "
+            f"{args.num_accumulation_steps} accumulation): lower --train_batch_size or "
+            "--num_accumulation_steps")
     return steps, warmup_steps(args, steps)
 
 
@@ -91,31 +101,48 @@ def run_classifier(args: RunArgs) -> dict:
     if args.init_checkpoint is None and not args.bert_config_file:
         raise UsageError("pass --init_checkpoint (or --bert_config_file to train from scratch)")
     data_dir = ensure_glue_data(processor.data_name, args.data_dir)
+    # Every split this run needs is read (and checked) before anything is written.
+    dev_splits = (["dev_matched", "dev_mismatched"] if processor.name == "MNLI"
+                  else [processor.dev_split])
+    test_splits = ([("test_matched", processor), ("test_mismatched", processor)]
+                   if processor.name == "MNLI" else [(processor.test_split, processor)])
+    if args.do_predict and processor.name == "MNLI":
+        ax = glue.get_processor("AX")
+        try:
+            ax.split_path(data_dir, "test")
+            test_splits.append(("test", ax))
+        except (FileNotFoundError, ValueError, glue.DataError):
+            logger.info("no AX.tsv / diagnostic.tsv in %s: skipping the AX predictions", data_dir)
+    needed = ([("train", processor)] if args.do_train else []) + \
+        ([(split, processor) for split in dev_splits] if args.do_eval else []) + \
+        (test_splits if args.do_predict else [])
+    examples_of = {(proc.name, split): proc.get_examples(data_dir, split)
+                   for split, proc in needed}
     dist, use_xla = setup_runtime(args)
+    if args.do_train:  # at least one step, before anything is written
+        train_steps(len(examples_of[(processor.name, "train")]), args, dist.size)
     labels = processor.get_labels()
     num_labels = 1 if processor.is_regression else len(labels)
+    model = BertClassifier(assets.config, num_labels)
+    if not processor.is_regression:
+        model.label_names = list(labels)  # output i is labels[i]; saved with the checkpoint
+    init_model(model, assets, args, dist)
     guard_output_dir(args, assets.config, dist.is_chief, dist.size, num_labels=num_labels)
     tokenizer = make_tokenizer(assets.vocab_file, assets.do_lower_case,
                                reference=args.reference_tokenizer)
     cache_dir = os.path.join(args.output_dir, "cache")
     label_dtype = "float32" if processor.is_regression else "int32"
 
-    def features_for(split):
-        path = processor.split_path(data_dir, split)
-        key = {"task": processor.name, "split": split, "file": file_key(path),
+    def features_for(split, proc=processor):
+        path = proc.split_path(data_dir, split)
+        key = {"task": proc.name, "split": split, "file": file_key(path),
                "vocab": file_key(assets.vocab_file), "lower": assets.do_lower_case,
                "max_seq_length": args.max_seq_length}
-
-        # Reading the TSV again is fast; tokenizing it is what the cache saves.
-        examples = processor.get_examples(data_dir, split)
+        examples = examples_of[(proc.name, split)]
         feats = cached(cache_dir, key, lambda: glue.convert_examples_to_features(
             examples, labels, args.max_seq_length, tokenizer, processor.is_regression))
         return examples, FeatureTable.from_features(feats, args.max_seq_length, label_dtype)
 
-    model = BertClassifier(assets.config, num_labels)
-    if not processor.is_regression:
-        model.label_names = list(labels)  # output i is labels[i]; saved with the checkpoint
-    init_model(model, assets, args, dist)
     loss_fn = tasks.regression_loss if processor.is_regression else tasks.classification_loss
 
     summary = {}
@@ -133,8 +160,6 @@ def run_classifier(args: RunArgs) -> dict:
 
     results = {}
     if args.do_eval and dist.is_chief:
-        dev_splits = (["dev_matched", "dev_mismatched"] if processor.name == "MNLI"
-                      else [processor.dev_split])
         for split in dev_splits:
             examples, table = features_for(split)
             preds = predictions(table, args.eval_batch_size)
@@ -149,18 +174,8 @@ def run_classifier(args: RunArgs) -> dict:
         for k, v in sorted(results.items()):
             logger.info("  %s = %s", k, v)
     if args.do_predict and dist.is_chief:
-        test_splits = ([("test_matched", processor), ("test_mismatched", processor)]
-                       if processor.name == "MNLI" else [(processor.test_split, processor)])
-        if processor.name == "MNLI":
-            ax = glue.get_processor("AX")
-            try:
-                ax.split_path(data_dir, "test")
-                test_splits.append(("test", ax))
-            except (FileNotFoundError, ValueError, glue.DataError):
-                logger.info("no AX.tsv / diagnostic.tsv in %s: skipping the AX predictions",
-                            data_dir)
         for split, proc in test_splits:
-            examples = proc.get_examples(data_dir, split)
+            examples = examples_of[(proc.name, split)]
             feats = glue.convert_examples_to_features(examples, labels, args.max_seq_length,
                                                       tokenizer, processor.is_regression)
             table = FeatureTable.from_features(feats, args.max_seq_length, label_dtype)
@@ -178,6 +193,7 @@ def run_ner(args: RunArgs) -> dict:
     written in CoNLL format (word gold predicted)."""
     from bert_tf import metrics
     from bert_tf.data import conll
+    from bert_tf.data.glue import DataError
     from bert_tf.data.records import FeatureTable
     from bert_tf.modeling import BertTokenClassifier
     from bert_tf.tokenization import make_tokenizer
@@ -191,8 +207,26 @@ def run_ner(args: RunArgs) -> dict:
     assets = resolve_model_assets(args.init_checkpoint, args.bert_config_file, args.vocab_file,
                                   args.do_lower_case, args.do_lower_case_given,
                                   args.max_seq_length)
-    dist, use_xla = setup_runtime(args)
     labels = list(conll.LABELS)
+    # Every split this run needs is read (and its tags checked) before anything is written.
+    splits = ([("dev", "eval")] if args.do_eval else []) + \
+             ([("test", "test")] if args.do_predict or args.do_eval else [])
+    sentences_of = {split: conll.load_split(args.data_dir, split) for split in
+                    (["train"] if args.do_train else []) + [split for split, _ in splits]}
+    known = set(labels)
+    for split, sentences in sentences_of.items():
+        path = os.path.join(args.data_dir, conll.SPLIT_FILES[split])
+        for sentence in sentences:
+            for offset, tag in enumerate(sentence.tags or []):
+                if tag not in known:
+                    raise DataError(f"{path}:{sentence.line + offset}: tag {tag!r} is not one "
+                                    f"of CoNLL-2003's tags ({', '.join(labels)})")
+    dist, use_xla = setup_runtime(args)
+    if args.do_train:
+        train_steps(len(sentences_of["train"]), args, dist.size)
+    model = BertTokenClassifier(assets.config, len(labels))
+    model.label_names = list(labels)
+    init_model(model, assets, args, dist)
     guard_output_dir(args, assets.config, dist.is_chief, dist.size, num_labels=len(labels))
     tokenizer = make_tokenizer(assets.vocab_file, assets.do_lower_case,
                                reference=args.reference_tokenizer)
@@ -204,15 +238,12 @@ def run_ner(args: RunArgs) -> dict:
                os.path.exists(path) else path, "vocab": file_key(assets.vocab_file),
                "lower": assets.do_lower_case, "max_seq_length": args.max_seq_length}
 
-        sentences = conll.load_split(args.data_dir, split)
+        sentences = sentences_of[split]
         feats = cached(cache_dir, key, lambda: conll.convert_sentences_to_features(
             sentences, labels, args.max_seq_length, tokenizer))
         table = FeatureTable.from_features(feats, args.max_seq_length, token_labels=True)
         return sentences, feats, table
 
-    model = BertTokenClassifier(assets.config, len(labels))
-    model.label_names = list(labels)
-    init_model(model, assets, args, dist)
     summary = {}
     if args.do_train:
         _, _, table = data_for("train")
@@ -222,8 +253,6 @@ def run_ner(args: RunArgs) -> dict:
                        args.output_dir)
 
     results = {}
-    splits = ([("dev", "eval")] if args.do_eval else []) + \
-             ([("test", "test")] if args.do_predict or args.do_eval else [])
     if dist.is_chief:
         for split, name in splits:
             sentences, feats, table = data_for(split)

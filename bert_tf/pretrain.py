@@ -79,8 +79,10 @@ def check_args(args: PretrainArgs) -> None:
         raise UsageError(f"--shuffle_buffer_size={args.shuffle_buffer_size} must be at least 1")
     if not 0 < args.masked_lm_prob < 1:
         raise UsageError(f"--masked_lm_prob={args.masked_lm_prob} must be in (0, 1)")
-    if args.global_batch_size is not None and args.global_batch_size < 1:
-        raise UsageError(f"--global_batch_size={args.global_batch_size} must be at least 1")
+    if args.global_batch_size is not None:
+        if args.global_batch_size < 1:
+            raise UsageError(f"--global_batch_size={args.global_batch_size} must be at least 1")
+        accumulation_steps(args, 1)  # whatever the workers, it must divide by the micro-batch
     export_formats(args.export)
 
 
@@ -158,10 +160,9 @@ def run_pretraining(args: PretrainArgs) -> dict:
 
     dist, use_xla = setup_runtime(args)
     args.num_accumulation_steps = accumulation_steps(args, dist.size)
-    guard_output_dir(args, assets.config, dist.is_chief, dist.size)
-
     model = BertPretrainer(assets.config)
     report = init_model(model, assets, args, dist, what="pre-training")
+    guard_output_dir(args, assets.config, dist.is_chief, dist.size)
     if report is not None and dist.is_chief:
         fresh = [n for n in report.missing if "cls" in n or "seq_relationship" in n]
         if fresh:

@@ -54,7 +54,13 @@ class SafetensorsReader:
         files = safetensors_files(path)
         raw_keys = []
         for f in files:
-            handle = safe_open(f, framework="np")
+            try:
+                handle = safe_open(f, framework="np")
+            except Exception as e:  # safetensors' own SafetensorError, or an OS error
+                from bert_tf.checkpoints import CheckpointError
+                raise CheckpointError(
+                    f"{f}: not a readable safetensors file ({e}); it is incomplete or "
+                    "corrupt: download it again") from None
             self._handles[f] = handle
             for k in handle.keys():
                 raw_keys.append((f, k))

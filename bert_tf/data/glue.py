@@ -146,9 +146,15 @@ class GlueProcessor:
             "(bert_tf.data.download.download_glue).")
 
     def get_examples(self, data_dir: str, split: str) -> list[InputExample]:
+        """Every example of a split; DataError naming the file (and line) when it is malformed
+        or holds no example."""
         layout = self._layout(split)
         path = self.split_path(data_dir, split)
-        return list(self._read(path, split, layout))
+        examples = list(self._read(path, split, layout))
+        if not examples:
+            raise DataError(f"{path}: no examples{' after the header' if layout.header else ''};"
+                            f" is this GLUE's {self.name} {split} file?")
+        return examples
 
     def _layout(self, split: str) -> _Layout:
         if split not in self.layouts:

@@ -69,6 +69,14 @@ def check_engine_args(args: EngineArgs) -> None:
     """The engine flags alone, before any work. Raises UsageError naming the flag."""
     if not args.output_dir:
         raise UsageError("--output_dir is required (checkpoints, metrics and results go there)")
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        raise UsageError(f"--output_dir={args.output_dir} is a file, not a folder: choose "
+                         "another path")
+    parent = os.path.dirname(os.path.abspath(args.output_dir))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise UsageError(f"--output_dir={args.output_dir}: {parent} is not a writable folder")
     if args.train_batch_size < 1 or args.eval_batch_size < 1:
         raise UsageError("batch sizes must be at least 1")
     if not 0 <= args.warmup_proportion < 1:
