@@ -29,6 +29,8 @@ setup(
         "scikit-learn",  # GLUE metrics (bert_tf.metrics)
         "scipy",  # STS-B correlations
         "seqeval",  # CoNLL entity chunks, conlleval's rules
+        "pooch",  # preset and GLUE downloads: SHA-256 checks, atomic writes (bert_tf.downloads)
+        "filelock",  # one download when processes share a cache
     ],
     extras_require={
         # Test and benchmark peers: never imported by the library.

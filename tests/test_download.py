@@ -5,7 +5,10 @@ files plus GLUE's dev-id list, AX as a diagnostic-format TSV. Only loopback is c
 import functools
 import http.server
 import os
+import pathlib
 import stat
+import subprocess
+import sys
 import threading
 import zipfile
 
@@ -67,8 +70,10 @@ def zip_folder(folder, zip_path, arcdir):
 
 
 def leftovers(cache):
+    """What the cache's glue folder holds besides lock files."""
     glue_root = cache / "glue"
-    return sorted(os.listdir(glue_root)) if glue_root.exists() else []
+    return sorted(n for n in os.listdir(glue_root) if not n.endswith(".lock")) \
+        if glue_root.exists() else []
 
 
 def test_rte_zip(server, tmp_path, shared_data):
@@ -158,6 +163,7 @@ def test_missing_file_names_url_and_data_dir(server, tmp_path):
         download_glue("CoLA", cache_dir=str(cache), base_url=base_url, progress=False)
     message = str(info.value)
     assert f"{base_url}/CoLA.zip" in message and "404" in message and "--data_dir" in message
+    assert "\n" not in message and "BERT_TF_GLUE_BASE_URL" in message
     assert leftovers(cache) == []
     # MRPC's second file is missing: no half-built MRPC folder either.
     (root / "msr_paraphrase_train.txt").write_text("Quality\n", encoding="utf-8")
@@ -173,17 +179,26 @@ def test_unreachable_server(tmp_path, monkeypatch):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(DownloadError, match=rf"127.0.0.1:{port}/RTE.zip.*--data_dir"):
+    with pytest.raises(DownloadError, match=rf"127.0.0.1:{port}/RTE.zip.*--data_dir") as info:
         download_glue("RTE", cache_dir=str(tmp_path), base_url=f"http://127.0.0.1:{port}",
                       progress=False)
+    assert "\n" not in str(info.value) and "network" in str(info.value)
+    assert leftovers(tmp_path) == []
 
 
-def test_truncated_download(server, tmp_path, monkeypatch):
+def test_truncated_download(server, tmp_path, monkeypatch, shared_data):
+    """The server closes the connection mid-file: nothing is kept, and a rerun completes."""
     root, base_url, requests = server
     monkeypatch.setattr(download, "_ZIPS", dict(download._ZIPS, RTE="truncated.zip"))
-    with pytest.raises(DownloadError, match=r"truncated.zip is truncated: got \d+ of 1000 bytes"):
+    with pytest.raises(DownloadError, match=r"truncated.zip: .*IncompleteRead.*--data_dir"):
         download_glue("RTE", cache_dir=str(tmp_path / "c"), base_url=base_url, progress=False)
     assert leftovers(tmp_path / "c") == []
+    monkeypatch.setattr(download, "_ZIPS", dict(download._ZIPS, RTE="RTE.zip"))
+    zip_folder(shared_data("glue", "RTE"), root / "RTE.zip", "RTE")
+    data_dir = download_glue("RTE", cache_dir=str(tmp_path / "c"), base_url=base_url,
+                             progress=False)
+    assert len(get_processor("RTE").get_dev_examples(data_dir)) == 277
+    assert leftovers(tmp_path / "c") == ["RTE"]
 
 
 def evil_zip(path, kind):
@@ -219,7 +234,7 @@ def test_zip_without_task_files(server, tmp_path):
     with pytest.raises(DownloadError, match=r"does not hold GLUE's RTE files .*dev.tsv"):
         download_glue("RTE", cache_dir=str(tmp_path / "c"), base_url=base_url, progress=False)
     (root / "RTE.zip").write_bytes(b"<html>not a zip</html>")
-    with pytest.raises(DownloadError, match="not a valid zip"):
+    with pytest.raises(DownloadError, match="neither a zip nor a tar"):
         download_glue("RTE", cache_dir=str(tmp_path / "c"), base_url=base_url, progress=False)
     assert leftovers(tmp_path / "c") == []
 
@@ -229,3 +244,26 @@ def test_unknown_task_makes_no_request(server, tmp_path):
     with pytest.raises(ValueError, match="unknown task 'glue'"):
         download_glue("glue", cache_dir=str(tmp_path), base_url=base_url)
     assert requests == []
+
+
+def test_run_classifier_failed_download_is_one_line(server, tmp_path, shared_data):
+    """Without --data_dir and with the GLUE mirror answering 404, run_classifier.py ends in one
+    line `run_classifier.py: error: ...` naming the URL and --data_dir, with exit status 2."""
+    root, base_url, requests = server
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo), TF_CPP_MIN_LOG_LEVEL="2",
+               BERT_TF_GLUE_BASE_URL=base_url, BERT_TF_CACHE=str(tmp_path / "cache"),
+               no_proxy="127.0.0.1,localhost", NO_PROXY="127.0.0.1,localhost")
+    proc = subprocess.run(
+        [sys.executable, str(repo / "run_classifier.py"), "--task=RTE", "--do_train",
+         f"--output_dir={tmp_path / 'out'}", "--max_seq_length=16",
+         f"--init_checkpoint={shared_data('checkpoints', 'google-tf1-tiny-random')}"],
+        env=env, capture_output=True, text=True, timeout=600)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert last.startswith("run_classifier.py: error: could not download "
+                           f"{base_url}/RTE.zip: the server answered HTTP 404"), last
+    assert "--data_dir" in last and "BERT_TF_GLUE_BASE_URL" in last
+    assert requests == ["/RTE.zip"]
+    assert leftovers(tmp_path / "cache") == [] and not (tmp_path / "out").exists()
