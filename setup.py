@@ -31,6 +31,11 @@ setup(
         "seqeval",  # CoNLL entity chunks, conlleval's rules
         "pooch",  # preset and GLUE downloads: SHA-256 checks, atomic writes (bert_tf.downloads)
         "filelock",  # one download when processes share a cache
+        # MLflow tracking (bert_tf.training.tracking) into a SQLite store by default: the client
+        # without the UI, plus what its SQL store needs. `mlflow ui` needs the "tracking" extra.
+        "mlflow-skinny",
+        "sqlalchemy",
+        "alembic",
     ],
     extras_require={
         # Test and benchmark peers: never imported by the library.
@@ -39,7 +44,7 @@ setup(
             "torch==2.13.0",  # CPU build; the machine image ships this wheel
             "transformers<5",
         ],
-        "tracking": ["mlflow", "optuna"],
+        "tracking": ["mlflow", "optuna"],  # mlflow: the full package, with `mlflow ui`
         "azure": ["azure-ai-ml", "azure-identity", "mlflow", "azureml-mlflow"],
     },
 )

@@ -13,7 +13,8 @@ import os
 
 from bert_tf.assets import UsageError, resolve_model_assets
 from bert_tf.training.run import (EngineArgs, cached, check_engine_args, file_key, setup_runtime,
-                                  guard_output_dir, init_model, restore_trained,
+                                  guard_output_dir, init_model, open_tracking,
+                                  restore_trained,
                                   training_results, train_settings, warmup_steps,
                                   write_eval_results)
 
@@ -62,7 +63,7 @@ def train_steps(num_examples: int, args: RunArgs, num_workers: int) -> tuple[int
     return steps, warmup_steps(args, steps)
 
 
-def _train(model, loss_fn, table, args, dist, use_xla):
+def _train(model, loss_fn, table, args, dist, use_xla, log):
     from bert_tf.data import records
     from bert_tf.training.loop import train
 
@@ -76,7 +77,7 @@ def _train(model, loss_fn, table, args, dist, use_xla):
                     "%d accumulation, dtype %s, XLA %s", len(table), steps, warmup, dist.size,
                     args.train_batch_size, args.num_accumulation_steps, args.dtype,
                     "on" if use_xla else "off")
-    return train(model, loss_fn, source, settings, dist, progress=args.progress)
+    return train(model, loss_fn, source, settings, dist, progress=args.progress, log=log)
 
 
 # -- GLUE -------------------------------------------------------------------------------------------
@@ -127,7 +128,8 @@ def run_classifier(args: RunArgs) -> dict:
     if not processor.is_regression:
         model.label_names = list(labels)  # output i is labels[i]; saved with the checkpoint
     init_model(model, assets, args, dist)
-    guard_output_dir(args, assets.config, dist.is_chief, dist.size, num_labels=num_labels)
+    record = guard_output_dir(args, assets.config, dist.is_chief, dist.size,
+                              num_labels=num_labels)
     tokenizer = make_tokenizer(assets.vocab_file, assets.do_lower_case,
                                reference=args.reference_tokenizer)
     cache_dir = os.path.join(args.output_dir, "cache")
@@ -145,44 +147,44 @@ def run_classifier(args: RunArgs) -> dict:
 
     loss_fn = tasks.regression_loss if processor.is_regression else tasks.classification_loss
 
-    summary = {}
-    if args.do_train:
-        _, table = features_for("train")
-        summary = _train(model, loss_fn, table, args, dist, use_xla)
-    elif not restore_trained(model, args.output_dir) and dist.is_chief:
-        logger.warning("no fine-tuned checkpoint in %s: evaluating --init_checkpoint as is",
-                       args.output_dir)
+    with open_tracking(args, record, dist.is_chief, processor.name) as log:
+        summary = {}
+        if args.do_train:
+            _, table = features_for("train")
+            summary = _train(model, loss_fn, table, args, dist, use_xla, log)
+        elif not restore_trained(model, args.output_dir) and dist.is_chief:
+            logger.warning("no fine-tuned checkpoint in %s: evaluating --init_checkpoint as is",
+                           args.output_dir)
 
-    def predictions(table, batch_size):
-        logits = loop.predict(model, table, batch_size, use_xla=use_xla,
-                              max_seq_length=args.max_seq_length, progress=args.progress)
-        return logits[:, 0] if processor.is_regression else logits.argmax(-1)
+        def predictions(table, batch_size):
+            logits = loop.predict(model, table, batch_size, use_xla=use_xla,
+                                  max_seq_length=args.max_seq_length, progress=args.progress)
+            return logits[:, 0] if processor.is_regression else logits.argmax(-1)
 
-    results = {}
-    if args.do_eval and dist.is_chief:
-        for split in dev_splits:
-            examples, table = features_for(split)
-            preds = predictions(table, args.eval_batch_size)
-            scores = processor.compute_metrics(table.arrays["label_ids"], preds)
-            prefix = "" if len(dev_splits) == 1 else f"{split}_"
-            results.update({f"{prefix}eval_{k}": float(v) for k, v in scores.items()})
-            results[f"{prefix}eval_examples"] = len(examples)
-        results.update(training_results(summary))
-        write_eval_results(args.output_dir, results)
-        from bert_tf.training.loop import MetricsLog
-        MetricsLog(args.output_dir, True).write(results.get("global_step", 0), results, "eval")
-        for k, v in sorted(results.items()):
-            logger.info("  %s = %s", k, v)
-    if args.do_predict and dist.is_chief:
-        for split, proc in test_splits:
-            examples = examples_of[(proc.name, split)]
-            feats = glue.convert_examples_to_features(examples, labels, args.max_seq_length,
-                                                      tokenizer, processor.is_regression)
-            table = FeatureTable.from_features(feats, args.max_seq_length, label_dtype)
-            path = glue.write_submission(proc, args.output_dir, examples,
-                                         predictions(table, args.predict_batch_size), split)
-            logger.info("wrote %s", path)
-    return results
+        results = {}
+        if args.do_eval and dist.is_chief:
+            for split in dev_splits:
+                examples, table = features_for(split)
+                preds = predictions(table, args.eval_batch_size)
+                scores = processor.compute_metrics(table.arrays["label_ids"], preds)
+                prefix = "" if len(dev_splits) == 1 else f"{split}_"
+                results.update({f"{prefix}eval_{k}": float(v) for k, v in scores.items()})
+                results[f"{prefix}eval_examples"] = len(examples)
+            results.update(training_results(summary))
+            write_eval_results(args.output_dir, results)
+            log.write(results.get("global_step", 0), results, "eval")
+            for k, v in sorted(results.items()):
+                logger.info("  %s = %s", k, v)
+        if args.do_predict and dist.is_chief:
+            for split, proc in test_splits:
+                examples = examples_of[(proc.name, split)]
+                feats = glue.convert_examples_to_features(
+                    examples, labels, args.max_seq_length, tokenizer, processor.is_regression)
+                table = FeatureTable.from_features(feats, args.max_seq_length, label_dtype)
+                path = glue.write_submission(proc, args.output_dir, examples,
+                                             predictions(table, args.predict_batch_size), split)
+                logger.info("wrote %s", path)
+        return results
 
 
 # -- CoNLL-2003 NER ---------------------------------------------------------------------------------
@@ -227,7 +229,8 @@ def run_ner(args: RunArgs) -> dict:
     model = BertTokenClassifier(assets.config, len(labels))
     model.label_names = list(labels)
     init_model(model, assets, args, dist)
-    guard_output_dir(args, assets.config, dist.is_chief, dist.size, num_labels=len(labels))
+    record = guard_output_dir(args, assets.config, dist.is_chief, dist.size,
+                              num_labels=len(labels))
     tokenizer = make_tokenizer(assets.vocab_file, assets.do_lower_case,
                                reference=args.reference_tokenizer)
     cache_dir = os.path.join(args.output_dir, "cache")
@@ -244,34 +247,39 @@ def run_ner(args: RunArgs) -> dict:
         table = FeatureTable.from_features(feats, args.max_seq_length, token_labels=True)
         return sentences, feats, table
 
-    summary = {}
-    if args.do_train:
-        _, _, table = data_for("train")
-        summary = _train(model, tasks.token_classification_loss, table, args, dist, use_xla)
-    elif not restore_trained(model, args.output_dir) and dist.is_chief:
-        logger.warning("no fine-tuned checkpoint in %s: evaluating --init_checkpoint as is",
-                       args.output_dir)
+    with open_tracking(args, record, dist.is_chief, "CoNLL-2003") as log:
+        summary = {}
+        if args.do_train:
+            _, _, table = data_for("train")
+            summary = _train(model, tasks.token_classification_loss, table, args, dist,
+                             use_xla, log)
+        elif not restore_trained(model, args.output_dir) and dist.is_chief:
+            logger.warning("no fine-tuned checkpoint in %s: evaluating --init_checkpoint as is",
+                           args.output_dir)
 
-    results = {}
-    if dist.is_chief:
-        for split, name in splits:
-            sentences, feats, table = data_for(split)
-            batch_size = args.eval_batch_size if split == "dev" else args.predict_batch_size
-            logits = loop.predict(model, table, batch_size, use_xla=use_xla,
-                                  max_seq_length=args.max_seq_length, progress=args.progress)
-            predicted = conll.assemble_predictions(feats, logits.argmax(-1), sentences, labels)
-            scores = metrics.entity_scores([s.tags for s in sentences], predicted)
-            for k in ("precision", "recall", "f1"):
-                results[f"{split}_{k}"] = float(scores[k])
-            for etype, values in sorted(scores["per_type"].items()):
-                results[f"{split}_f1_{etype}"] = float(values["f1"])
-            if args.do_predict:
-                path = os.path.join(args.output_dir, f"{split}_predictions.txt")
-                conll.write_predictions(path, sentences, predicted)
-                logger.info("wrote %s", path)
-        results.update(training_results(summary))
-        if results:
-            write_eval_results(args.output_dir, results)
-            for k, v in sorted(results.items()):
-                logger.info("  %s = %s", k, v)
-    return results
+        results = {}
+        if dist.is_chief:
+            for split, name in splits:
+                sentences, feats, table = data_for(split)
+                batch_size = args.eval_batch_size if split == "dev" else args.predict_batch_size
+                logits = loop.predict(model, table, batch_size, use_xla=use_xla,
+                                      max_seq_length=args.max_seq_length,
+                                      progress=args.progress)
+                predicted = conll.assemble_predictions(feats, logits.argmax(-1), sentences,
+                                                       labels)
+                scores = metrics.entity_scores([s.tags for s in sentences], predicted)
+                for k in ("precision", "recall", "f1"):
+                    results[f"{split}_{k}"] = float(scores[k])
+                for etype, values in sorted(scores["per_type"].items()):
+                    results[f"{split}_f1_{etype}"] = float(values["f1"])
+                if args.do_predict:
+                    path = os.path.join(args.output_dir, f"{split}_predictions.txt")
+                    conll.write_predictions(path, sentences, predicted)
+                    logger.info("wrote %s", path)
+            results.update(training_results(summary))
+            if results:
+                write_eval_results(args.output_dir, results)
+                log.write(results.get("global_step", 0), results, "eval")
+                for k, v in sorted(results.items()):
+                    logger.info("  %s = %s", k, v)
+        return results

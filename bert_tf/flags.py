@@ -116,6 +116,13 @@ def define_engine_flags(learning_rate: float = 5e-5, train_batch_size: int = 32,
     f.DEFINE_bool("deterministic", False, "Deterministic ops: a rerun (or a resumed run) gives "
                   "bit-identical results, somewhat slower.")
     f.DEFINE_bool("progress", True, "Show progress bars.")
+    f.DEFINE_string("tracking_uri", None, "MLflow store for the metrics, flags and model config "
+                    "(a sqlite:/// file, an http(s):// server); none: no MLflow, only "
+                    "metrics.jsonl and TensorBoard. Default: $MLFLOW_TRACKING_URI, else "
+                    "sqlite:///OUTPUT_DIR/mlflow.db. Inside an Azure ML job the job's store, "
+                    "experiment and run are used whatever this says.")
+    f.DEFINE_string("experiment_name", None, "MLflow experiment (default: the task, e.g. MRPC, "
+                    "CoNLL-2003, pretraining).")
 
 
 def run_args(FLAGS, cls=None):

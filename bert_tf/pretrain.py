@@ -18,8 +18,8 @@ import shutil
 from bert_tf.assets import UsageError, resolve_model_assets
 from bert_tf.data import records  # TF-free at import: it imports TensorFlow lazily
 from bert_tf.training.run import (EngineArgs, check_engine_args, guard_output_dir,
-                                  init_model, restore_trained, setup_runtime, train_settings,
-                                  training_results, write_eval_results)
+                                  init_model, open_tracking, restore_trained, setup_runtime,
+                                  train_settings, training_results, write_eval_results)
 
 logger = logging.getLogger("bert_tf")
 
@@ -162,7 +162,7 @@ def run_pretraining(args: PretrainArgs) -> dict:
     args.num_accumulation_steps = accumulation_steps(args, dist.size)
     model = BertPretrainer(assets.config)
     report = init_model(model, assets, args, dist, what="pre-training")
-    guard_output_dir(args, assets.config, dist.is_chief, dist.size)
+    record = guard_output_dir(args, assets.config, dist.is_chief, dist.size)
     if report is not None and dist.is_chief:
         fresh = [n for n in report.missing if "cls" in n or "seq_relationship" in n]
         if fresh:
@@ -183,49 +183,51 @@ def run_pretraining(args: PretrainArgs) -> dict:
                         result["masked_lm_accuracy"], result["masked_lm_loss"])
         return result
 
-    summary = {}
-    if args.do_train:
-        source = records.pretraining_batches(
-            train_files, args.train_batch_size, args.max_seq_length,
-            args.max_predictions_per_seq, args.seed, rank=dist.rank, num_workers=dist.size,
-            accumulation=args.num_accumulation_steps,
-            records_per_file=train_info["records"], shuffle_buffer=args.shuffle_buffer_size,
-            masker=train_masker)
-        settings = train_settings(args, args.num_train_steps, use_xla)
-        if dist.is_chief:
-            global_batch = args.train_batch_size * dist.size * args.num_accumulation_steps
-            logger.info(
-                "pre-training: %d records in %d file(s), %d steps (%d warm-up) of a global "
-                "batch of %d (%d worker(s) x %d x %d accumulation; %.2f epochs), %s, dtype %s, "
-                "XLA %s", source.records, len(train_files), settings.num_train_steps,
-                settings.num_warmup_steps, global_batch, dist.size, args.train_batch_size,
-                args.num_accumulation_steps, settings.num_train_steps / source.steps_per_epoch,
-                args.optimizer, args.dtype, "on" if use_xla else "off")
-        summary = loop.train(model, tasks.pretraining_loss, source, settings, dist,
-                             progress=args.progress,
-                             eval_fn=evaluate if args.do_eval and args.eval_every_steps else None,
-                             eval_every_steps=args.eval_every_steps)
-    elif not restore_trained(model, args.output_dir) and dist.is_chief:
-        logger.warning("no pre-trained checkpoint in %s: evaluating --init_checkpoint as is",
-                       args.output_dir)
+    with open_tracking(args, record, dist.is_chief, "pretraining") as log:
+        summary = {}
+        if args.do_train:
+            source = records.pretraining_batches(
+                train_files, args.train_batch_size, args.max_seq_length,
+                args.max_predictions_per_seq, args.seed, rank=dist.rank, num_workers=dist.size,
+                accumulation=args.num_accumulation_steps,
+                records_per_file=train_info["records"], shuffle_buffer=args.shuffle_buffer_size,
+                masker=train_masker)
+            settings = train_settings(args, args.num_train_steps, use_xla)
+            if dist.is_chief:
+                global_batch = args.train_batch_size * dist.size * args.num_accumulation_steps
+                logger.info(
+                    "pre-training: %d records in %d file(s), %d steps (%d warm-up) of a global "
+                    "batch of %d (%d worker(s) x %d x %d accumulation; %.2f epochs), %s, "
+                    "dtype %s, XLA %s", source.records, len(train_files),
+                    settings.num_train_steps, settings.num_warmup_steps, global_batch, dist.size,
+                    args.train_batch_size, args.num_accumulation_steps,
+                    settings.num_train_steps / source.steps_per_epoch, args.optimizer,
+                    args.dtype, "on" if use_xla else "off")
+            during = args.do_eval and args.eval_every_steps
+            summary = loop.train(model, tasks.pretraining_loss, source, settings, dist,
+                                 progress=args.progress, eval_fn=evaluate if during else None,
+                                 eval_every_steps=args.eval_every_steps, log=log)
+        elif not restore_trained(model, args.output_dir) and dist.is_chief:
+            logger.warning("no pre-trained checkpoint in %s: evaluating --init_checkpoint as is",
+                           args.output_dir)
 
-    results = {}
-    if dist.is_chief:
-        if args.do_eval:
-            evaluated = evaluate()
-            results.update({k: float(v) for k, v in evaluated.items() if k != "examples"})
-            results["eval_examples"] = evaluated["examples"]
-        results.update(training_results(summary))
-        if results:
-            write_eval_results(args.output_dir, results)
-            evaluated = {k: v for k, v in results.items() if k.startswith(("masked", "next"))}
-            if evaluated:
-                loop.MetricsLog(args.output_dir, True).write(results.get("global_step", 0),
-                                                             evaluated, "eval")
-            for k, v in sorted(results.items()):
-                logger.info("  %s = %s", k, v)
-        if args.export:
-            _export(model, args, assets)
+        results = {}
+        if dist.is_chief:
+            if args.do_eval:
+                evaluated = evaluate()
+                results.update({k: float(v) for k, v in evaluated.items() if k != "examples"})
+                results["eval_examples"] = evaluated["examples"]
+            results.update(training_results(summary))
+            if results:
+                write_eval_results(args.output_dir, results)
+                evaluated = {k: v for k, v in results.items()
+                             if k.startswith(("masked", "next"))}
+                if evaluated:
+                    log.write(results.get("global_step", 0), evaluated, "eval")
+                for k, v in sorted(results.items()):
+                    logger.info("  %s = %s", k, v)
+            if args.export:
+                _export(model, args, assets)
     dist.barrier()
     return results
 

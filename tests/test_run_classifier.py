@@ -225,6 +225,22 @@ def test_run_ner_end_to_end(tmp_path, tiny_bert):
     words = [l.split()[0] for l in pred_lines if l.strip()]
     assert words == gold_words  # every word predicted once, in order
     assert all(len(l.split()) == 3 for l in pred_lines if l.strip())
+    # The default MLflow store in the output folder: one finished run with the training curve,
+    # the final scores, the flags and the model config.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("CoNLL-2003").experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == "CoNLL-2003-lr5e-05-bs16-seed42"
+    assert run.data.params["train_batch_size"] == "16"
+    assert run.data.params["bert_config.hidden_size"] == "32"
+    assert run.data.params["num_labels"] == "9"
+    assert run.data.metrics["eval/test_f1"] == results["test_f1"]
+    train_rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in train_rows if r["split"] == "train"]
+    history = sorted(client.get_metric_history(run.info.run_id, "train/loss"),
+                     key=lambda m: m.step)
+    assert [(m.step, m.value) for m in history] == [(r["step"], r["loss"]) for r in train_rows]
 
 
 def test_run_classifier_under_horovodrun(tmp_path, tiny_bert):

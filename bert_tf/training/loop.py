@@ -17,7 +17,7 @@ pre-training differ only in those.
         grads = allreduce(sum of grads)             # Horovod, outside the XLA cluster
         if grads finite: clip to global norm, optimizer.apply
         else: skip the step, count it, halve the fp16 loss scale
-        chief: log, summaries, checkpoint
+        chief: log (tracking.TrackingLog: metrics.jsonl, TensorBoard, MLflow), checkpoint
 
 Resuming is exact: the checkpoint holds weights, optimizer slots, the step, the loss scale and
 counters; the data order is a function of (seed, epoch) and the dropout RNG a function of
@@ -28,7 +28,6 @@ same global batch cut over 2 workers or accumulated on 1 gives the same masks to
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -37,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from bert_tf.training.optimization import create_optimizer
+from bert_tf.training.tracking import TrackingLog, flatten_params
 
 logger = logging.getLogger("bert_tf.training")
 
@@ -66,32 +66,15 @@ class TrainSettings:
     max_consecutive_nonfinite: int = 20
     initial_loss_scale: float = 2.0 ** 15
     loss_scale_growth_interval: int = 2000
+    # MLflow, when train() opens its own TrackingLog (the scripts pass theirs): the store URI
+    # (None: metrics.jsonl and TensorBoard only), the experiment and the run's name.
+    tracking_uri: str | None = None
+    experiment_name: str = "bert_tf"
+    run_name: str | None = None
 
 
 def checkpoint_dir(output_dir: str) -> str:
     return os.path.join(output_dir, "checkpoints")
-
-
-class MetricsLog:
-    """metrics.jsonl and TensorBoard scalars, written by the chief only."""
-
-    def __init__(self, output_dir: str, enabled: bool):
-        self.enabled = enabled
-        if enabled:
-            os.makedirs(output_dir, exist_ok=True)
-            self.path = os.path.join(output_dir, "metrics.jsonl")
-            self.writer = tf.summary.create_file_writer(os.path.join(output_dir, "tensorboard"))
-
-    def write(self, step: int, values: dict, prefix: str = "train") -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": int(step), "split": prefix, **values}) + "\n")
-        with self.writer.as_default():
-            for k, v in values.items():
-                if isinstance(v, (int, float)) and np.isfinite(v):
-                    tf.summary.scalar(f"{prefix}/{k}", v, step=int(step))
-        self.writer.flush()
 
 
 # Each call of a dropout layer advances its SeedGenerator's counter by one, and a layer may be
@@ -122,7 +105,8 @@ def _split_loss(out):
 
 
 def train(model, loss_fn, batches, settings: TrainSettings, dist,
-          progress: bool = True, eval_fn=None, eval_every_steps: int = 0) -> dict:
+          progress: bool = True, eval_fn=None, eval_every_steps: int = 0,
+          log: TrackingLog | None = None) -> dict:
     """Train `model` with `loss_fn` on the micro-batches `batches(start_step)` yields.
 
     `settings.train_batch_size` is the rows of one micro-batch on one worker (for throughput
@@ -133,7 +117,23 @@ def train(model, loss_fn, batches, settings: TrainSettings, dist,
 
     eval_fn(step) -> {name: float}, if given, runs on the chief every eval_every_steps steps
     before the last (the caller evaluates the final model); its results go to metrics.jsonl and
-    TensorBoard under "eval"."""
+    TensorBoard under "eval".
+
+    log: where metrics go (a script passes the TrackingLog its evaluation writes to as well, and
+    ends it). Without one, train() opens a TrackingLog from settings (MLflow when
+    settings.tracking_uri is set, with the settings as parameters) and ends its MLflow run when
+    training ends: FINISHED, or FAILED when this function raises."""
+    if log is not None:
+        return _train(model, loss_fn, batches, settings, dist, progress, eval_fn,
+                      eval_every_steps, log)
+    with TrackingLog(settings.output_dir, dist.is_chief, settings.tracking_uri,
+                     settings.experiment_name, settings.run_name,
+                     flatten_params(dataclasses.asdict(settings))) as log:
+        return _train(model, loss_fn, batches, settings, dist, progress, eval_fn,
+                      eval_every_steps, log)
+
+
+def _train(model, loss_fn, batches, settings, dist, progress, eval_fn, eval_every_steps, log):
     s = settings
     accum = s.num_accumulation_steps
     # Variables no loss reaches (the pooler under a token-level head) are left out of the
@@ -237,7 +237,6 @@ def train(model, loss_fn, batches, settings: TrainSettings, dist,
         norm, applied = update(grads)
         return scalars, norm, applied
 
-    log = MetricsLog(s.output_dir, dist.is_chief)
     start = int(step)
     examples_per_step = s.train_batch_size * dist.size * accum
     stream = iter(batches(start))
@@ -313,6 +312,7 @@ def train(model, loss_fn, batches, settings: TrainSettings, dist,
         if dist.is_chief and (done % s.save_checkpoints_steps == 0 or
                               done == s.num_train_steps):
             manager.save(checkpoint_number=done)
+            log.flush()
         if (eval_fn is not None and dist.is_chief and eval_every_steps and
                 done % eval_every_steps == 0 and done < s.num_train_steps):
             log.write(done, eval_fn(done), "eval")

@@ -1,6 +1,7 @@
 """What every training script shares, whatever it trains: the engine's arguments, the runtime
 (Horovod, determinism, dtype policy, XLA default), the output-dir guard, the init checkpoint,
-the feature cache, result files, and the TrainSettings the loop takes.
+the feature cache, result files, the TrainSettings the loop takes and the tracking log (metrics,
+TensorBoard, MLflow) the loop and the evaluation write to.
 
 run_classifier.py, run_ner.py (through bert_tf.finetune) and run_pretraining.py (through
 bert_tf.pretrain) all go through here; the flags behind EngineArgs are defined once, in
@@ -53,6 +54,8 @@ class EngineArgs:
     max_consecutive_nonfinite: int = 20
     deterministic: bool = False
     progress: bool = True
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI or OUTPUT_DIR/mlflow.db
+    experiment_name: str | None = None  # None: the script's task
 
     # Flags whose change makes old checkpoints in output_dir belong to another run; subclasses
     # add their own.
@@ -126,13 +129,14 @@ def has_checkpoints(output_dir: str) -> bool:
 
 
 def guard_output_dir(args: EngineArgs, config, is_chief: bool, num_workers: int = 1,
-                     **identity_extra) -> None:
+                     **identity_extra) -> dict:
     """Refuse to mix a new run into an output_dir holding another run's checkpoints; record this
     run's flags and config there (run_config.json, bert_config.json).
 
     The identity is `args.identity()` plus `identity_extra` (e.g. num_labels), the worker count
     (it sets the global batch, hence the steps, the schedule and where in the data a resumed run
-    starts) and the model config. Raises UsageError naming every difference."""
+    starts) and the model config. Returns the record run_config.json holds ({"identity",
+    "flags"}; the same on every worker). Raises UsageError naming every difference."""
     path = os.path.join(args.output_dir, "run_config.json")
     current = args.identity()
     current.update(identity_extra)
@@ -158,14 +162,44 @@ def guard_output_dir(args: EngineArgs, config, is_chief: bool, num_workers: int 
     elif resuming:
         raise UsageError(f"--output_dir={args.output_dir} holds checkpoints without a "
                          "run_config.json (not a bert_tf run?): use a new --output_dir")
+    record = {"identity": current, "flags": dataclasses.asdict(args)}
     if is_chief:
         os.makedirs(args.output_dir, exist_ok=True)
-        record = {"identity": current, "flags": dataclasses.asdict(args)}
         tmp = path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(record, f, indent=2, sort_keys=True, default=str)
         os.replace(tmp, path)
         config.to_json_file(os.path.join(args.output_dir, "bert_config.json"))
+    return record
+
+
+# -- tracking --------------------------------------------------------------------------------------
+
+def run_name(args: EngineArgs, task: str) -> str:
+    """The MLflow run name: task, peak learning rate, batch per worker, seed, e.g.
+    "MRPC-lr2e-05-bs32-seed42"."""
+    return f"{task}-lr{args.learning_rate:g}-bs{args.train_batch_size}-seed{args.seed}"
+
+
+def open_tracking(args: EngineArgs, record: dict, is_chief: bool, task: str):
+    """The TrackingLog one script invocation trains and evaluates into (use it as a context
+    manager: the MLflow run ends with the block, FINISHED or FAILED).
+
+    MLflow is on where it records something, i.e. with --do_train or --do_eval: store
+    --tracking_uri (default $MLFLOW_TRACKING_URI, else sqlite:///OUTPUT_DIR/mlflow.db; "none"
+    turns it off), experiment --experiment_name (default `task`), run name `run_name`, and as
+    parameters the flags, the identity values that are not flags (num_labels, num_workers) and
+    the model config as bert_config.* (all of `record`, guard_output_dir's result)."""
+    from bert_tf.training.tracking import TrackingLog, flatten_params, resolve_tracking_uri
+
+    uri = (resolve_tracking_uri(args.tracking_uri, args.output_dir)
+           if args.do_train or args.do_eval else None)
+    params = dict(record["flags"])
+    identity = record["identity"]
+    params.update({k: v for k, v in identity.items() if k not in params and k != "bert_config"})
+    params["bert_config"] = identity["bert_config"]
+    return TrackingLog(args.output_dir, is_chief, uri, args.experiment_name or task,
+                       run_name(args, task), flatten_params(params))
 
 
 # -- feature cache ----------------------------------------------------------------------------------
