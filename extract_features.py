@@ -18,7 +18,8 @@ from absl import app, flags, logging
 flags.DEFINE_string("input_file", None, "Text file, one example per line ('a ||| b' for pairs).")
 flags.DEFINE_string("output_file", None, "Where to write the JSON lines.")
 flags.DEFINE_bool("overwrite_output", False, "Replace --output_file if it exists.")
-flags.DEFINE_string("layers", "-1,-2,-3,-4", "Comma-separated layer indexes (-1 is the last).")
+flags.DEFINE_string("layers", "-1,-2,-3,-4", "Comma-separated layer indexes (-1 is the last; "
+                    "the default keeps the last four, or all of a shallower model).")
 flags.DEFINE_string("bert_config_file", None,
                     "bert_config.json (default: the one next to --init_checkpoint).")
 flags.DEFINE_string("vocab_file", None, "vocab.txt (default: the one next to --init_checkpoint).")
@@ -69,7 +70,10 @@ def main(argv):
     from bert_tf.training.precision import set_dtype
 
     try:
-        layers = extract.parse_layers(FLAGS.layers, assets.config.num_hidden_layers)
+        spec = FLAGS.layers
+        if not FLAGS["layers"].present:  # the default -1..-4, cut to the model's depth
+            spec = ",".join(str(-k) for k in range(1, min(4, assets.config.num_hidden_layers) + 1))
+        layers = extract.parse_layers(spec, assets.config.num_hidden_layers)
         examples = extract.read_examples(FLAGS.input_file)
     except ValueError as e:
         raise UsageError(str(e)) from None

@@ -79,11 +79,19 @@ def resolve_model_assets(init_checkpoint=None, bert_config_file=None, vocab_file
 
     n_vocab = count_vocab(vocab)
     if n_vocab != config.vocab_size:
+        from bert_tf.tokenization.wordpiece import vocab_tokens
+
+        tokens = vocab_tokens(vocab)
+        empty_tail = len(tokens) - len("\n".join(tokens).rstrip("\n").split("\n"))
+        hint = (f" (its last {empty_tail} line(s) are empty: every line is an entry, as in "
+                "Google's loader; remove the trailing blank line)" if empty_tail and
+                n_vocab - empty_tail == config.vocab_size else "")
+        source = f"--vocab_file={vocab}" if vocab_file else f"{vocab} (next to the checkpoint)"
         raise UsageError(
-            f"--vocab_file={vocab} has {n_vocab} entries but {config_file} says vocab_size "
-            f"{config.vocab_size}: ids past the embedding table give NaNs or garbage. Use the "
-            "vocab.txt that came with the checkpoint (or fix vocab_size when training from "
-            "scratch)")
+            f"{source} has {n_vocab} entries{hint} but {config_file} says vocab_size "
+            f"{config.vocab_size}: a vocabulary that does not match the embedding table gives "
+            "wrong ids (NaNs or garbage). Use the vocab.txt that came with the checkpoint (or fix "
+            "vocab_size when training from scratch)")
     if max_seq_length is not None:
         if max_seq_length > config.max_position_embeddings:
             raise UsageError(

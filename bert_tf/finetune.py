@@ -37,6 +37,9 @@ class RunArgs(EngineArgs):
 def check_args(args: RunArgs) -> None:
     if not (args.do_train or args.do_eval or args.do_predict):
         raise UsageError("nothing to do: pass at least one of --do_train, --do_eval, --do_predict")
+    if args.data_dir and os.path.isfile(args.data_dir):
+        raise UsageError(f"--data_dir={args.data_dir} is a file: pass the folder that holds the "
+                         "task's files")
     check_engine_args(args)
     if args.predict_batch_size < 1:
         raise UsageError("batch sizes must be at least 1")
@@ -127,6 +130,7 @@ def run_classifier(args: RunArgs) -> dict:
     model = BertClassifier(assets.config, num_labels)
     if not processor.is_regression:
         model.label_names = list(labels)  # output i is labels[i]; saved with the checkpoint
+        model.label_aliases = list(processor.label_names)  # HF datasets' names of the same
     init_model(model, assets, args, dist)
     record = guard_output_dir(args, assets.config, dist.is_chief, dist.size,
                               num_labels=num_labels)

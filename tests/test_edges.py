@@ -92,7 +92,8 @@ def test_vocab_with_one_line_too_many_is_refused_naming_both_files(tmp_path):
     checkpoint = tmp_path / "ckpt"
     shutil.copytree(shared(*TINY_GOOGLE), checkpoint)
     (checkpoint / "vocab.txt").write_text("\n".join(_tiny_lines()) + "\n\n", encoding="utf-8")
-    with pytest.raises(UsageError, match=r"vocab.txt has 16 entries but .*bert_config.json "
+    with pytest.raises(UsageError, match=r"vocab.txt \(next to the checkpoint\) has 16 entries "
+                                         r"\(its last 1 line\(s\) are empty.*bert_config.json "
                                          r"says vocab_size 15"):
         resolve_model_assets(init_checkpoint=str(checkpoint / "bert_model.ckpt"))
 
@@ -489,3 +490,52 @@ def test_sst2_features_fast_tokenizer_equal_reference():
             examples, processor.get_labels(), 64, tokenizer, False)
     assert features[False] == features[True]
     assert np.mean([f["length"] for f in features[True]]) > 10  # real sentences, not empty
+
+
+@pytest.mark.parametrize("id2label,favourite", [
+    ({0: "not_equivalent", 1: "equivalent"}, 1),
+    ({0: "equivalent", 1: "not_equivalent"}, 0)], ids=["hf_order", "swapped"])
+def test_hf_glue_names_of_binary_labels_are_understood(tmp_path, id2label, favourite):
+    """A model fine-tuned with Hugging Face's run_glue.py carries the datasets' names
+    (MRPC: not_equivalent/equivalent) where GLUE's files say 0/1: an "always equivalent" head
+    must predict "1" for every pair, in either id order."""
+    import csv
+    import json
+
+    hf_dir = tmp_path / "hf_mrpc"
+    _hf_classifier(hf_dir, id2label, favourite)
+    data = shared("glue", "MRPC")
+    with open(data / "dev.tsv", encoding="utf-8-sig") as f:
+        gold = [row["Quality"] for row in csv.DictReader(f, delimiter="\t",
+                                                        quoting=csv.QUOTE_NONE)]
+    out = tmp_path / "out"
+    proc = _run_classifier("--task=MRPC", "--do_eval", f"--data_dir={data}",
+                           f"--init_checkpoint={hf_dir}", f"--output_dir={out}",
+                           "--max_seq_length=64")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    accuracy = json.loads((out / "eval_results.json").read_text())["eval_accuracy"]
+    assert accuracy == pytest.approx(gold.count("1") / len(gold))
+
+
+def test_extract_features_default_layers_fit_a_shallow_model(tmp_path):
+    """Google's default --layers=-1,-2,-3,-4 asks for more layers than BERT-Tiny has: without
+    --layers the script keeps the ones there are instead of refusing."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    checkpoint = shared(*TINY_GOOGLE)
+    path = tmp_path / "input.txt"
+    path.write_text("jack works\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "extract_features.py"), f"--input_file={path}",
+         f"--output_file={out}", f"--init_checkpoint={checkpoint / 'bert_model.ckpt'}",
+         "--max_seq_length=16"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = json.loads(out.read_text().splitlines()[0])
+    assert [layer["index"] for layer in row["features"][0]["layers"]] == [-1, -2]

@@ -159,7 +159,11 @@ def _load_by_name(model, reader, fmt, path, allow_missing_encoder=False,
     elif missing_encoder:
         report.missing = missing_encoder + report.missing
     if errors:
-        raise CheckpointError(f"{path} does not fit the model:\n  " + "\n  ".join(errors))
+        if any("--fresh_head" in e for e in errors):
+            errors = [e.split(" (a head trained")[0] for e in errors] + [
+                "the head was trained for another task or number of labels: pass --fresh_head "
+                "to start the head from random weights and load only the encoder"]
+        raise CheckpointError(f"{path} does not fit the model: " + "; ".join(errors))
     for entry, name in assignments:
         value = np.asarray(reader[name], dtype=np.float32)
         if hf and hf_transposed(entry.google_name):
@@ -256,6 +260,11 @@ def _order_head(model, path: str, label_names, report: LoadReport) -> None:
         return
     want = [n.lower() for n in label_names]
     have = [n.lower() for n in stored]
+    # Other names of the task's labels (GLUE's binary tasks say "0"/"1"; Hugging Face's datasets
+    # say not_equivalent/equivalent, negative/positive, ...): by label id.
+    for i, alias in enumerate(getattr(model, "label_aliases", ()) or ()):
+        if i < len(want):
+            have = [want[i] if name == alias.lower() else name for name in have]
     if sorted(want) != sorted(have) or len(set(have)) != len(have):
         raise CheckpointError(
             f"{path}: its head was trained for the labels {stored}, this task has "

@@ -95,6 +95,9 @@ class GlueProcessor:
         name: the task's GLUE name (also what `get_processor` accepts, case-insensitive).
         data_name: the folder GLUE's download puts the files in (`glue_data/<data_name>`).
         labels: label strings in label-id order; empty for regression.
+        label_names: what the labels are called elsewhere, in label-id order (the names the
+            Hugging Face `glue` datasets give, which fine-tuned models carry in id2label), so a
+            checkpoint's head can be matched to `labels` by name.
         is_regression: STS-B only; labels are floats and the model has one output.
         metric_names: keys of `bert_tf.metrics.METRICS` the leaderboard reports, main one first.
         layouts: split name -> _Layout.
@@ -105,6 +108,7 @@ class GlueProcessor:
     name: str = ""
     data_name: str = ""
     labels: tuple[str, ...] = ()
+    label_names: tuple[str, ...] = ()
     is_regression: bool = False
     metric_names: tuple[str, ...] = ("accuracy",)
     layouts: dict[str, _Layout] = {}
@@ -265,6 +269,7 @@ _NLI2 = ("entailment", "not_entailment")
 class ColaProcessor(GlueProcessor):
     name = data_name = "CoLA"
     labels = _BINARY
+    label_names = ("unacceptable", "acceptable")
     metric_names = ("mcc",)
     # train/dev: source, label, original judgement mark ('*' or empty), sentence; no header.
     layouts = {
@@ -278,6 +283,7 @@ class ColaProcessor(GlueProcessor):
 class Sst2Processor(GlueProcessor):
     name = data_name = "SST-2"
     labels = _BINARY
+    label_names = ("negative", "positive")
     layouts = {
         "train": _Layout(("train.tsv",), text_a="sentence", label="label"),
         "dev": _Layout(("dev.tsv",), text_a="sentence", label="label"),
@@ -289,6 +295,7 @@ class Sst2Processor(GlueProcessor):
 class MrpcProcessor(GlueProcessor):
     name = data_name = "MRPC"
     labels = _BINARY
+    label_names = ("not_equivalent", "equivalent")
     metric_names = ("f1", "accuracy")
     layouts = {
         "train": _Layout(("train.tsv",), text_a="#1 String", text_b="#2 String", label="Quality"),
@@ -316,6 +323,7 @@ class StsbProcessor(GlueProcessor):
 class QqpProcessor(GlueProcessor):
     name = data_name = "QQP"
     labels = _BINARY
+    label_names = ("not_duplicate", "duplicate")
     metric_names = ("f1", "accuracy")
     layouts = {
         "train": _Layout(("train.tsv",), text_a="question1", text_b="question2",
@@ -386,6 +394,7 @@ class RteProcessor(GlueProcessor):
 class WnliProcessor(RteProcessor):
     name = data_name = "WNLI"
     labels = _BINARY
+    label_names = ("not_entailment", "entailment")
     submission_names = {"test": "WNLI.tsv"}
 
 

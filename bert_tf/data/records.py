@@ -207,8 +207,20 @@ def inspect_records(files, max_seq_length: int, max_predictions_per_seq: int | N
     what differs."""
     import tensorflow as tf
 
+    import struct
+
+    from bert_tf.data.tfrecord import masked_crc32c
+
     counts, masked = {}, None
     for path in files:
+        with open(path, "rb") as f:
+            head = f.read(12)
+        if len(head) == 12 and masked_crc32c(head[:8]) != struct.unpack("<I", head[8:])[0]:
+            sample = head.decode("utf-8", errors="replace")
+            looks = (f" (it starts like text: {sample!r})" if sample.isprintable() or "\n" in
+                     sample else "")
+            raise RecordError(f"{path}: not a TFRecord file{looks}; write pre-training records "
+                              "from text with create_pretraining_data.py")
         try:
             first = next(iter(tf.data.TFRecordDataset(path).take(1)), None)
             count = int(tf.data.TFRecordDataset(path).reduce(
