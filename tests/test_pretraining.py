@@ -147,7 +147,7 @@ def test_parsed_batch_has_google_dtypes(tmp_path):
     ("schema", "missing ['next_sentence_labels']"),
     ("extra", "unexpected ['uid']"),
     ("truncated", "truncated or corrupt"),
-    ("garbage", "truncated or corrupt"),
+    ("garbage", "not a TFRecord file"),
     ("empty", "holds no records"),
 ])
 def test_bad_record_files_name_the_file_and_the_difference(tmp_path, kind, message):
