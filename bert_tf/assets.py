@@ -82,7 +82,7 @@ def resolve_model_assets(init_checkpoint=None, bert_config_file=None, vocab_file
         from bert_tf.tokenization.wordpiece import vocab_tokens
 
         tokens = vocab_tokens(vocab)
-        empty_tail = len(tokens) - len("\n".join(tokens).rstrip("\n").split("\n"))
+        empty_tail = next((i for i, token in enumerate(reversed(tokens)) if token), len(tokens))
         hint = (f" (its last {empty_tail} line(s) are empty: every line is an entry, as in "
                 "Google's loader; remove the trailing blank line)" if empty_tail and
                 n_vocab - empty_tail == config.vocab_size else "")

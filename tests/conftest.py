@@ -53,3 +53,20 @@ def random_batch(config, batch=3, seq=12, predictions=4, seed=0, pad=True):
                           for _ in range(batch)]).astype("int32")
     return {"input_ids": ids, "input_mask": mask, "segment_ids": segments,
             "masked_lm_positions": positions}
+
+
+def random_feature_table(n=96, seed=0, vocab=99, max_len=48, table_len=None):
+    """A records.FeatureTable of n random single-segment rows of 4..max_len-1 ids, labelled by
+    whether the second id is in the upper half of the vocabulary (learnable, for smoke runs)."""
+    import numpy as np
+
+    from bert_tf.data import records
+
+    rng = np.random.default_rng(seed)
+    feats = []
+    for _ in range(n):
+        length = int(rng.integers(4, max_len))
+        ids = rng.integers(5, vocab, length).tolist()
+        feats.append(dict(input_ids=ids, input_mask=[1] * length, segment_ids=[0] * length,
+                          label_ids=int(ids[1] > vocab // 2)))
+    return records.FeatureTable.from_features(feats, table_len or max_len + 16)

@@ -13,6 +13,33 @@ from tests.conftest import shared
 TINY_GOOGLE = ("checkpoints", "google-tf1-tiny-random")
 
 
+def _script(name, *args):
+    """Run one of the repository's scripts as a user would; the CompletedProcess (text)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, str(REPO / name), *args], env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _extract_rows(tmp_path, text, *flags):
+    """extract_features.py on `text` with the tiny Google checkpoint: its JSON rows."""
+    import json
+
+    path = tmp_path / "input.txt"
+    path.write_text(text, encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    checkpoint = shared(*TINY_GOOGLE) / "bert_model.ckpt"
+    proc = _script("extract_features.py", f"--input_file={path}", f"--output_file={out}",
+                   f"--init_checkpoint={checkpoint}", "--max_seq_length=16", *flags)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
 # ---- 1. A vocabulary file has one id per line, whatever the line holds -----------------------
 
 def _google_load_vocab(path) -> dict:
@@ -146,25 +173,7 @@ def test_extract_features_reads_lines_as_google(tmp_path, name):
 def test_extract_features_script_keeps_empty_lines_as_rows(tmp_path):
     """End to end on the tiny Google checkpoint: "a\\n\\nb\\n" is three rows, the middle one
     [CLS] [SEP]; "jack ||| " is one text whose tokens include the bars."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
-    checkpoint = shared(*TINY_GOOGLE)
-    path = tmp_path / "input.txt"
-    path.write_text("jack\n\nboy\njack ||| \n", encoding="utf-8")
-    out = tmp_path / "out.jsonl"
-    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "extract_features.py"), f"--input_file={path}",
-         f"--output_file={out}", f"--init_checkpoint={checkpoint / 'bert_model.ckpt'}",
-         "--layers=-1", "--max_seq_length=16"],
-        env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    rows = _extract_rows(tmp_path, "jack\n\nboy\njack ||| \n", "--layers=-1")
     tokens = [[f["token"] for f in row["features"]] for row in rows]
     assert [row["linex_index"] for row in rows] == [0, 1, 2, 3]
     assert tokens[:3] == [["[CLS]", "jack", "[SEP]"], ["[CLS]", "[SEP]"],
@@ -381,15 +390,7 @@ def _hf_classifier(directory, id2label, favourite):
 
 
 def _run_classifier(*args):
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
-    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, str(REPO / "run_classifier.py"), *args], env=env,
-                          capture_output=True, text=True, timeout=600)
+    return _script("run_classifier.py", *args)
 
 
 def test_hf_mnli_head_is_read_in_its_own_label_order(tmp_path):
@@ -520,22 +521,5 @@ def test_hf_glue_names_of_binary_labels_are_understood(tmp_path, id2label, favou
 def test_extract_features_default_layers_fit_a_shallow_model(tmp_path):
     """Google's default --layers=-1,-2,-3,-4 asks for more layers than BERT-Tiny has: without
     --layers the script keeps the ones there are instead of refusing."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
-    checkpoint = shared(*TINY_GOOGLE)
-    path = tmp_path / "input.txt"
-    path.write_text("jack works\n", encoding="utf-8")
-    out = tmp_path / "out.jsonl"
-    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "extract_features.py"), f"--input_file={path}",
-         f"--output_file={out}", f"--init_checkpoint={checkpoint / 'bert_model.ckpt'}",
-         "--max_seq_length=16"], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    row = json.loads(out.read_text().splitlines()[0])
+    row = _extract_rows(tmp_path, "jack works\n")[0]
     assert [layer["index"] for layer in row["features"][0]["layers"]] == [-1, -2]

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from tests.conftest import tiny_config
+from tests.conftest import random_feature_table, tiny_config
 
 from bert_tf.data import records  # noqa: E402
 from bert_tf.modeling import BertClassifier  # noqa: E402
@@ -34,14 +34,7 @@ def clean_environment(monkeypatch):
 
 
 def _table(n=48, seed=0, vocab=99, max_len=24):
-    rng = np.random.default_rng(seed)
-    feats = []
-    for _ in range(n):
-        length = int(rng.integers(4, max_len))
-        ids = rng.integers(5, vocab, length).tolist()
-        feats.append(dict(input_ids=ids, input_mask=[1] * length, segment_ids=[0] * length,
-                          label_ids=int(ids[1] > vocab // 2)))
-    return records.FeatureTable.from_features(feats, 32)
+    return random_feature_table(n, seed, vocab, max_len, table_len=32)
 
 
 def _train(output_dir, tracking_uri=None, **overrides):

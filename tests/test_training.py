@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import tiny_config
+from tests.conftest import random_feature_table, tiny_config
 
 from bert_tf.data import records  # noqa: E402
 from bert_tf.modeling import BertClassifier  # noqa: E402
@@ -97,14 +97,7 @@ def test_warmup_then_linear_decay():
 # -- data order -----------------------------------------------------------------------------------
 
 def _table(n=96, seed=0, vocab=99, max_len=48):
-    rng = np.random.default_rng(seed)
-    feats = []
-    for _ in range(n):
-        length = int(rng.integers(4, max_len))
-        ids = rng.integers(5, vocab, length).tolist()
-        feats.append(dict(input_ids=ids, input_mask=[1] * length, segment_ids=[0] * length,
-                          label_ids=int(ids[1] > vocab // 2)))
-    return records.FeatureTable.from_features(feats, max_len + 16)
+    return random_feature_table(n, seed, vocab, max_len)
 
 
 def test_micro_batches_slice_one_global_batch():
