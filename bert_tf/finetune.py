@@ -66,7 +66,7 @@ def train_steps(num_examples: int, args: RunArgs, num_workers: int) -> tuple[int
     return steps, warmup_steps(args, steps)
 
 
-def _train(model, loss_fn, table, args, dist, use_xla, log):
+def _train(model, loss_fn, table, args, dist, use_xla, log, eval_fn=None):
     from bert_tf.data import records
     from bert_tf.training.loop import train
 
@@ -80,7 +80,8 @@ def _train(model, loss_fn, table, args, dist, use_xla, log):
                     "%d accumulation, dtype %s, XLA %s", len(table), steps, warmup, dist.size,
                     args.train_batch_size, args.num_accumulation_steps, args.dtype,
                     "on" if use_xla else "off")
-    return train(model, loss_fn, source, settings, dist, progress=args.progress, log=log)
+    return train(model, loss_fn, source, settings, dist, progress=args.progress, log=log,
+                 eval_fn=eval_fn, eval_every_steps=args.eval_every_steps)
 
 
 # -- GLUE -------------------------------------------------------------------------------------------
@@ -151,29 +152,40 @@ def run_classifier(args: RunArgs) -> dict:
 
     loss_fn = tasks.regression_loss if processor.is_regression else tasks.classification_loss
 
+    def predictions(table, batch_size, progress=args.progress):
+        logits = loop.predict(model, table, batch_size, use_xla=use_xla,
+                              max_seq_length=args.max_seq_length, progress=progress)
+        return logits[:, 0] if processor.is_regression else logits.argmax(-1)
+
+    def evaluate_dev(step=None):
+        """The task's metrics on its dev split(s): {eval_accuracy: ..., eval_examples: ...}
+        (MNLI: dev_matched_eval_accuracy, ...). During training (step given) also logged."""
+        results = {}
+        for split in dev_splits:
+            examples, table = features_for(split)
+            preds = predictions(table, args.eval_batch_size, args.progress and step is None)
+            scores = processor.compute_metrics(table.arrays["label_ids"], preds)
+            prefix = "" if len(dev_splits) == 1 else f"{split}_"
+            results.update({f"{prefix}eval_{k}": float(v) for k, v in scores.items()})
+            results[f"{prefix}eval_examples"] = len(examples)
+        if step is not None:
+            logger.info("step %d: %s", step, ", ".join(
+                f"{k} {v:.4f}" for k, v in results.items() if "examples" not in k))
+        return results
+
     with open_tracking(args, record, dist.is_chief, processor.name) as log:
         summary = {}
         if args.do_train:
             _, table = features_for("train")
-            summary = _train(model, loss_fn, table, args, dist, use_xla, log)
+            summary = _train(model, loss_fn, table, args, dist, use_xla, log,
+                             eval_fn=evaluate_dev if args.eval_every_steps else None)
         elif not restore_trained(model, args.output_dir) and dist.is_chief:
             logger.warning("no fine-tuned checkpoint in %s: evaluating --init_checkpoint as is",
                            args.output_dir)
 
-        def predictions(table, batch_size):
-            logits = loop.predict(model, table, batch_size, use_xla=use_xla,
-                                  max_seq_length=args.max_seq_length, progress=args.progress)
-            return logits[:, 0] if processor.is_regression else logits.argmax(-1)
-
         results = {}
         if args.do_eval and dist.is_chief:
-            for split in dev_splits:
-                examples, table = features_for(split)
-                preds = predictions(table, args.eval_batch_size)
-                scores = processor.compute_metrics(table.arrays["label_ids"], preds)
-                prefix = "" if len(dev_splits) == 1 else f"{split}_"
-                results.update({f"{prefix}eval_{k}": float(v) for k, v in scores.items()})
-                results[f"{prefix}eval_examples"] = len(examples)
+            results.update(evaluate_dev())
             results.update(training_results(summary))
             write_eval_results(args.output_dir, results)
             log.write(results.get("global_step", 0), results, "eval")
@@ -251,31 +263,40 @@ def run_ner(args: RunArgs) -> dict:
         table = FeatureTable.from_features(feats, args.max_seq_length, token_labels=True)
         return sentences, feats, table
 
+    def score(split, progress=args.progress):
+        """(sentences, predicted tags, {split_precision, split_recall, split_f1, split_f1_PER,
+        ...}) on one split."""
+        sentences, feats, table = data_for(split)
+        batch_size = args.eval_batch_size if split == "dev" else args.predict_batch_size
+        logits = loop.predict(model, table, batch_size, use_xla=use_xla,
+                              max_seq_length=args.max_seq_length, progress=progress)
+        predicted = conll.assemble_predictions(feats, logits.argmax(-1), sentences, labels)
+        scores = metrics.entity_scores([s.tags for s in sentences], predicted)
+        results = {f"{split}_{k}": float(scores[k]) for k in ("precision", "recall", "f1")}
+        for etype, values in sorted(scores["per_type"].items()):
+            results[f"{split}_f1_{etype}"] = float(values["f1"])
+        return sentences, predicted, results
+
+    def evaluate_dev(step):
+        results = score("dev", progress=False)[2]
+        logger.info("step %d: dev F1 %.4f", step, results["dev_f1"])
+        return results
+
     with open_tracking(args, record, dist.is_chief, "CoNLL-2003") as log:
         summary = {}
         if args.do_train:
             _, _, table = data_for("train")
             summary = _train(model, tasks.token_classification_loss, table, args, dist,
-                             use_xla, log)
+                             use_xla, log, eval_fn=evaluate_dev if args.eval_every_steps else None)
         elif not restore_trained(model, args.output_dir) and dist.is_chief:
             logger.warning("no fine-tuned checkpoint in %s: evaluating --init_checkpoint as is",
                            args.output_dir)
 
         results = {}
         if dist.is_chief:
-            for split, name in splits:
-                sentences, feats, table = data_for(split)
-                batch_size = args.eval_batch_size if split == "dev" else args.predict_batch_size
-                logits = loop.predict(model, table, batch_size, use_xla=use_xla,
-                                      max_seq_length=args.max_seq_length,
-                                      progress=args.progress)
-                predicted = conll.assemble_predictions(feats, logits.argmax(-1), sentences,
-                                                       labels)
-                scores = metrics.entity_scores([s.tags for s in sentences], predicted)
-                for k in ("precision", "recall", "f1"):
-                    results[f"{split}_{k}"] = float(scores[k])
-                for etype, values in sorted(scores["per_type"].items()):
-                    results[f"{split}_f1_{etype}"] = float(values["f1"])
+            for split, _ in splits:
+                sentences, predicted, scores = score(split)
+                results.update(scores)
                 if args.do_predict:
                     path = os.path.join(args.output_dir, f"{split}_predictions.txt")
                     conll.write_predictions(path, sentences, predicted)

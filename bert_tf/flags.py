@@ -4,37 +4,50 @@ library's argument dataclass. Only scripts import this module."""
 
 from __future__ import annotations
 
+import functools
+
 from absl import flags
 
 
-def define_finetune_flags(default_task: str) -> None:
+class _Into:
+    """absl's DEFINE_* functions bound to one FlagValues (absl.flags.FLAGS for the scripts, a
+    fresh one when a launcher checks a script's flags without running it)."""
+
+    def __init__(self, flag_values=None):
+        self.flag_values = flags.FLAGS if flag_values is None else flag_values
+
+    def __getattr__(self, name):
+        return functools.partial(getattr(flags, name), flag_values=self.flag_values)
+
+
+def define_finetune_flags(default_task: str, flag_values=None) -> None:
     """run_classifier.py / run_ner.py: the engine flags plus the task's."""
-    f = flags
-    define_engine_flags()
+    f = _Into(flag_values)
+    define_engine_flags(flag_values=flag_values)
     f.DEFINE_string("task_name", default_task, "The task to fine-tune.")
     f.DEFINE_string("data_dir", None, "Folder with the task's files (default: download into the "
                     "cache, ~/.cache/bert_tf or $BERT_TF_CACHE).")
     f.DEFINE_bool("do_predict", False, "Predict the test set(s).")
     f.DEFINE_integer("predict_batch_size", 64, "Examples per prediction batch (chief only).")
     f.DEFINE_float("num_train_epochs", 3.0, "Epochs over the training set.")
-    define_tokenizer_flag()
-    flags.DEFINE_alias("task", "task_name")
+    define_tokenizer_flag(flag_values)
+    f.DEFINE_alias("task", "task_name")
 
 
-def define_tokenizer_flag() -> None:
-    flags.DEFINE_bool("reference_tokenizer", False,
+def define_tokenizer_flag(flag_values=None) -> None:
+    _Into(flag_values).DEFINE_bool("reference_tokenizer", False,
                       "Tokenize with the pure-Python FullTokenizer (Google's code, line for line) "
                       "instead of the memoised CachedTokenizer: the same ids, several times "
                       "slower on large sets.")
 
 
-def define_pretraining_flags() -> None:
+def define_pretraining_flags(flag_values=None) -> None:
     """run_pretraining.py: the engine flags (with Google's pre-training defaults) plus the
     records'."""
-    f = flags
+    f = _Into(flag_values)
     # Google's run_pretraining.py defaults: lr 5e-5, batch 32, eval batch 8, 10k warm-up steps of
     # 100k (10%), Adam with weight decay. The two-phase recipe configs set LAMB and its rates.
-    define_engine_flags(eval_batch_size=8)
+    define_engine_flags(eval_batch_size=8, flag_values=flag_values)
     f.DEFINE_string("input_file", None, "Training records of create_pretraining_data.py: "
                     "globs or a comma list.")
     f.DEFINE_string("eval_input_file", None, "Held-out records for --do_eval (default: "
@@ -47,8 +60,6 @@ def define_pretraining_flags() -> None:
                      "workers), so a published global batch is reached on any worker count.")
     f.DEFINE_integer("max_eval_steps", 100, "Evaluation batches at most (0: all held-out "
                      "records).")
-    f.DEFINE_integer("eval_every_steps", 0, "With --do_eval, also evaluate every N steps "
-                     "during training (the held-out curve in metrics.jsonl).")
     f.DEFINE_integer("shuffle_buffer_size", 10000, "Records in the shuffle buffer.")
     f.DEFINE_float("masked_lm_prob", 0.15, "Records written with --dynamic_masking only: the "
                    "fraction of tokens to mask, drawn afresh every epoch.")
@@ -61,9 +72,10 @@ def define_pretraining_flags() -> None:
 
 def define_engine_flags(learning_rate: float = 5e-5, train_batch_size: int = 32,
                         max_seq_length: int = 128, warmup_proportion: float = 0.1,
-                        optimizer: str = "adamw", eval_batch_size: int = 64) -> None:
+                        optimizer: str = "adamw", eval_batch_size: int = 64,
+                        flag_values=None) -> None:
     """The training engine's flags, the same in every training script (defaults per script)."""
-    f = flags
+    f = _Into(flag_values)
     f.DEFINE_string("output_dir", None, "Where checkpoints, metrics.jsonl, TensorBoard events, "
                     "eval_results.txt and predictions are written.")
     f.DEFINE_string("bert_config_file", None,
@@ -90,6 +102,9 @@ def define_engine_flags(learning_rate: float = 5e-5, train_batch_size: int = 32,
                      "adding workers.")
     f.DEFINE_integer("eval_batch_size", eval_batch_size,
                      "Examples per evaluation batch (chief only).")
+    f.DEFINE_integer("eval_every_steps", 0, "With --do_train and --do_eval, also evaluate on the "
+                     "dev / held-out set every N optimizer steps during training (logged as "
+                     "eval/..., the curve a sweep stops bad runs on); 0: only at the end.")
     f.DEFINE_float("learning_rate", learning_rate, "Peak learning rate (after warm-up).")
     f.DEFINE_float("warmup_proportion", warmup_proportion, "Fraction of steps with linear warm-up.")
     f.DEFINE_integer("num_warmup_steps", None, "Warm-up steps (overrides warmup_proportion).")
@@ -123,6 +138,26 @@ def define_engine_flags(learning_rate: float = 5e-5, train_batch_size: int = 32,
                     "experiment and run are used whatever this says.")
     f.DEFINE_string("experiment_name", None, "MLflow experiment (default: the task, e.g. MRPC, "
                     "CoNLL-2003, pretraining).")
+
+
+SCRIPTS = ("run_classifier.py", "run_ner.py", "run_pretraining.py")
+
+
+def script_flags(script: str):
+    """A fresh absl FlagValues holding the flags `script` (one of SCRIPTS) defines, to check a
+    command line for it without running it (e.g. `fv(["prog", "--learning_rate=1e-5"])`).
+    Raises ValueError for another script."""
+    fv = flags.FlagValues()
+    name = script.replace("\\", "/").rsplit("/", 1)[-1]
+    if name == "run_classifier.py":
+        define_finetune_flags("MRPC", fv)
+    elif name == "run_ner.py":
+        define_finetune_flags("conll2003", fv)
+    elif name == "run_pretraining.py":
+        define_pretraining_flags(fv)
+    else:
+        raise ValueError(f"unknown script {script!r}: one of {', '.join(SCRIPTS)}")
+    return fv
 
 
 def run_args(FLAGS, cls=None):

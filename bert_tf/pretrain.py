@@ -35,7 +35,6 @@ class PretrainArgs(EngineArgs):
     num_train_steps: int = 100000
     global_batch_size: int | None = None
     max_eval_steps: int = 100
-    eval_every_steps: int = 0
     shuffle_buffer_size: int = 10000
     export: str = ""
     masked_lm_prob: float = 0.15
@@ -73,8 +72,8 @@ def check_args(args: PretrainArgs) -> None:
                          f"--max_seq_length={args.max_seq_length}")
     if args.do_train and args.num_train_steps < 1:
         raise UsageError(f"--num_train_steps={args.num_train_steps} must be at least 1")
-    if args.max_eval_steps < 0 or args.eval_every_steps < 0:
-        raise UsageError("--max_eval_steps and --eval_every_steps must be >= 0")
+    if args.max_eval_steps < 0:
+        raise UsageError(f"--max_eval_steps={args.max_eval_steps} must be >= 0")
     if args.shuffle_buffer_size < 1:
         raise UsageError(f"--shuffle_buffer_size={args.shuffle_buffer_size} must be at least 1")
     if not 0 < args.masked_lm_prob < 1:

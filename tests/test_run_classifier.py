@@ -213,7 +213,8 @@ def test_run_ner_end_to_end(tmp_path, tiny_bert):
     out = tmp_path / "ner"
     proc = run_script([f"--data_dir={data}", f"--init_checkpoint={tiny_bert}",
                        f"--output_dir={out}", "--max_seq_length=32", "--do_train", "--do_eval",
-                       "--do_predict", "--num_train_epochs=1", "--train_batch_size=16"],
+                       "--do_predict", "--num_train_epochs=1", "--train_batch_size=16",
+                       "--eval_every_steps=2"],
                       script=str(REPO / "run_ner.py"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "eval_results.json").read_text())
@@ -241,6 +242,47 @@ def test_run_ner_end_to_end(tmp_path, tiny_bert):
     history = sorted(client.get_metric_history(run.info.run_id, "train/loss"),
                      key=lambda m: m.step)
     assert [(m.step, m.value) for m in history] == [(r["step"], r["loss"]) for r in train_rows]
+    # --eval_every_steps=2: dev F1 at steps 2, 4, ... before the end, then the final one.
+    last = results["global_step"]
+    dev_f1 = sorted(client.get_metric_history(run.info.run_id, "eval/dev_f1"),
+                    key=lambda m: m.step)
+    assert [m.step for m in dev_f1] == list(range(2, last, 2)) + [last]
+    assert dev_f1[-1].value == results["dev_f1"]
+
+
+def test_eval_every_steps_logs_the_dev_metric_during_training(tmp_path, tiny_bert):
+    """The curve a sweep prunes on: the task's metric on dev every N steps, under the names the
+    final evaluation uses, in metrics.jsonl and MLflow; the flag needs --do_train and --do_eval."""
+    data = tmp_path / "mrpc"
+    data.mkdir()
+    train = shared("glue", "MRPC", "train.tsv").read_text().splitlines()
+    (data / "train.tsv").write_text("\n".join(train[:129]) + "\n")  # header + 128 pairs
+    shutil.copy(shared("glue", "MRPC", "dev.tsv"), data / "dev.tsv")
+    out = tmp_path / "out"
+    proc = run_script(base_args(tiny_bert, out, data=data) + [
+        "--do_train", "--do_eval", "--num_train_epochs=2", "--train_batch_size=32",
+        "--eval_every_steps=3", "--max_seq_length=32"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["global_step"] == 8
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if r["split"] == "eval"]
+    assert [r["step"] for r in evals] == [3, 6, 8]
+    for r in evals:
+        assert 0 <= r["eval_accuracy"] <= 1 and 0 <= r["eval_f1"] <= 1
+        assert r["eval_examples"] == 408
+    assert evals[-1]["eval_accuracy"] == results["eval_accuracy"]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("MRPC").experiment_id])
+    history = client.get_metric_history(run.info.run_id, "eval/eval_accuracy")
+    assert sorted((m.step, m.value) for m in history) == [
+        (r["step"], r["eval_accuracy"]) for r in evals]
+    bad = run_script(base_args(tiny_bert, tmp_path / "bad", data=data) + [
+        "--do_train", "--eval_every_steps=3"])
+    assert bad.returncode == 2 and "--eval_every_steps=3" in bad.stderr
+    assert "--do_eval" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_run_classifier_under_horovodrun(tmp_path, tiny_bert):

@@ -38,6 +38,7 @@ class EngineArgs:
     do_eval: bool = False
     train_batch_size: int = 32  # per worker, per micro-batch
     eval_batch_size: int = 64
+    eval_every_steps: int = 0  # with do_train and do_eval: also evaluate every N steps
     learning_rate: float = 5e-5
     warmup_proportion: float = 0.1
     num_warmup_steps: int | None = None
@@ -100,6 +101,12 @@ def check_engine_args(args: EngineArgs) -> None:
                          "least 1")
     if args.keep_checkpoint_max < 1:
         raise UsageError(f"--keep_checkpoint_max={args.keep_checkpoint_max} must be at least 1")
+    if args.eval_every_steps < 0:
+        raise UsageError(f"--eval_every_steps={args.eval_every_steps} must be >= 0 (0: evaluate "
+                         "only at the end)")
+    if args.eval_every_steps and not (args.do_train and args.do_eval):
+        raise UsageError(f"--eval_every_steps={args.eval_every_steps} evaluates during training: "
+                         "it needs both --do_train and --do_eval")
 
 
 def setup_runtime(args: EngineArgs):
