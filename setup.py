@@ -36,6 +36,9 @@ setup(
         "mlflow-skinny",
         "sqlalchemy",
         "alembic",
+        "pyyaml",  # search-space files (bert_tf.sweeps)
+        "optuna",  # local sweeps (bert_tf.tune)
+        "matplotlib",  # sweep plots
     ],
     extras_require={
         # Test and benchmark peers: never imported by the library.
@@ -43,8 +46,11 @@ setup(
             "pytest",
             "torch==2.13.0",  # CPU build; the machine image ships this wheel
             "transformers<5",
+            # azure/submit.py's --dry-run is tested offline against the SDK itself.
+            "azure-ai-ml",
+            "azure-identity",
         ],
-        "tracking": ["mlflow", "optuna"],  # mlflow: the full package, with `mlflow ui`
+        "tracking": ["mlflow"],  # the full package, with `mlflow ui`
         "azure": ["azure-ai-ml", "azure-identity", "mlflow", "azureml-mlflow"],
     },
 )

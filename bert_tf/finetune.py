@@ -29,9 +29,11 @@ class RunArgs(EngineArgs):
     do_predict: bool = False
     predict_batch_size: int = 64
     num_train_epochs: float = 3.0
+    max_train_examples: int = 0
     reference_tokenizer: bool = False
 
-    identity_flags = ("task_name", "num_train_epochs") + EngineArgs.identity_flags
+    identity_flags = ("task_name", "num_train_epochs",
+                      "max_train_examples") + EngineArgs.identity_flags
 
 
 def check_args(args: RunArgs) -> None:
@@ -45,6 +47,8 @@ def check_args(args: RunArgs) -> None:
         raise UsageError("batch sizes must be at least 1")
     if args.do_train and args.num_train_epochs <= 0:
         raise UsageError(f"--num_train_epochs={args.num_train_epochs} must be positive")
+    if args.max_train_examples < 0:
+        raise UsageError(f"--max_train_examples={args.max_train_examples} must be >= 0 (0: all)")
 
 
 def train_steps(num_examples: int, args: RunArgs, num_workers: int) -> tuple[int, int]:
@@ -123,6 +127,9 @@ def run_classifier(args: RunArgs) -> dict:
         (test_splits if args.do_predict else [])
     examples_of = {(proc.name, split): proc.get_examples(data_dir, split)
                    for split, proc in needed}
+    if args.do_train and args.max_train_examples:
+        key = (processor.name, "train")
+        examples_of[key] = examples_of[key][:args.max_train_examples]
     dist, use_xla = setup_runtime(args)
     if args.do_train:  # at least one step, before anything is written
         train_steps(len(examples_of[(processor.name, "train")]), args, dist.size)
@@ -142,10 +149,10 @@ def run_classifier(args: RunArgs) -> dict:
 
     def features_for(split, proc=processor):
         path = proc.split_path(data_dir, split)
+        examples = examples_of[(proc.name, split)]
         key = {"task": proc.name, "split": split, "file": file_key(path),
                "vocab": file_key(assets.vocab_file), "lower": assets.do_lower_case,
-               "max_seq_length": args.max_seq_length}
-        examples = examples_of[(proc.name, split)]
+               "max_seq_length": args.max_seq_length, "examples": len(examples)}
         feats = cached(cache_dir, key, lambda: glue.convert_examples_to_features(
             examples, labels, args.max_seq_length, tokenizer, processor.is_regression))
         return examples, FeatureTable.from_features(feats, args.max_seq_length, label_dtype)
@@ -231,6 +238,8 @@ def run_ner(args: RunArgs) -> dict:
              ([("test", "test")] if args.do_predict or args.do_eval else [])
     sentences_of = {split: conll.load_split(args.data_dir, split) for split in
                     (["train"] if args.do_train else []) + [split for split, _ in splits]}
+    if args.do_train and args.max_train_examples:
+        sentences_of["train"] = sentences_of["train"][:args.max_train_examples]
     known = set(labels)
     for split, sentences in sentences_of.items():
         path = os.path.join(args.data_dir, conll.SPLIT_FILES[split])
@@ -255,8 +264,8 @@ def run_ner(args: RunArgs) -> dict:
         path = os.path.join(args.data_dir, conll.SPLIT_FILES[split])
         key = {"task": "conll2003", "split": split, "file": file_key(path) if
                os.path.exists(path) else path, "vocab": file_key(assets.vocab_file),
-               "lower": assets.do_lower_case, "max_seq_length": args.max_seq_length}
-
+               "lower": assets.do_lower_case, "max_seq_length": args.max_seq_length,
+               "examples": len(sentences_of[split])}
         sentences = sentences_of[split]
         feats = cached(cache_dir, key, lambda: conll.convert_sentences_to_features(
             sentences, labels, args.max_seq_length, tokenizer))

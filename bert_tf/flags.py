@@ -30,6 +30,8 @@ def define_finetune_flags(default_task: str, flag_values=None) -> None:
     f.DEFINE_bool("do_predict", False, "Predict the test set(s).")
     f.DEFINE_integer("predict_batch_size", 64, "Examples per prediction batch (chief only).")
     f.DEFINE_float("num_train_epochs", 3.0, "Epochs over the training set.")
+    f.DEFINE_integer("max_train_examples", 0, "Train on the first N examples of the training "
+                     "set only (quick runs, sweeps on a slice); 0: all of them.")
     define_tokenizer_flag(flag_values)
     f.DEFINE_alias("task", "task_name")
 
