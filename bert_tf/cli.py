@@ -28,7 +28,6 @@ _KNOWN_ERRORS = (
     ("bert_tf.checkpoints", "CheckpointError"),
     ("bert_tf.data.glue", "DataError"),
     ("bert_tf.training.loop", "TrainingError"),
-    ("bert_tf.checkpoints.presets", "PresetError"),
     # Every download error: bert_tf.data.download's DownloadError is this class, and the presets'
     # DownloadError / ArchiveError derive from it.
     ("bert_tf.downloads", "DownloadError"),

@@ -1,16 +1,14 @@
 """Downloads into the bert_tf cache, shared by checkpoint presets and GLUE data.
 
-A destination in the cache either exists complete or not at all: `building(dest)` takes the lock
-`.<name>.lock` beside it (filelock; processes sharing a cache, e.g. the Horovod ranks of one
-machine, wait there, then find `dest` complete) and yields a temporary folder beside it; `fetch`
-downloads into that folder with pooch, which streams to a temporary file and renames it only once
-the body arrived in full and matched its SHA-256; `extract` unpacks there; `publish` renames the
-result to `dest`. Everything else is deleted on the way out, also when a step fails.
+A destination in the cache either exists complete or not at all: `cached(dest, complete, build)`
+takes the lock `.<name>.lock` beside it (filelock; processes sharing a cache, e.g. the Horovod
+ranks of one machine, wait there, then find `dest` complete) and builds in a temporary folder
+beside it: `fetch` downloads with pooch, which streams to a temporary file and renames it only
+once the body arrived in full and matched its SHA-256; `extract` unpacks; one rename publishes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import gzip
 import logging
@@ -24,7 +22,7 @@ import urllib.request
 import zipfile
 import zlib
 from pathlib import Path, PureWindowsPath
-from typing import Iterator
+from typing import Callable
 
 import filelock
 import pooch
@@ -33,6 +31,7 @@ import requests
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "BERT_TF_CACHE"
+pooch.get_logger().setLevel(logging.WARNING)  # its INFO lines advise on pooch's own API
 
 
 class DownloadError(RuntimeError):
@@ -53,11 +52,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or "~/.cache/bert_tf").expanduser()
 
 
-@contextlib.contextmanager
-def building(dest: str | os.PathLike) -> Iterator[Path]:
-    """Hold the lock of `dest` and yield a fresh temporary folder beside it, deleted on exit (as
-    are those a killed process left). The caller first checks whether `dest` is now complete."""
+def cached(dest: str | os.PathLike, complete: Callable[[Path], bool],
+           build: Callable[[Path], Path]) -> Path:
+    """`dest`, built first unless `complete(dest)`: under the lock `.<name>.lock` beside it,
+    `build(tmp)` fills a fresh temporary folder beside `dest` and returns the folder (in it) to
+    publish, which is renamed to `dest` (replacing an incomplete one). Whatever fails, the
+    temporary folder (and any a killed process left) is deleted and `dest` is untouched.
+    Processes waiting for the lock find `dest` complete afterwards and build nothing."""
     dest = Path(dest)
+    if complete(dest):  # no lock, no write, no request
+        return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(dest.parent / f".{dest.name}.lock")
     try:
@@ -66,22 +70,21 @@ def building(dest: str | os.PathLike) -> Iterator[Path]:
         logger.warning("Waiting for another process to finish %s (lock %s).", dest, lock.lock_file)
         lock.acquire()
     try:
+        if complete(dest):
+            return dest
         for old in dest.parent.glob(f".{glob.escape(dest.name)}.*.tmp"):
             shutil.rmtree(old, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
         try:
-            yield tmp
+            result = build(tmp)
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.rename(result, dest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     finally:
         lock.release()
-
-
-def publish(src: Path, dest: Path) -> None:
-    """Rename the finished folder `src` to `dest` inside `building`, replacing an incomplete one."""
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.rename(src, dest)
+    return dest
 
 
 def _copy_file_url(url: str, output_file: str, _pooch) -> None:
@@ -111,9 +114,6 @@ def fetch(url: str, folder: str | os.PathLike, *, sha256: str | None = None, adv
     name = os.path.basename(urllib.parse.urlparse(url).path) or "download"
     downloader = (_copy_file_url if url.startswith("file:") else pooch.HTTPDownloader(
         progressbar=progress, timeout=timeout, chunk_size=1 << 20))
-    pooch_logger = pooch.get_logger()
-    level = pooch_logger.level
-    pooch_logger.setLevel(logging.WARNING)  # its INFO lines advise pooch's own API
     logger.info("Downloading %s", url)
     try:
         return Path(pooch.retrieve(url, sha256 and f"sha256:{sha256}", fname=name, path=folder,
@@ -127,8 +127,6 @@ def fetch(url: str, folder: str | os.PathLike, *, sha256: str | None = None, adv
     except ValueError as e:  # pooch: a hash mismatch, or a URL scheme it does not know
         reason = (f"its SHA-256 is not {sha256}, so it was deleted" if sha256 and "hash" in str(e)
                   else str(e))
-    finally:
-        pooch_logger.setLevel(level)
     raise DownloadError(f"could not download {url}: {reason}. {advice}".strip())
 
 
@@ -144,14 +142,15 @@ def _tar_filter(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
     return tarfile.data_filter(member, path)
 
 
-def extract(archive: str | os.PathLike, dest: str | os.PathLike, source: str | None = None):
+def extract(archive: str | os.PathLike, dest: str | os.PathLike, source: str | None = None,
+            advice: str = ""):
     """Unpack the zip or tar (plain, gz, bz2 or xz; recognised by content) `archive` into `dest`.
 
     Members with an absolute name or a `..` part are refused (UnsafeArchiveError, naming `source`
     or the archive), as are zip symlinks; tar members also pass tarfile's "data" filter, which
     refuses links pointing outside `dest`, device files and FIFOs. Zips are checked in full
-    first; tars as they stream, so extract into a folder from `building`, deleted on error.
-    ArchiveError: neither format, or corrupt.
+    first; tars as they stream, so extract into a folder of `cached`'s, deleted on error.
+    ArchiveError: neither format, or corrupt. Messages end with `advice`.
     """
     source = source or os.fspath(archive)
     try:
@@ -168,7 +167,8 @@ def extract(archive: str | os.PathLike, dest: str | os.PathLike, source: str | N
         else:
             raise ArchiveError("it is neither a zip nor a tar archive")
     except (UnsafeArchiveError, tarfile.FilterError) as e:
-        raise UnsafeArchiveError(f"refusing to unpack {source}: {e}") from None
+        raise UnsafeArchiveError(f"refusing to unpack {source}: {e}; nothing was kept. "
+                                 f"{advice}".strip()) from None
     except (ArchiveError, zipfile.BadZipFile, tarfile.TarError, EOFError, gzip.BadGzipFile,
             zlib.error) as e:
-        raise ArchiveError(f"cannot unpack {source}: {e}") from e
+        raise ArchiveError(f"cannot unpack {source}: {e}; nothing was kept. {advice}".strip()) from e

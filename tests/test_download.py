@@ -100,7 +100,9 @@ def test_cache_and_mirror_from_environment(server, tmp_path, shared_data, monkey
     zip_folder(shared_data("glue", "RTE"), root / "RTE.zip", "RTE")
     monkeypatch.setenv("BERT_TF_CACHE", str(tmp_path / "env-cache"))
     monkeypatch.setenv("BERT_TF_GLUE_BASE_URL", base_url + "/")
-    assert download.default_cache_dir() == str(tmp_path / "env-cache")
+    from bert_tf import downloads
+
+    assert downloads.cache_dir() == tmp_path / "env-cache"
     data_dir = download.ensure_glue_data("RTE")
     assert data_dir == str(tmp_path / "env-cache" / "glue" / "RTE")
     assert requests == ["/RTE.zip"]

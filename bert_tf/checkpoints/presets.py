@@ -1,40 +1,27 @@
-"""Named checkpoint presets: Google's released BERT checkpoints, fetched once into a cache.
+"""Named checkpoint presets: Google's released BERT checkpoints, fetched once into the cache.
 
-    from bert_tf.checkpoints.presets import resolve
-    ckpt_dir = resolve("bert-base-uncased")   # downloads ~400 MB the first time
-    ckpt_dir = resolve("/data/my_bert")       # an existing path comes back unchanged
+    resolve("bert-base-uncased")   # downloads ~400 MB the first time; returns the folder
+    resolve("/data/my_bert")       # an existing path comes back unchanged
 
-Cache: the `cache_dir` argument, else `$BERT_TF_CACHE`, else `~/.cache/bert_tf`. A preset lives
-in `<cache>/<preset name>/` (with the archive's own top folder, if any), which appears by one
-rename once the archive was downloaded, checked and unpacked; later calls read the disk only.
-Processes sharing a cache (e.g. Horovod ranks) download once (see bert_tf.downloads).
-
-Mirrors: `$BERT_TF_PRESET_BASE_URL` (or the `base_url` argument) replaces the prefix
-`https://storage.googleapis.com/bert_models/` of every preset URL, keeping the rest of the path:
-with `https://mirror.example.org/bert/`, `bert-tiny` is fetched from
-`https://mirror.example.org/bert/2020_02_20/uncased_L-2_H-128_A-2.zip`. `file://` URLs work too,
-for a mirror on a shared file system. Without network access, download the zip by hand, unpack
-it anywhere and pass that directory instead (`--init_checkpoint=/path/to/uncased_L-12_H-768_A-12`).
-
-Archives (.zip, .tar.gz/.tgz/.tar, recognised by content) with absolute member names, `..`
-parts, links pointing outside or device files are refused and nothing is kept. This module never
-imports TensorFlow.
+A preset lives in `<cache>/<name>/` (the `cache_dir` argument, else `$BERT_TF_CACHE`, else
+`~/.cache/bert_tf`), complete or absent, downloaded once by processes sharing the cache (see
+bert_tf.downloads). `$BERT_TF_PRESET_BASE_URL` (or `base_url`) replaces the prefix
+`https://storage.googleapis.com/bert_models/` of every preset URL and keeps the rest: an http(s)
+mirror or a `file://` folder. Offline, unpack the zip anywhere and pass that folder instead
+(`--init_checkpoint=/path/to/uncased_L-12_H-768_A-12`). Never imports TensorFlow.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import glob
 import os
 from pathlib import Path
 
 from bert_tf import downloads
-from bert_tf.downloads import CACHE_ENV
+from bert_tf.downloads import CACHE_ENV, ArchiveError, DownloadError, UnsafeArchiveError  # noqa
 
-__all__ = ["GOOGLE_BASE_URL", "BASE_URL_ENV", "CACHE_ENV", "REQUIRED_FILES", "Preset", "PRESETS",
-           "PresetError", "DownloadError", "ArchiveError", "UnsafeArchiveError",
-           "default_cache_dir", "preset_url", "resolve", "find_checkpoint_dir"]
+PresetError = DownloadError  # any failure to fetch or unpack a preset (the CLI's clean exit)
 
 GOOGLE_BASE_URL = "https://storage.googleapis.com/bert_models/"
 BASE_URL_ENV = "BERT_TF_PRESET_BASE_URL"
@@ -46,20 +33,17 @@ _DATA_SHARDS = "bert_model.ckpt.data-*"
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
-    """One released checkpoint. `size` (bytes) and `sha256` (hex) of the archive are checked when
-    known; None means unknown: then only Content-Length, the archive's own checksums (zip CRCs,
-    gzip) and the required checkpoint files are."""
+    """One released checkpoint. The archive's `sha256` (hex) is checked when known; None: only
+    Content-Length, the archive's own checksums (zip CRCs, gzip) and the required files are.
+    Google publishes no digests and none is recorded here unverified."""
 
     name: str
     url: str
     do_lower_case: bool
     description: str
-    size: int | None = None
     sha256: str | None = None
 
 
-# Byte sizes and SHA-256 digests of Google's zips are NOT recorded here: Google publishes none,
-# and we have not verified any ourselves. Fill in `size`/`sha256` once measured from a trusted copy.
 PRESETS: dict[str, Preset] = {
     name: Preset(name, GOOGLE_BASE_URL + path, do_lower_case, description)
     for name, path, do_lower_case, description in (
@@ -81,25 +65,6 @@ PRESETS: dict[str, Preset] = {
          "BERT-Medium, uncased: 8 layers, hidden 512, 8 heads (Turc et al. 2019)"),
     )
 }
-
-
-class PresetError(RuntimeError):
-    """Fetching or unpacking a preset failed."""
-
-
-class DownloadError(PresetError, downloads.DownloadError):
-    """The download failed, was cut short, or did not match what was expected."""
-
-
-class ArchiveError(PresetError, downloads.ArchiveError):
-    """The archive is corrupt or does not hold a Google BERT checkpoint."""
-
-
-class UnsafeArchiveError(ArchiveError, downloads.UnsafeArchiveError):
-    """An archive member would escape the extraction directory or is not a plain file."""
-
-
-default_cache_dir = downloads.cache_dir  # `$BERT_TF_CACHE`, else `~/.cache/bert_tf` (a Path)
 
 
 def _known_presets() -> str:
@@ -127,21 +92,15 @@ def _what_to_do(url: str) -> str:
 def resolve(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
             progress: bool = True, *, base_url: str | None = None,
             timeout: float = 60.0) -> str:
-    """Turn a preset name or a path into a local checkpoint location.
+    """A preset name or a path -> a local checkpoint location.
 
-    An existing path (or a TF checkpoint prefix whose `.index` file exists) is returned
-    unchanged. A preset name is downloaded and extracted into the cache once, and the
-    directory holding `bert_config.json`, `vocab.txt` and `bert_model.ckpt.index` is
-    returned. An unknown name raises ValueError; a failed download DownloadError, a corrupt
-    or unsafe archive ArchiveError / UnsafeArchiveError (all PresetError, nothing kept).
-
-    Args:
-      name_or_path: a key of PRESETS, or a path.
-      cache_dir: where presets are kept; default `$BERT_TF_CACHE`, else `~/.cache/bert_tf`.
-      progress: show a tqdm progress bar on stderr while downloading.
-      base_url: replaces `https://storage.googleapis.com/bert_models/` in the preset URL;
-        default `$BERT_TF_PRESET_BASE_URL`.
-      timeout: seconds a connect or a single read may block.
+    An existing path (or a TF checkpoint prefix whose `.index` exists) comes back unchanged. A
+    preset (a key of PRESETS) is downloaded and unpacked into the cache once; the folder holding
+    its bert_config.json, vocab.txt and bert_model.ckpt.* is returned. progress: a tqdm bar on
+    stderr; base_url: see the module doc; timeout: seconds a connect or one read may block.
+    Raises ValueError for an unknown name, DownloadError for a failed, cut short or mismatched
+    download, ArchiveError / UnsafeArchiveError for an archive that is corrupt, not a
+    checkpoint, or would escape its folder; one line naming the URL and what to do, nothing kept.
     """
     path = os.fspath(name_or_path)
     if os.path.exists(path) or (path and os.path.exists(path + ".index")):
@@ -151,37 +110,31 @@ def resolve(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None
         raise ValueError(
             f"{path!r} is neither an existing path nor a known checkpoint preset. Known "
             f"presets:\n{_known_presets()}\nOtherwise pass the path to a checkpoint directory "
-            "(holding bert_config.json, vocab.txt, bert_model.ckpt.*) or checkpoint prefix."
-        )
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    final = cache / preset.name
-    with contextlib.suppress(ArchiveError):  # no lock, no write, no request
-        return find_checkpoint_dir(final)
-
+            "(holding bert_config.json, vocab.txt, bert_model.ckpt.*) or checkpoint prefix.")
     url = preset_url(preset.name, base_url)
-    with downloads.building(final) as tmp:
-        with contextlib.suppress(ArchiveError):  # another process finished while we waited
-            return find_checkpoint_dir(final)
+    advice = _what_to_do(url)
+
+    def build(tmp):
+        archive = downloads.fetch(url, tmp, sha256=preset.sha256, advice=advice,
+                                  progress=progress, timeout=timeout)
+        downloads.extract(archive, tmp / "unpacked", source=url, advice=advice)
         try:
-            archive = downloads.fetch(url, tmp, sha256=preset.sha256, advice=_what_to_do(url),
-                                      progress=progress, timeout=timeout)
-            if preset.size is not None and archive.stat().st_size != preset.size:
-                raise downloads.DownloadError(
-                    f"{url} sent {archive.stat().st_size} bytes, expected {preset.size}; nothing "
-                    f"was kept. {_what_to_do(url)}")
-            downloads.extract(archive, tmp / "unpacked", source=url)
             find_checkpoint_dir(tmp / "unpacked")
-        except downloads.ArchiveError as e:
-            unsafe = isinstance(e, downloads.UnsafeArchiveError)
-            advice = (f"Check that {url} (mind {BASE_URL_ENV}) serves Google's checkpoint."
-                      if unsafe else _what_to_do(url))
-            raise (UnsafeArchiveError if unsafe else ArchiveError)(
-                f"The archive downloaded from {url} was rejected: {e}. Nothing was kept. "
-                f"{advice}") from e
-        except downloads.DownloadError as e:
-            raise DownloadError(str(e)) from e
-        downloads.publish(tmp / "unpacked", final)
-    return find_checkpoint_dir(final)
+        except ArchiveError as e:
+            raise ArchiveError(f"the archive from {url} is not a Google BERT checkpoint: {e}; "
+                               f"nothing was kept. {advice}") from None
+        return tmp / "unpacked"
+
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else downloads.cache_dir()
+    return find_checkpoint_dir(downloads.cached(cache / preset.name, _complete, build))
+
+
+def _complete(folder: Path) -> bool:
+    try:
+        find_checkpoint_dir(folder)
+        return True
+    except ArchiveError:
+        return False
 
 
 def find_checkpoint_dir(root: str | os.PathLike) -> str:

@@ -1,16 +1,13 @@
-"""Download a GLUE task's data into a local cache (used when --data_dir is not given).
+"""Download a GLUE task's data into the cache (when --data_dir is not given).
 
-Sources are those of GLUE's own download script: https://dl.fbaipublicfiles.com/glue/data/ for
-the task zips (each holds a <TASK>/ folder) and AX.tsv; for MRPC, SentEval's copies of the MSR
-paraphrase files (.../senteval/senteval_data/msr_paraphrase_{train,test}.txt) and GLUE's dev pair
-list (glue/data/mrpc_dev_ids.tsv), from which GLUE's train.tsv / dev.tsv / test.tsv are built.
+Sources are GLUE's own download script's: the task zips (each with a <TASK>/ folder) and AX.tsv
+under https://dl.fbaipublicfiles.com/glue/data/; for MRPC, SentEval's copies of the MSR paraphrase
+files and GLUE's dev pair list, from which GLUE's train/dev/test.tsv are built. Layout:
+<cache>/glue/<TASK>/ (cache: `cache_dir`, else $BERT_TF_CACHE, else ~/.cache/bert_tf), complete
+or absent, downloaded once by processes sharing it (bert_tf.downloads). A mirror serving all the
+files flat under one URL: the `base_url` argument or $BERT_TF_GLUE_BASE_URL.
 
-Layout: <cache>/glue/<TASK>/; the cache is the `cache_dir` argument, else $BERT_TF_CACHE, else
-~/.cache/bert_tf. A mirror serving all those files flat under one URL replaces both sources
-through the `base_url` argument or $BERT_TF_GLUE_BASE_URL. A task folder appears only once
-complete, and processes sharing the cache download once (see bert_tf.downloads).
-
-Command line: python -m bert_tf.data.download MRPC [RTE ...] [--cache_dir DIR] [--base_url URL]
+Command line: python -m bert_tf.data.download MRPC [RTE ...]
 """
 from __future__ import annotations
 
@@ -21,9 +18,6 @@ from bert_tf import downloads
 from bert_tf.data import glue
 from bert_tf.downloads import DownloadError
 
-__all__ = ["DownloadError", "GLUE_BASE_URL", "SENTEVAL_BASE_URL", "BASE_URL_ENV",
-           "default_cache_dir", "download_glue", "ensure_glue_data", "build_mrpc"]
-
 GLUE_BASE_URL = "https://dl.fbaipublicfiles.com/glue/data"
 SENTEVAL_BASE_URL = "https://dl.fbaipublicfiles.com/senteval/senteval_data"
 BASE_URL_ENV = "BERT_TF_GLUE_BASE_URL"
@@ -32,12 +26,6 @@ BASE_URL_ENV = "BERT_TF_GLUE_BASE_URL"
 _ZIPS = {"CoLA": "CoLA.zip", "SST-2": "SST-2.zip", "QQP": "QQP-clean.zip", "STS-B": "STS-B.zip",
          "MNLI": "MNLI.zip", "QNLI": "QNLIv2.zip", "RTE": "RTE.zip", "WNLI": "WNLI.zip"}
 _MRPC_FILES = ("msr_paraphrase_train.txt", "msr_paraphrase_test.txt", "mrpc_dev_ids.tsv")
-_TIMEOUT = 60  # seconds a connect or one read may block
-
-
-def default_cache_dir() -> str:
-    """`$BERT_TF_CACHE`, else `~/.cache/bert_tf`."""
-    return str(downloads.cache_dir())
 
 
 def _advice(task: str) -> str:
@@ -87,57 +75,40 @@ def build_mrpc(folder: str, train_txt: str, test_txt: str, dev_ids_tsv: str) -> 
 
 def download_glue(task: str, cache_dir: str | None = None, base_url: str | None = None,
                   progress: bool = True) -> str:
-    """The folder holding a GLUE task's files, downloading them first if the cache lacks them.
-
-    task: any name get_processor accepts (MRPC, mnli-mm, sts-b, AX...). Returns
-    <cache>/glue/<TASK>, which is what --data_dir would point at. base_url: default
-    $BERT_TF_GLUE_BASE_URL, else GLUE's and SentEval's servers. Raises DownloadError (one line
-    naming the URL and what to do) when a file cannot be fetched or unpacked."""
+    """The folder holding a GLUE task's files (what --data_dir would be), downloaded first if
+    the cache lacks them. task: any name get_processor accepts (MRPC, mnli-mm, AX...). Raises
+    DownloadError (one line naming the URL and what to do) when a file cannot be fetched or
+    unpacked or does not hold the task's files."""
     processor = glue.get_processor(task)
     name = processor.data_name
-    final = Path(cache_dir or default_cache_dir(), "glue", name)
-    if _complete(final, processor):
-        return str(final)
     base_url = base_url or os.environ.get(BASE_URL_ENV)
 
-    def url(filename, default_base=GLUE_BASE_URL):
-        return f"{(base_url or default_base).rstrip('/')}/{filename}"
-
     def fetch(filename, folder, default_base=GLUE_BASE_URL):
-        return downloads.fetch(url(filename, default_base), folder, advice=_advice(name),
-                               progress=progress, timeout=_TIMEOUT)
+        url = f"{(base_url or default_base).rstrip('/')}/{filename}"
+        return downloads.fetch(url, folder, advice=_advice(name), progress=progress), url
 
-    with downloads.building(final) as tmp:
-        if _complete(final, processor):  # another process finished while we waited
-            return str(final)
-        staged = tmp / name
+    def build(tmp):
         if name == "MRPC":
-            files = [fetch(f, staged, SENTEVAL_BASE_URL) for f in _MRPC_FILES[:2]]
-            files.append(fetch(_MRPC_FILES[2], staged))
+            files = [fetch(f, tmp / name, SENTEVAL_BASE_URL)[0] for f in _MRPC_FILES[:2]]
             try:
-                build_mrpc(staged, *files)
+                build_mrpc(tmp / name, *files, fetch(_MRPC_FILES[2], tmp / name)[0])
             except glue.DataError as e:
                 raise DownloadError(f"the downloaded MRPC files are not in the MSR paraphrase "
                                     f"format ({e}). {_advice(name)}") from e
-        elif name == "AX":
-            fetch("AX.tsv", staged)
-        else:
-            downloads.extract(fetch(_ZIPS[name], tmp), tmp / "unpacked", url(_ZIPS[name]))
-            staged = _task_folder(tmp / "unpacked", name, processor, url(_ZIPS[name]))
-        downloads.publish(staged, final)
-    return str(final)
+            return tmp / name
+        if name == "AX":
+            return fetch("AX.tsv", tmp / name)[0].parent
+        archive, url = fetch(_ZIPS[name], tmp)
+        downloads.extract(archive, tmp / "unpacked", url, _advice(name))
+        for candidate in (tmp / "unpacked" / name, tmp / "unpacked"):
+            if _complete(candidate, processor):
+                return candidate
+        needed = ", ".join(layout.filenames[0] for layout in processor.layouts.values())
+        raise DownloadError(f"the archive {url} does not hold GLUE's {name} files ({needed}). "
+                            + _advice(name))
 
-
-def _task_folder(root: Path, name: str, processor, archive: str) -> Path:
-    """Where an unpacked archive holds the task's files: <root>/<TASK>, the root itself, or a
-    single top-level folder of another name."""
-    tops = [p for p in root.iterdir() if p.is_dir() and p.name != "__MACOSX"]
-    for candidate in [root / name, root] + (tops if len(tops) == 1 else []):
-        if _complete(candidate, processor):
-            return candidate
-    needed = ", ".join(layout.filenames[0] for layout in processor.layouts.values())
-    raise DownloadError(f"the archive {archive} does not hold GLUE's {name} files ({needed}). "
-                        + _advice(name))
+    final = Path(cache_dir or downloads.cache_dir(), "glue", name)
+    return str(downloads.cached(final, lambda folder: _complete(folder, processor), build))
 
 
 def ensure_glue_data(task: str, data_dir: str | None = None, cache_dir: str | None = None,
@@ -146,21 +117,14 @@ def ensure_glue_data(task: str, data_dir: str | None = None, cache_dir: str | No
     return data_dir or download_glue(task, cache_dir=cache_dir, base_url=base_url)
 
 
-def _main(argv=None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Download GLUE tasks into the bert_tf cache.")
-    parser.add_argument("tasks", nargs="+", help=f"task names: {', '.join(glue.TASKS)}")
-    parser.add_argument("--cache_dir", help="default: $BERT_TF_CACHE, else ~/.cache/bert_tf")
-    parser.add_argument("--base_url", help=f"mirror serving the GLUE files flat; default "
-                        f"${BASE_URL_ENV}")
-    args = parser.parse_args(argv)
-    for task in args.tasks:
-        try:
-            print(download_glue(task, cache_dir=args.cache_dir, base_url=args.base_url))
-        except (DownloadError, ValueError) as e:
-            parser.error(str(e))
-
-
 if __name__ == "__main__":
-    _main()
+    import sys
+
+    if len(sys.argv) < 2 or sys.argv[1].startswith("-"):
+        sys.exit(f"usage: python -m bert_tf.data.download TASK [TASK ...]  (tasks: "
+                 f"{', '.join(glue.TASKS)}; cache $BERT_TF_CACHE, mirror ${BASE_URL_ENV})")
+    for name in sys.argv[1:]:
+        try:
+            print(download_glue(name))
+        except (DownloadError, ValueError) as e:
+            sys.exit(f"bert_tf.data.download: error: {e}")
