@@ -14,9 +14,16 @@ EXIT_USAGE = 2
 
 
 def setup_logging() -> None:
+    """bert_tf's progress at INFO; TensorFlow's and MLflow's own INFO lines (checkpoint sharding
+    callbacks, database set-up) are not for users: only their warnings and errors show."""
     absl_logging.set_verbosity(absl_logging.INFO)
     for name in ("bert_tf", "bert_tf.checkpoints"):
         logging.getLogger(name).setLevel(logging.INFO)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+    tensorflow_source = os.sep + "tensorflow" + os.sep
+    logging.getLogger("absl").addFilter(  # TensorFlow logs through absl as well
+        lambda record: record.levelno >= logging.WARNING or tensorflow_source not in
+        record.pathname)
 
 
 # (module, class) of the errors a script turns into one line. Only modules already imported are

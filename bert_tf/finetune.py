@@ -196,8 +196,6 @@ def run_classifier(args: RunArgs) -> dict:
             results.update(training_results(summary))
             write_eval_results(args.output_dir, results)
             log.write(results.get("global_step", 0), results, "eval")
-            for k, v in sorted(results.items()):
-                logger.info("  %s = %s", k, v)
         if args.do_predict and dist.is_chief:
             for split, proc in test_splits:
                 examples = examples_of[(proc.name, split)]
@@ -314,6 +312,4 @@ def run_ner(args: RunArgs) -> dict:
             if results:
                 write_eval_results(args.output_dir, results)
                 log.write(results.get("global_step", 0), results, "eval")
-                for k, v in sorted(results.items()):
-                    logger.info("  %s = %s", k, v)
         return results

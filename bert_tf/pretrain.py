@@ -223,8 +223,6 @@ def run_pretraining(args: PretrainArgs) -> dict:
                              if k.startswith(("masked", "next"))}
                 if evaluated:
                     log.write(results.get("global_step", 0), evaluated, "eval")
-                for k, v in sorted(results.items()):
-                    logger.info("  %s = %s", k, v)
             if args.export:
                 _export(model, args, assets)
     dist.barrier()

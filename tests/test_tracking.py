@@ -92,6 +92,10 @@ def test_training_metrics_and_params_reach_mlflow_step_for_step(tmp_path):
     assert run.info.status == "FINISHED"
     assert float(run.data.params["learning_rate"]) == 1e-3
     assert run.data.params["num_train_steps"] == str(STEPS)
+    # What the settings resolved to, for a run that may have said "default".
+    assert run.data.params["run.num_train_steps"] == str(STEPS)
+    assert run.data.params["run.num_workers"] == "1"
+    assert run.data.params["run.use_xla"] == "False"
     for key in LOGGED:
         assert _history(client, run.info.run_id, f"train/{key}") == \
             [(r["step"], pytest.approx(r[key], rel=1e-12)) for r in rows], key

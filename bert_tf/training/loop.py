@@ -239,6 +239,12 @@ def _train(model, loss_fn, batches, settings, dist, progress, eval_fn, eval_ever
 
     start = int(step)
     examples_per_step = s.train_batch_size * dist.size * accum
+    # What the flags resolved to (they may say "default"): under run.* in MLflow.
+    log.log_params({"run": {"num_train_steps": s.num_train_steps,
+                            "num_warmup_steps": s.num_warmup_steps, "use_xla": s.use_xla,
+                            "dtype": s.dtype, "num_workers": dist.size,
+                            "num_accumulation_steps": accum,
+                            "global_batch_size": examples_per_step, "start_step": start}})
     stream = iter(batches(start))
     metric_names = None
 

@@ -116,10 +116,14 @@ class _MlflowRun:
                 experiment_id = experiment.experiment_id
             run = self._client.create_run(experiment_id, run_name=run_name)
             self.run_id = run.info.run_id
-        items = [Param(k, v) for k, v in params.items()]
+        self._param_cls = Param
+        self.log_params(params)
+        self._pending = []
+
+    def log_params(self, params: dict[str, str]) -> None:
+        items = [self._param_cls(k, v) for k, v in params.items()]
         for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
             self._client.log_batch(self.run_id, params=items[i:i + _MAX_PARAMS_PER_BATCH])
-        self._pending = []
 
     def add(self, step: int, values: dict, prefix: str) -> None:
         stamp = int(time.time() * 1000)
@@ -216,6 +220,16 @@ class TrackingLog:
             self._run.add(step, scalars, prefix)
             if time.monotonic() - self._last_send >= self.flush_seconds:
                 self._send()
+
+    def log_params(self, params: dict) -> None:
+        """Add MLflow parameters ({name: value}, values turned to strings) to the run: values
+        only known once training starts (steps, the XLA choice, workers). A name already logged
+        must keep its value (MLflow refuses a change): use new names."""
+        if self.enabled and self._run is not None:
+            try:
+                self._run.log_params(flatten_params(params))
+            except Exception as e:  # noqa: BLE001
+                self._give_up(e)
 
     def flush(self) -> None:
         """Send the buffered MLflow metrics now (TensorBoard is flushed on every write)."""
