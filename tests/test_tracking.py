@@ -115,7 +115,7 @@ def test_metrics_are_sent_in_batches_and_a_failed_block_fails_the_run(tmp_path):
             run_id = log.mlflow_run_id
             log.write(1, {"loss": 0.5, "grad_norm": float("nan")})
             assert _history(client, run_id, "train/loss") == []  # buffered
-            log.flush()
+            log.flush(wait=True)
             assert _history(client, run_id, "train/loss") == [(1, 0.5)]
             log.write(2, {"loss": 0.25})
             log.write(2, {"eval_accuracy": 0.75, "eval_examples": 408}, "eval")

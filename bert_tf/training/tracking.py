@@ -13,8 +13,10 @@ MLflow is optional and never in the way of training:
 - inside an Azure ML job (or any launcher that created the MLflow run and says so in
   AZUREML_RUN_ID / MLFLOW_RUN_ID) the injected tracking URI, experiment and run are used as they
   are: only `mlflow.start_run()` is called;
-- metric values are buffered and sent with one `MlflowClient.log_batch` call at most every
-  `flush_seconds`, at `flush()` and at the end (one call costs tens of milliseconds on SQLite);
+- every MLflow call is made by one background thread: opening the store (seconds for a new
+  SQLite file) and a slow server never hold up a step; metric values are buffered and handed
+  over as one `MlflowClient.log_batch` at most every `flush_seconds`, at `flush()` and at the
+  end, where the run waits up to `close_timeout` seconds for MLflow to take them;
 - HTTP stores get no retries and a 5 s timeout unless the user's environment says otherwise;
 - the first failure (missing package, unwritable store, dead server) logs ONE warning and turns
   MLflow off for the rest of the run; metrics.jsonl and TensorBoard still get every value.
@@ -154,6 +156,75 @@ def _artifact_location(tracking_uri: str) -> str | None:
     return "file://" + os.path.join(os.path.dirname(os.path.abspath(database)), "mlartifacts")
 
 
+class _MlflowThread:
+    """Every MLflow call of one TrackingLog, made in order by one background thread, so opening
+    the store (importing mlflow and creating a SQLite database take seconds) and a slow or dead
+    server never hold up a training step. The first exception calls `give_up` once (from the
+    thread) and later operations are dropped."""
+
+    def __init__(self, give_up, *run_args):
+        import queue
+        import threading
+
+        self._ops = queue.Queue()
+        self._give_up = give_up
+        self.failed = False
+        self.opened = threading.Event()
+        self.run_id = None
+        self._thread = threading.Thread(target=self._work, args=run_args, daemon=True,
+                                        name="bert_tf-mlflow")
+        self._thread.start()
+
+    def put(self, op: str, value=None) -> None:
+        if not self.failed:
+            self._ops.put((op, value))
+
+    def _work(self, *run_args) -> None:
+        run = None
+        try:
+            run = _MlflowRun(*run_args)
+            self.run_id = run.run_id
+        except Exception as e:  # noqa: BLE001 (whatever MLflow or a missing package raises)
+            self._fail(e)
+        self.opened.set()
+        while True:
+            op, value = self._ops.get()
+            try:
+                if not self.failed:
+                    if op == "metrics":
+                        for step, values, prefix in value:
+                            run.add(step, values, prefix)
+                        run.send()
+                    elif op == "params":
+                        run.log_params(value)
+                    elif op == "end":
+                        run.send()
+                        run.end(value)
+            except Exception as e:  # noqa: BLE001
+                self._fail(e)
+            if op == "sync":
+                value.set()
+            if op == "end":
+                return
+
+    def _fail(self, error: Exception) -> None:
+        self.failed = True
+        self._give_up(error)
+
+    def sync(self, timeout: float | None = None) -> bool:
+        """Wait until every operation put so far is done; False if `timeout` s passed first."""
+        import threading
+
+        done = threading.Event()
+        self._ops.put(("sync", done))
+        return done.wait(timeout)
+
+    def end(self, status: str, timeout: float) -> bool:
+        self._ops.put(("end", status))
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+
 class TrackingLog:
     """metrics.jsonl, TensorBoard scalars and (optionally) an MLflow run, written by the chief.
 
@@ -167,17 +238,22 @@ class TrackingLog:
         run_name: MLflow run name (None: MLflow picks one).
         params: MLflow parameters, {name: str} (see `flatten_params`).
         flush_seconds: longest time metric values wait before going to MLflow, in seconds.
+        close_timeout: longest wait in seconds, at the end, for MLflow to take the last values.
 
-    Use as a context manager, or call `close`: the MLflow run ends FINISHED, or FAILED (KILLED
-    on KeyboardInterrupt) when the block raises. No method raises because of MLflow.
+    MLflow calls run in a background thread, in order; writing never waits for them. Use as a
+    context manager, or call `close`: the MLflow run ends FINISHED, or FAILED (KILLED on
+    KeyboardInterrupt) when the block raises. No method raises because of MLflow.
     """
 
     def __init__(self, output_dir: str, enabled: bool, tracking_uri: str | None = None,
                  experiment_name: str = "bert_tf", run_name: str | None = None,
-                 params: dict[str, str] | None = None, flush_seconds: float = 30.0):
+                 params: dict[str, str] | None = None, flush_seconds: float = 30.0,
+                 close_timeout: float = 120.0):
         self.enabled = enabled
         self.flush_seconds = flush_seconds
-        self._run = None
+        self.close_timeout = close_timeout
+        self._mlflow = None
+        self._pending = []
         if not enabled:
             return
         import tensorflow as tf
@@ -189,15 +265,17 @@ class TrackingLog:
                               if managed_run() else tracking_uri)
         self._last_send = time.monotonic()
         if tracking_uri is not None:
-            try:
-                self._run = _MlflowRun(tracking_uri, experiment_name, run_name, params or {})
-            except Exception as e:  # noqa: BLE001 (whatever MLflow or a missing package raises)
-                self._give_up(e)
+            self._mlflow = _MlflowThread(self._give_up, tracking_uri, experiment_name, run_name,
+                                         params or {})
 
     @property
     def mlflow_run_id(self) -> str | None:
-        """The MLflow run this log writes to, or None (MLflow off or given up)."""
-        return self._run.run_id if self._run is not None else None
+        """The MLflow run this log writes to (waiting for it to be opened), or None (MLflow
+        off or given up)."""
+        if self._mlflow is None:
+            return None
+        self._mlflow.opened.wait()
+        return self._mlflow.run_id
 
     def write(self, step: int, values: dict, prefix: str = "train") -> None:
         """Record `values` ({name: number}) at optimizer step `step` under split `prefix`.
@@ -216,39 +294,43 @@ class TrackingLog:
             for k, v in scalars.items():
                 tf.summary.scalar(f"{prefix}/{k}", v, step=int(step))
         self.writer.flush()
-        if self._run is not None:
-            self._run.add(step, scalars, prefix)
+        if self._mlflow is not None:
+            self._pending.append((int(step), scalars, prefix))
             if time.monotonic() - self._last_send >= self.flush_seconds:
-                self._send()
+                self.flush()
 
     def log_params(self, params: dict) -> None:
-        """Add MLflow parameters ({name: value}, values turned to strings) to the run: values
-        only known once training starts (steps, the XLA choice, workers). A name already logged
-        must keep its value (MLflow refuses a change): use new names."""
-        if self.enabled and self._run is not None:
-            try:
-                self._run.log_params(flatten_params(params))
-            except Exception as e:  # noqa: BLE001
-                self._give_up(e)
+        """Add MLflow parameters ({name: value}, nested dicts as a.b, values turned to
+        strings): values only known once training starts (steps, the XLA choice, workers). A
+        name already logged must keep its value (MLflow refuses a change): use new names."""
+        if self.enabled and self._mlflow is not None:
+            self._mlflow.put("params", flatten_params(params))
 
-    def flush(self) -> None:
-        """Send the buffered MLflow metrics now (TensorBoard is flushed on every write)."""
-        if self.enabled and self._run is not None:
-            self._send()
+    def flush(self, wait: bool = False) -> None:
+        """Hand the buffered values to MLflow now (TensorBoard is flushed on every write);
+        wait=True also waits until MLflow has them."""
+        if not (self.enabled and self._mlflow is not None):
+            return
+        if self._pending:
+            self._mlflow.put("metrics", self._pending)
+            self._pending = []
+        self._last_send = time.monotonic()
+        if wait:
+            self._mlflow.sync()
 
     def close(self, status: str = "FINISHED") -> None:
-        """Flush and end the MLflow run with `status` (FINISHED, FAILED or KILLED). Idempotent."""
+        """Flush and end the MLflow run with `status` (FINISHED, FAILED or KILLED), waiting up
+        to close_timeout seconds for MLflow. Idempotent."""
         if not self.enabled:
             return
         self.writer.flush()
-        if self._run is not None:
-            self._send()
-        if self._run is not None:
-            try:
-                self._run.end(status)
-            except Exception as e:  # noqa: BLE001
-                self._give_up(e)
-            self._run = None
+        if self._mlflow is not None:
+            self.flush()
+            if not self._mlflow.end(status, self.close_timeout):
+                logger.warning("MLflow did not take the last values within %.0f s (%s): the "
+                               "run there may be incomplete; metrics.jsonl and TensorBoard have "
+                               "every value", self.close_timeout, self._tracking_uri)
+            self._mlflow = None
 
     def __enter__(self) -> TrackingLog:
         return self
@@ -259,15 +341,7 @@ class TrackingLog:
         else:
             self.close("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
 
-    def _send(self) -> None:
-        try:
-            self._run.send()
-        except Exception as e:  # noqa: BLE001
-            self._give_up(e)
-        self._last_send = time.monotonic()
-
     def _give_up(self, error: Exception) -> None:
-        self._run = None
         if isinstance(error, ImportError):
             reason = (f"{error} (install mlflow-skinny, sqlalchemy and alembic, or pass "
                       "--tracking_uri=none)")
