@@ -19,12 +19,14 @@ Log-uniform bounds are written as the rates themselves. Optuna's `suggest_float(
 takes them as they are; Azure ML's `LogUniform(min_value, max_value)` takes their NATURAL
 LOGARITHMS (`log_bounds`), and raw rates given to it pass silently as a learning rate near 1.
 
-Bandit early termination (Azure ML's BanditPolicy): at every `evaluation_interval`-th report of
-the primary metric after the first `delay_evaluation` reports, a trial stops when its value is
-worse than the best trial's value at that point by more than the slack: a factor
+Bandit early termination (Azure ML's BanditPolicy, as its docs state it): the reports of the
+primary metric are counted from 1, and at every report number that is a multiple of
+`evaluation_interval` and >= `delay_evaluation`, a trial stops when its best value so far is
+worse than the best value any trial reached by that report by more than the slack: a factor
 (best / (1 + slack_factor) when maximizing, best * (1 + slack_factor) when minimizing) or an
 amount (best -/+ slack_amount). A report is one evaluation during training, so early
 termination needs `eval_every_steps` among the flags when the metric is an eval/ one.
+(bert_tf.tune.BanditPruner is the local implementation.)
 """
 
 from __future__ import annotations
