@@ -88,6 +88,13 @@ def _train(model, loss_fn, table, args, dist, use_xla, log, eval_fn=None):
                  eval_fn=eval_fn, eval_every_steps=args.eval_every_steps)
 
 
+def _scores(results: dict) -> dict:
+    """eval_results without the training summary (global_step, train_loss, nonfinite_steps,
+    already logged under train/): what goes under eval/."""
+    return {k: v for k, v in results.items()
+            if k not in ("global_step", "train_loss", "nonfinite_steps")}
+
+
 # -- GLUE -------------------------------------------------------------------------------------------
 
 def run_classifier(args: RunArgs) -> dict:
@@ -195,7 +202,7 @@ def run_classifier(args: RunArgs) -> dict:
             results.update(evaluate_dev())
             results.update(training_results(summary))
             write_eval_results(args.output_dir, results)
-            log.write(results.get("global_step", 0), results, "eval")
+            log.write(results.get("global_step", 0), _scores(results), "eval")
         if args.do_predict and dist.is_chief:
             for split, proc in test_splits:
                 examples = examples_of[(proc.name, split)]
@@ -311,5 +318,5 @@ def run_ner(args: RunArgs) -> dict:
             results.update(training_results(summary))
             if results:
                 write_eval_results(args.output_dir, results)
-                log.write(results.get("global_step", 0), results, "eval")
+                log.write(results.get("global_step", 0), _scores(results), "eval")
         return results

@@ -144,15 +144,23 @@ class SweepSpec:
             if bad in merged:
                 raise SweepError(f"{self._where('flags')}: --{bad} is set by the launcher for "
                                  "each trial: leave it out")
-        ends = [{p.name: p.low for p in self.space.values() if p.type != "choice"} |
-                {p.name: p.values[0] for p in self.space.values() if p.type == "choice"},
-                {p.name: p.high for p in self.space.values() if p.type != "choice"} |
-                {p.name: p.values[-1] for p in self.space.values() if p.type == "choice"}]
-        for end in ends:
+        # Every choice value and both ends of every range, one dimension at a time, with the
+        # rest at their first value: each must parse and pass the script's own checks.
+        first = {p.name: p.values[0] if p.type == "choice" else p.low
+                 for p in self.space.values()}
+        points = [first]
+        for p in self.space.values():
+            for value in (p.values if p.type == "choice" else (p.low, p.high)):
+                points.append(dict(first, **{p.name: value}))
+        for point in points:
             try:
                 fv.unparse_flags()
-                fv([self.script] + self.flag_args(merged) + self.flag_args(end))
+                fv([self.script] + self.flag_args(merged) + self.flag_args(point))
             except absl_flags.Error as e:
+                raise SweepError(f"{self._where('flags')}: {e}") from None
+            try:
+                check_script_args(self.script, fv)
+            except SweepError as e:
                 raise SweepError(f"{self._where('flags')}: {e}") from None
         fixed = {name: fv[name].value for name in fv if fv[name].present}
         logged = logged_metrics(self.script, fixed)
@@ -161,6 +169,13 @@ class SweepSpec:
             raise SweepError(
                 f"{self._where('primary_metric')}: {self.script} never logs "
                 f"{self.primary_metric!r} with these flags; it logs {', '.join(near or logged)}")
+        if self.metric_split == "eval" and not fv["do_eval"].value:
+            raise SweepError(f"{self._where('primary_metric')}: {self.primary_metric} is an "
+                             "evaluation metric: add do_eval: true to flags")
+        if self.metric_split == "train" or self.space.keys() & _TRAINING_FLAGS:
+            if not fv["do_train"].value:
+                raise SweepError(f"{self._where('flags')}: the trials would train nothing: add "
+                                 "do_train: true")
         if (self.bandit is not None and self.metric_split == "eval" and
                 not fixed.get("eval_every_steps")):
             raise SweepError(
@@ -171,6 +186,44 @@ class SweepSpec:
 
     def _where(self, key: str) -> str:
         return f"{self.path}: {key}"
+
+
+# Search-space flags that only change training: sweeping them needs --do_train.
+_TRAINING_FLAGS = {"learning_rate", "train_batch_size", "num_train_epochs", "num_train_steps",
+                   "warmup_proportion", "num_warmup_steps", "optimizer", "num_accumulation_steps",
+                   "seed", "max_train_examples", "adam_bias_correction", "global_batch_size"}
+
+
+def check_script_args(script: str, flag_values) -> None:
+    """What `script` itself would refuse at start-up, checked from parsed flags (an absl
+    FlagValues of `bert_tf.flags.script_flags(script)`, already called with the argv): nothing
+    to do, values out of range, flags that need others (--eval_every_steps without --do_eval),
+    an unknown GLUE task. A missing --output_dir is fine (launchers set it). Raises SweepError
+    with the script's own message. Reads no data and imports no TensorFlow."""
+    import os
+    import tempfile
+
+    from bert_tf.flags import run_args
+
+    name = os.path.basename(script)
+    if name == "run_pretraining.py":
+        from bert_tf.pretrain import PretrainArgs as cls, check_args
+    else:
+        from bert_tf.finetune import RunArgs as cls, check_args
+    args = run_args(flag_values, cls)
+    if not args.output_dir:  # set per trial / job by the launcher
+        args.output_dir = os.path.join(tempfile.gettempdir(), "bert_tf-launcher-check")
+    try:
+        check_args(args)
+        if name == "run_classifier.py":
+            from bert_tf.data import glue
+
+            try:
+                glue.get_processor(args.task_name)
+            except ValueError as e:
+                raise UsageError(f"--task_name: {e}") from None
+    except UsageError as e:
+        raise SweepError(f"{script}: {e}") from None
 
 
 def logged_metrics(script: str, flags: dict) -> set[str]:
@@ -204,12 +257,31 @@ def _number(value, where: str) -> float:
     return number
 
 
+def _keys(raw, allowed: tuple, where: str) -> dict:
+    """`raw` as a mapping holding only `allowed` keys: a misspelt key would otherwise fall back
+    to a default silently (20 trials instead of 3, seed 42, no delay)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SweepError(f"{where}: expected a mapping with keys {', '.join(allowed)}")
+    unknown = sorted(str(k) for k in set(raw) - set(allowed))
+    if unknown:
+        import difflib
+
+        near = difflib.get_close_matches(unknown[0], allowed, n=1)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        raise SweepError(f"{where}: unknown key {unknown[0]!r}{hint}; keys: {', '.join(allowed)}")
+    return raw
+
+
 def _param(name: str, raw, where: str) -> Param:
     if not isinstance(raw, dict) or "type" not in raw:
         raise SweepError(f"{where}: write {{type: loguniform|uniform|choice, ...}}")
     kind = str(raw["type"]).lower()
     if kind not in PARAM_TYPES:
         raise SweepError(f"{where}: type {raw['type']!r} is not one of {', '.join(PARAM_TYPES)}")
+    _keys(raw, ("type", "values") if kind == "choice" else ("type", "min_value", "max_value"),
+          where)
     if kind == "choice":
         values = raw.get("values")
         if not isinstance(values, list) or not values:
@@ -291,8 +363,8 @@ def load(path: str) -> SweepSpec:
     space = {str(name): _param(str(name), value, f"{path}: search_space.{name}")
              for name, value in space_raw.items()}
 
-    sampling = raw.get("sampling") or {}
     where = f"{path}: sampling"
+    sampling = _keys(raw.get("sampling"), ("type", "seed"), where)
     if str(sampling.get("type", "random")).lower() != "random":
         raise SweepError(f"{where}.type: only random sampling is supported (Azure ML's "
                          "random, Optuna's RandomSampler)")
@@ -302,6 +374,8 @@ def load(path: str) -> SweepSpec:
     policy = raw.get("early_termination")
     if policy:
         where = f"{path}: early_termination"
+        _keys(policy, ("type", "slack_factor", "slack_amount", "evaluation_interval",
+                       "delay_evaluation"), where)
         if str(policy.get("type", "")).lower() != "bandit":
             raise SweepError(f"{where}.type: only bandit is supported")
         factor = _positive(policy, "slack_factor", where)
@@ -311,8 +385,9 @@ def load(path: str) -> SweepSpec:
         bandit = Bandit(factor, amount, _int(policy, "evaluation_interval", 1, where, 1),
                         _int(policy, "delay_evaluation", 0, where, 0))
 
-    limits = raw.get("limits") or {}
     where = f"{path}: limits"
+    limits = _keys(raw.get("limits"), ("max_total_trials", "max_concurrent_trials",
+                                       "timeout_minutes", "trial_timeout_minutes"), where)
     total = _int(limits, "max_total_trials", 20, where, 1)
     concurrent = _int(limits, "max_concurrent_trials", 1, where, 1)
     if concurrent > total:

@@ -20,7 +20,9 @@ file (`BanditPruner`, Azure ML's BanditPolicy) may stop it there. Rerunning the 
 resumes: finished trials are kept, a trial that was running when the sweep died is run again in
 a fresh folder, and `max_total_trials` counts the trials of every run of the command. Bad input
 (file, flags, a metric the script never logs, DIR holding another sweep) is one line on stderr
-and exit status 2, before anything is written.
+and exit status 2, before anything is written. What only the script can tell (a checkpoint path
+that does not exist from here) stops the sweep at the first trial the script refuses, with the
+script's own error line and exit status 2; that trial does not count and runs again on resume.
 
 `write_report` (plots and tables from `TrialRecord`s) needs only matplotlib: azure/submit.py
 calls it with trials downloaded from an Azure ML sweep.
@@ -43,6 +45,7 @@ import threading
 import time
 
 from bert_tf.assets import UsageError
+from bert_tf.cli import EXIT_USAGE
 from bert_tf.sweeps import Bandit, SweepError, SweepSpec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -745,6 +748,7 @@ class _Sweep:
         self.deadline = (self.started + 60 * spec.timeout_minutes
                          if spec.timeout_minutes else None)
         self.preexec = _die_with_parent_fn()
+        self.usage_error = None  # (trial number, the script's one-line error)
 
     def elapsed(self) -> str:
         s = int(time.monotonic() - self.started)
@@ -880,6 +884,15 @@ class _Sweep:
                 return _Outcome("FAIL", last, f"timed out after trial_timeout_minutes "
                                 f"{spec.trial_timeout_minutes:g}", steps=step)
             time.sleep(POLL_SECONDS)
+        if code == EXIT_USAGE and not self.stop.is_set():
+            # The script refused its flags (a path relative to another folder, a value out of
+            # range): every trial would. Stop the sweep; the trial does not count.
+            lines = [line for line in _log_tail(os.path.join(trial_dir, "log.txt")).splitlines() if ": error: " in line]
+            self.usage_error = (trial.number, lines[-1].strip() if lines else
+                                f"{spec.script} exited with status {EXIT_USAGE}")
+            self.stop.set()
+            return _Outcome("FAIL", last, "the script refused its flags", interrupted=True,
+                            steps=step)
         if code != 0:
             if self.stop.is_set():
                 return _Outcome("FAIL", last, "the sweep was stopped", interrupted=True,
@@ -1075,6 +1088,11 @@ def run_sweep(spec: SweepSpec, fixed: dict, extra: list[str], output_dir: str,
                 for t in threads:
                     t.join()
                 raise
+        if sweep.usage_error:
+            number, line = sweep.usage_error
+            raise UsageError(f"trial {number} stopped the sweep, its script refused the flags "
+                             f"(paths are read from the folder tune runs in, {os.getcwd()}): "
+                             f"{line}")
         records = records_from_study(study, spec)
         paths = write_report(spec, records, output_dir)
         return study, records, paths

@@ -236,6 +236,9 @@ def test_run_ner_end_to_end(tmp_path, tiny_bert):
     assert run.data.params["train_batch_size"] == "16"
     assert run.data.params["bert_config.hidden_size"] == "32"
     assert run.data.params["num_labels"] == "9"
+    assert "tracking_uri" not in run.data.params  # unset flags are left out
+    assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == [
+        "bert_config.json", "run_config.json"]
     assert run.data.metrics["eval/test_f1"] == results["test_f1"]
     train_rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in train_rows if r["split"] == "train"]

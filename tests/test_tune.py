@@ -283,31 +283,26 @@ def test_output_dir_of_another_sweep_refused(tmp_path):
         lock.close()
 
 
-def test_failed_trial_warns_once_and_shows_its_log(tmp_path):
-    """A trial whose script fails (a checkpoint path with a typo, which only the script can
-    tell) is FAIL with one warning line and the end of its log in the summary; with no trial
-    left that produced a value, the sweep exits 1."""
+def test_a_trial_whose_script_refuses_its_flags_stops_the_sweep(tmp_path):
+    """A checkpoint path with a typo (which only the script can tell; or a relative path read
+    from another folder) fails every trial alike: the first such trial stops the sweep with the
+    script's own error on one line and exit status 2, and does not count, so a rerun after the
+    fix runs it again."""
     shared("glue", "MRPC")
-    sweep = _yaml(tmp_path, "broken.yaml", early=None, limits="{max_total_trials: 1}",
+    sweep = _yaml(tmp_path, "broken.yaml", early=None, limits="{max_total_trials: 2}",
                   flags={"task": "MRPC", "data_dir": str(shared("glue", "MRPC")),
                          "init_checkpoint": str(tmp_path / "no_such_model"), "do_train": True,
                          "do_eval": True})
     out = tmp_path / "out"
     proc = run_tune(["--sweep", str(sweep), "--output_dir", str(out)], timeout=300)
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 1 and "trial 0 failed: exit status 2" in warnings[0]
-    assert "no such file" in warnings[0] and "trial_000/log.txt" in warnings[0]
-    assert "trial 0 failed (exit status 2); end of its log:" in proc.stdout
-    assert "no trial reported a value" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "trial 0 stopped the sweep" in line and "no_such_model" in line
+    assert "Traceback" not in proc.stderr
     study = optuna.load_study(study_name="broken", storage=f"sqlite:///{out}/optuna.db")
-    (trial,) = study.trials
-    assert trial.state == TrialState.FAIL and "no_such_model" in trial.user_attrs["log_tail"]
-    assert "| 0 | FAIL |" in (out / "trials.md").read_text()
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out}/mlflow.db")
-    assert client.get_run(trial.user_attrs["mlflow_run_id"]).info.status == "FAILED"
+    assert tune.counted_trials(study) == []
+    assert study.trials[0].state == TrialState.FAIL
+    assert "interrupted" in study.trials[0].user_attrs
 
 
 def test_mlflow_run_of_a_stopped_trial_gets_its_unsent_metrics(tmp_path):

@@ -81,6 +81,9 @@ def check_engine_args(args: EngineArgs) -> None:
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
         raise UsageError(f"--output_dir={args.output_dir}: {parent} is not a writable folder")
+    if args.max_seq_length < 3:
+        raise UsageError(f"--max_seq_length={args.max_seq_length} leaves no room for a token "
+                         "beside [CLS] and [SEP]: use 128 (or 512)")
     if args.train_batch_size < 1 or args.eval_batch_size < 1:
         raise UsageError("batch sizes must be at least 1")
     if not 0 <= args.warmup_proportion < 1:
@@ -196,17 +199,23 @@ def open_tracking(args: EngineArgs, record: dict, is_chief: bool, task: str):
     --tracking_uri (default $MLFLOW_TRACKING_URI, else sqlite:///OUTPUT_DIR/mlflow.db; "none"
     turns it off), experiment --experiment_name (default `task`), run name `run_name`, and as
     parameters the flags, the identity values that are not flags (num_labels, num_workers) and
-    the model config as bert_config.* (all of `record`, guard_output_dir's result)."""
+    the model config as bert_config.* (all of `record`, guard_output_dir's result); as
+    artifacts run_config.json and bert_config.json."""
     from bert_tf.training.tracking import TrackingLog, flatten_params, resolve_tracking_uri
 
     uri = (resolve_tracking_uri(args.tracking_uri, args.output_dir)
            if args.do_train or args.do_eval else None)
-    params = dict(record["flags"])
+    # Flags left unset (None: resolved later, logged then under run.*) are left out.
+    params = {k: v for k, v in record["flags"].items() if v is not None}
     identity = record["identity"]
     params.update({k: v for k, v in identity.items() if k not in params and k != "bert_config"})
     params["bert_config"] = identity["bert_config"]
-    return TrackingLog(args.output_dir, is_chief, uri, args.experiment_name or task,
-                       run_name(args, task), flatten_params(params))
+    log = TrackingLog(args.output_dir, is_chief, uri, args.experiment_name or task,
+                      run_name(args, task), flatten_params(params))
+    for name in ("run_config.json", "bert_config.json"):  # written by guard_output_dir
+        if os.path.isfile(os.path.join(args.output_dir, name)):
+            log.log_artifact(os.path.join(args.output_dir, name))
+    return log
 
 
 # -- feature cache ----------------------------------------------------------------------------------

@@ -122,6 +122,9 @@ class _MlflowRun:
         self.log_params(params)
         self._pending = []
 
+    def log_artifact(self, path: str) -> None:
+        self._client.log_artifact(self.run_id, path)
+
     def log_params(self, params: dict[str, str]) -> None:
         items = [self._param_cls(k, v) for k, v in params.items()]
         for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
@@ -197,6 +200,8 @@ class _MlflowThread:
                         run.send()
                     elif op == "params":
                         run.log_params(value)
+                    elif op == "artifact":
+                        run.log_artifact(value)
                     elif op == "end":
                         run.send()
                         run.end(value)
@@ -305,6 +310,11 @@ class TrackingLog:
         name already logged must keep its value (MLflow refuses a change): use new names."""
         if self.enabled and self._mlflow is not None:
             self._mlflow.put("params", flatten_params(params))
+
+    def log_artifact(self, path: str) -> None:
+        """Copy the file `path` (e.g. run_config.json) into the MLflow run's artifacts."""
+        if self.enabled and self._mlflow is not None:
+            self._mlflow.put("artifact", path)
 
     def flush(self, wait: bool = False) -> None:
         """Hand the buffered values to MLflow now (TensorBoard is flushed on every write);
