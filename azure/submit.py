@@ -28,16 +28,19 @@ come from the VM size (a table below; `--gpus_per_node` for sizes it does not kn
 
 `--dry-run PATH` writes the job (or cluster) YAML, with local paths relative to the YAML's
 folder, and contacts nothing: no workspace config needed, no credential constructed. The YAML can
-be submitted as it is with `az ml job create --file PATH`.
+be submitted as it is with `az ml job create --file PATH`; without --dry-run, submit.py sends
+that same YAML (written to a temporary folder and read back with load_job), so what a dry run
+shows is what is submitted.
 
 Workspace: `--config PATH` (a workspace config.json), else the environment variables
 AZURE_SUBSCRIPTION_ID, AZURE_RESOURCE_GROUP and AZUREML_WORKSPACE_NAME, else config.json or
 .azureml/config.json in this folder or a parent (where MLClient.from_config finds it);
 credential: DefaultAzureCredential (`az login`, a managed identity, AZURE_CLIENT_* variables).
 
-Bad input (an unknown script or flag, a flag of the wrong type, a search space that cannot run,
-a VM size without GPUs, a retired one, no workspace) is one line `submit.py: error: ...`, exit
-status 2, before anything is written or sent. Azure's own failures are one line too, exit 1.
+Bad input (an unknown script or flag, a flag of the wrong type, flags the script itself would
+refuse at start-up, a search space that cannot run, a VM size without GPUs, a retired one, no
+workspace) is one line `submit.py: error: ...`, exit status 2, before anything is written or
+sent. Azure's own failures (no credential among them) are one line too, exit 1.
 Nothing printed or written contains a token, key or subscription id (Azure's messages and the
 studio links that carry one are redacted); the Azure SDK's DEBUG logging, which prints bearer
 tokens, is never turned on.
@@ -63,13 +66,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 ENVIRONMENT_DIR = REPO / "azure" / "environment"
 PROG = "submit.py"
-EXIT_USAGE = 2
 EXIT_AZURE = 1
 
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bert_tf.assets import UsageError  # noqa: E402  (after the path set-up)
+from bert_tf.cli import EXIT_USAGE  # noqa: E402  (2, as every script of bert_tf)
 from bert_tf.flags import SCRIPTS  # noqa: E402
 
 SCHEMAS = {
@@ -95,8 +98,9 @@ class VmSize:
         return f"{self.name}: {self.gpus} x {self.gpu}" if self.gpus else f"{self.name}: no GPUs"
 
 
-# Current sizes with NVIDIA GPUs (whole GPUs only), and a few CPU sizes as 0 GPUs. Every size of
-# a family other than N (D, E, F, B, M, L, A, H, ...) has no GPUs either.
+# Current sizes with NVIDIA GPUs (whole GPUs only). Every size of a family other than N (D, E, F,
+# B, M, L, A, H, ...: Standard_D4s_v3, Standard_E16s_v5) has no GPUs: vm_size_info says so
+# without a table.
 _SIZES = [
     VmSize("Standard_NC4as_T4_v3", 1, "T4 16GB"),
     VmSize("Standard_NC8as_T4_v3", 1, "T4 16GB"),
@@ -113,11 +117,6 @@ _SIZES = [
     VmSize("Standard_ND96isr_H200_v5", 8, "H200 141GB SXM, InfiniBand"),
     VmSize("Standard_NV36ads_A10_v5", 1, "A10 24GB"),
     VmSize("Standard_NV72ads_A10_v5", 2, "A10 24GB"),
-    VmSize("Standard_D2s_v3", 0), VmSize("Standard_D4s_v3", 0), VmSize("Standard_D8s_v3", 0),
-    VmSize("Standard_D16s_v3", 0), VmSize("Standard_D4ds_v5", 0), VmSize("Standard_D8ds_v5", 0),
-    VmSize("Standard_DS3_v2", 0), VmSize("Standard_DS11_v2", 0), VmSize("Standard_DS12_v2", 0),
-    VmSize("Standard_E4s_v3", 0), VmSize("Standard_E8s_v3", 0), VmSize("Standard_F4s_v2", 0),
-    VmSize("Standard_F8s_v2", 0),
 ]
 VM_SIZES = {size.name.lower(): size for size in _SIZES}
 
@@ -215,13 +214,17 @@ def check_script(script: str) -> str:
     return name
 
 
-def parse_script_flags(script: str, args: list[str]) -> list[tuple[str, str | None]]:
+def parse_script_flags(script: str, args: list[str], complete: bool = False
+                       ) -> list[tuple[str, str | None]]:
     """The flags after `--` -> [(name, value)] (value None for a boolean given as --name or
     --noname), checked against the script's own absl definitions: an unknown flag, a value of
     the wrong type or outside its enum, an argument that is not a flag, or a flag the launcher
     sets is a UsageError naming it. A --flagfile (configs/pretraining/*.flags) must sit in the
     repository, which travels with the job: it is rewritten relative to the repository root,
-    and its flags are checked too."""
+    and its flags are checked too. `complete`: these are all the script's flags (train, not a
+    sweep's extra flags), so what the script itself refuses at start-up (nothing to do, an
+    unknown task, a learning rate <= 0, --eval_every_steps without --do_eval, ...) is checked
+    too (bert_tf.sweeps.check_script_args)."""
     from absl import flags as absl_flags
 
     from bert_tf.flags import script_flags
@@ -273,6 +276,10 @@ def parse_script_flags(script: str, args: list[str]) -> list[tuple[str, str | No
     for name, reason in RESERVED.items():
         if fv[name].present:
             raise UsageError(f"{script}: --{name} {reason}")
+    if complete:
+        from bert_tf.sweeps import check_script_args
+
+        check_script_args(script, fv)  # a SweepError: a UsageError naming the script
     given = {name for name, _ in pairs}
     for name, kind in DATA_FLAGS.items():
         if name not in fv or not fv[name].present or name in given:
@@ -514,7 +521,9 @@ def _trial_parts(plan: JobPlan) -> dict:
 
 def build_command_job(plan: JobPlan):
     """The azure.ai.ml CommandJob of a plan (built directly: the command() builder's dump is not
-    something load_job reads back)."""
+    something load_job reads back). It is dumped (job_yaml), never submitted as it is:
+    jobs.create_or_update refuses a CommandJob ("Non supported job type"), so a submission sends
+    its YAML read back (loaded_back), a Command."""
     from azure.ai.ml import Output
     from azure.ai.ml.entities import CommandJob
 
@@ -766,6 +775,7 @@ class AzureFailure(Exception):
 def talking_to_azure(redact: Redactor, what: str):
     """Run SDK calls with stdout/stderr redacted; any SDK exception becomes one AzureFailure
     line (a UsageError passes through)."""
+    quiet_azure_logging()
     out, err = _RedactingStream(sys.stdout, redact), _RedactingStream(sys.stderr, redact)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -799,10 +809,16 @@ def make_client(workspace: Workspace):
 
 def quiet_azure_logging() -> None:
     """The Azure SDK's loggers stay at WARNING or above whatever the root logger says: their
-    DEBUG records include request headers, bearer tokens among them."""
-    for name in ("azure", "azure.core.pipeline.policies.http_logging_policy", "azure.identity",
-                 "msal", "urllib3"):
+    DEBUG records include request headers, bearer tokens among them. The credential and pipeline
+    loggers (azure.identity, azure.core, msal) stay at ERROR: their warnings repeat, over a dozen
+    lines, what the exception says (DefaultAzureCredential's every attempt), and a failure is
+    the one line talking_to_azure makes of the exception. So does the SDK's "This is an
+    experimental class" chatter, printed while a job is validated."""
+    for name in ("azure", "urllib3"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    for name in ("azure.identity", "azure.core", "azure.core.pipeline.policies.http_logging_policy",
+                 "msal", "azure.ai.ml._utils._experimental"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 # -- reading a sweep's trials back (MLflow) --------------------------------------------------------
@@ -940,18 +956,35 @@ def _finish_plan(plan: JobPlan, args, redact: Redactor, client) -> None:
     plan.gpus = gpus_per_node(size, args.gpus_per_node)
 
 
-def _submit_or_write(entity, kind: str, plan: JobPlan, args, redact, client,
+@contextlib.contextmanager
+def loaded_back(entity, kind: str, plan: JobPlan):
+    """The job as `az ml job create --file` would send it: its --dry-run YAML (job_yaml, local
+    paths relative to the file) written in a temporary folder and read back with load_job, which
+    gives the types JobOperations.create_or_update accepts (a Command or a SweepJob; the
+    CommandJob built here is refused as "Non supported job type"). The folder lives until the
+    block ends: the code and the image's build context are found from it when submitting."""
+    from azure.ai.ml import load_job
+
+    with tempfile.TemporaryDirectory(prefix="bert_tf_azure_") as folder:
+        path = Path(folder) / "job.yaml"
+        write_file(path, job_yaml(entity, path, kind, plan))
+        yield load_job(str(path))
+
+
+def _submit_or_write(entity, kind: str, plan: JobPlan, path: Path | None, redact, client,
                      summary: list[str]) -> int:
-    if args.dry_run:
-        path = check_dry_run_path(args.dry_run)
+    """Write the job's YAML to `path` (--dry-run, checked by check_dry_run_path), else submit
+    exactly that YAML read back (loaded_back)."""
+    if path is not None:
         write_file(path, job_yaml(entity, path, kind, plan))
         print(f"{PROG}: wrote {path} ({kind} job; nothing submitted)")
         for line in summary:
             print("  " + line)
         print(f"  submit it: az ml job create --file {path}  (or rerun without --dry-run)")
         return 0
-    with talking_to_azure(redact, f"submitting the {kind} job"):
-        created = client.jobs.create_or_update(entity)
+    with talking_to_azure(redact, f"submitting the {kind} job"), \
+            loaded_back(entity, kind, plan) as job:
+        created = client.jobs.create_or_update(job)
     print(redact(f"{PROG}: submitted {kind} job {created.name} ({created.status}), experiment "
                  f"{plan.experiment_name}"))
     for line in summary:
@@ -976,11 +1009,11 @@ def _connect(args, redact: Redactor):
 
 def cmd_train(args, extra: list[str], redact: Redactor) -> int:
     script = check_script(args.script)
-    pairs = parse_script_flags(script, extra)
+    pairs = parse_script_flags(script, extra, complete=True)
     _check_counts(args)
     gpus = gpus_per_node(args.vm_size, args.gpus_per_node, f"a Horovod job of {script}")
     flags, inputs = plan_inputs(script, pairs, parse_named_inputs(args.inputs))
-    check_dry_run_path(args.dry_run)
+    dry_run = check_dry_run_path(args.dry_run)
     client = _connect(args, redact)
     plan = JobPlan(script=script, flags=flags, inputs=inputs, compute=args.compute,
                    instance_count=args.instance_count, gpus=gpus, vm_size=args.vm_size,
@@ -992,7 +1025,7 @@ def cmd_train(args, extra: list[str], redact: Redactor) -> int:
     summary = [f"compute {plan.compute}: {_describe_gpus(plan)}", f"command: {job.command}"]
     summary += [f"input {n}: {i.type} {'upload of ' if i.local else ''}{i.path}"
                 for n, i in inputs.items()]
-    return _submit_or_write(job, "command", plan, args, redact, client, summary)
+    return _submit_or_write(job, "command", plan, dry_run, redact, client, summary)
 
 
 def cmd_sweep(args, extra: list[str], redact: Redactor) -> int:
@@ -1006,7 +1039,7 @@ def cmd_sweep(args, extra: list[str], redact: Redactor) -> int:
     fixed = [(name, value if eq else None) for name, eq, value in
              (word[2:].partition("=") for word in spec.flag_args(merged))]
     flags, inputs = plan_inputs(spec.script, fixed, parse_named_inputs(args.inputs))
-    check_dry_run_path(args.dry_run)
+    dry_run = check_dry_run_path(args.dry_run)
     client = _connect(args, redact)
     sweep_path = Path(args.sweep).resolve()
     try:
@@ -1035,7 +1068,7 @@ def cmd_sweep(args, extra: list[str], redact: Redactor) -> int:
                "search space: " + "; ".join(space),
                f"objective: {spec.goal} {spec.primary_metric}; random sampling, seed {spec.seed}; "
                f"{spec.max_total_trials} trials, {spec.max_concurrent_trials} at a time"]
-    return _submit_or_write(job, "sweep", plan, args, redact, client, summary)
+    return _submit_or_write(job, "sweep", plan, dry_run, redact, client, summary)
 
 
 def cmd_compute(args, extra, redact: Redactor) -> int:

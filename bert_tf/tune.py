@@ -650,11 +650,12 @@ class _MlflowRuns:
             client = mlflow.MlflowClient(tracking_uri=tracking_uri)
             found = client.get_experiment_by_name(experiment)
             # Artifacts beside the database, not in ./mlruns of the working directory.
-            database = tracking_uri[len("sqlite:///"):]
+            from bert_tf.training.tracking import _artifact_location
+
             self.experiment_id = (found.experiment_id if found is not None else
-                                  client.create_experiment(experiment, artifact_location=(
-                                      "file://" + os.path.join(os.path.dirname(database),
-                                                               "mlartifacts"))))
+                                  client.create_experiment(
+                                      experiment, artifact_location=_artifact_location(
+                                          tracking_uri)))
             self.client = client
         except Exception as e:  # noqa: BLE001 (whatever MLflow raises)
             self._give_up(e)
@@ -907,8 +908,11 @@ class _Sweep:
 
 
 def tracking_uri(output_dir: str) -> str:
-    """The sweep's MLflow store: sqlite:///<absolute DIR>/mlflow.db."""
-    return "sqlite:///" + os.path.join(os.path.abspath(output_dir), "mlflow.db")
+    """The sweep's MLflow store: sqlite:///<absolute DIR>/mlflow.db, the store a script would
+    make in DIR itself."""
+    from bert_tf.training.tracking import default_tracking_uri
+
+    return default_tracking_uri(output_dir)
 
 
 def counted_trials(study) -> list:

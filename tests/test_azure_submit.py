@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import yaml
@@ -32,7 +33,8 @@ A100_8 = "Standard_ND96amsr_A100_v4"
 _SITECUSTOMIZE = '''
 import socket, sys
 def _refuse(*args, **kwargs):
-    sys.stderr.write("NETWORK ATTEMPT\\n")
+    address = args[1] if len(args) > 1 else (args[0] if args else kwargs)
+    sys.stderr.write(f"NETWORK ATTEMPT {address!r}\\n")
     raise OSError("network access from a test of azure/submit.py")
 socket.socket.connect = _refuse
 socket.socket.connect_ex = _refuse
@@ -411,6 +413,7 @@ def _flag_file(folder, *lines) -> str:
 TRAIN = ["train", "--compute", "gpu", "--instance_count", "1", "--vm_size", A100_8,
          "--script", "run_classifier.py"]
 SWEEP_ARGS = ["sweep", "--compute", "gpu", "--instance_count", "1", "--vm_size", A100_8]
+WORK = ["--", "--task=MRPC", "--do_train"]  # script flags the script itself accepts
 
 BAD = {
     "unknown script": (lambda t: ["train", "--compute", "gpu", "--instance_count", "1",
@@ -424,15 +427,17 @@ BAD = {
     "not a flag": (lambda t: TRAIN + ["--", "MRPC"], "is not a flag"),
     "--use_horovod given": (lambda t: TRAIN + ["--", "--use_horovod"], "--use_horovod is set"),
     "--output_dir given": (lambda t: TRAIN + ["--", "--output_dir=out"], "--output_dir is set"),
-    "missing local data": (lambda t: TRAIN + ["--", "--data_dir=no/such/folder"],
+    "missing local data": (lambda t: TRAIN + WORK + ["--data_dir=no/such/folder"],
                            "no such file or folder"),
-    "cpu vm size": (lambda t: TRAIN[:5] + ["--vm_size", "Standard_D4s_v3"] + TRAIN[7:],
+    "cpu vm size": (lambda t: TRAIN[:5] + ["--vm_size", "Standard_D4s_v3"] + TRAIN[7:] + WORK,
                     "Standard_D4s_v3 has no GPUs"),
-    "retired vm size": (lambda t: TRAIN[:5] + ["--vm_size", "Standard_NC24s_v3"] + TRAIN[7:],
+    "retired vm size": (lambda t: TRAIN[:5] + ["--vm_size", "Standard_NC24s_v3"] + TRAIN[7:]
+                        + WORK,
                         "retired"),
-    "unknown gpu size": (lambda t: TRAIN[:5] + ["--vm_size", "Standard_NC99future_v9"] + TRAIN[7:],
+    "unknown gpu size": (lambda t: TRAIN[:5] + ["--vm_size", "Standard_NC99future_v9"]
+                         + TRAIN[7:] + WORK,
                          "--gpus_per_node"),
-    "instance_count 0": (lambda t: TRAIN[:4] + ["0"] + TRAIN[5:], "--instance_count 0"),
+    "instance_count 0": (lambda t: TRAIN[:4] + ["0"] + TRAIN[5:] + WORK, "--instance_count 0"),
     "instance_count not a number": (lambda t: TRAIN[:4] + ["two"] + TRAIN[5:],
                                     "argument --instance_count: invalid int value: 'two'"),
     "missing --compute": (lambda t: ["train", "--instance_count", "1", "--script",
@@ -456,6 +461,15 @@ BAD = {
         lambda t: TRAIN + ["--", f"--flagfile={_flag_file(t, '--task=MRPC')}"],
         "a flag file must sit in the repository"),
     "missing sweep file": (lambda t: SWEEP_ARGS + ["--sweep", "no/such.yaml"], "no such file"),
+    # what the script itself refuses at start-up (bert_tf.sweeps.check_script_args)
+    "unknown task": (lambda t: TRAIN + ["--", "--task=MRPX", "--do_train"],
+                     "unknown task 'MRPX'"),
+    "negative learning rate": (lambda t: TRAIN + ["--", "--task=MRPC", "--do_train",
+                                                  "--learning_rate=-1"], "must be positive"),
+    "--eval_every_steps without --do_eval": (
+        lambda t: TRAIN + ["--", "--task=MRPC", "--eval_every_steps=10", "--do_train"],
+        "--eval_every_steps=10"),
+    "nothing to do": (lambda t: TRAIN + ["--", "--task=MRPC"], "nothing to do"),
 }
 
 
@@ -477,7 +491,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(run, tmp_path, case):
 @pytest.mark.parametrize("args", [
     ["status", "sweep_abc"],
     ["stream", "sweep_abc"],
-    TRAIN + ["--", "--task=MRPC"],  # a real submission: needs a workspace
+    TRAIN + WORK,  # a real submission: needs a workspace
     ["compute", "--name", "gpu", "--vm_size", A100_8, "--max_nodes", "2"],
 ])
 def test_missing_workspace_config_is_one_line(run, tmp_path, args):
@@ -495,6 +509,29 @@ def test_incomplete_workspace_environment_names_what_is_missing(run):
     assert proc.returncode == 2
     assert "AZURE_RESOURCE_GROUP, AZUREML_WORKSPACE_NAME not set" in proc.stderr
     assert FAKE_SUBSCRIPTION not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("args,what", [
+    (["status", "job1"], "reading job job1"),
+    # a submission without --vm_size first asks the workspace for the cluster's size
+    (SWEEP_ARGS[:5] + ["--sweep", str(SWEEP)], "reading cluster gpu"),
+])
+def test_no_credential_is_one_line(run, tmp_path, args, what):
+    """A workspace config but no credential: DefaultAzureCredential's dozen lines of warnings
+    stay silent; the failure is one redacted line, exit 1. Its only connection attempt is the
+    managed-identity probe of the link-local IMDS address, refused here like any other."""
+    (tmp_path / "config.json").write_text(json.dumps({
+        "subscription_id": FAKE_SUBSCRIPTION, "resource_group": "rg", "workspace_name": "ws"}))
+    proc = run(*args)
+    lines = proc.stderr.strip().splitlines()
+    attempts = [line for line in lines if line.startswith("NETWORK ATTEMPT")]
+    assert all("169.254.169.254" in line for line in attempts), attempts
+    lines = [line for line in lines if line not in attempts]
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"submit.py: error: {what}: ClientAuthenticationError: no Azure "
+                               "credential"), lines[0]
+    assert "DefaultAzureCredential failed" in lines[0]
+    assert FAKE_SUBSCRIPTION not in proc.stdout + proc.stderr and not proc.stdout
 
 
 # -- secrets -----------------------------------------------------------------------------------
@@ -526,7 +563,8 @@ def test_dry_run_constructs_no_client_or_credential(submit, tmp_path, monkeypatc
     monkeypatch.setattr(azure.identity, "DefaultAzureCredential", forbidden)
     monkeypatch.setattr(azure.ai.ml, "MLClient", forbidden)
     monkeypatch.setattr(submit, "make_client", forbidden)
-    assert submit.main([*TRAIN, "--dry-run", str(tmp_path / "j.yaml")]) == 0
+    assert submit.main([*TRAIN, "--dry-run", str(tmp_path / "j.yaml"), "--", "--task=MRPC",
+                        "--do_train"]) == 0
     assert submit.main([*SWEEP_ARGS, "--sweep", str(SWEEP), "--dry-run",
                         str(tmp_path / "s.yaml")]) == 0
     assert submit.main(["compute", "--name", "c", "--vm_size", A100_8, "--max_nodes", "1",
@@ -583,10 +621,60 @@ def test_azure_answers_are_redacted(submit, monkeypatch, capsys, fail):
         assert FAKE_SUBSCRIPTION not in streamed
 
 
-def test_submission_reads_the_cluster_size_and_sends_the_built_job(submit, monkeypatch, capsys):
-    """Without --vm_size/--gpus_per_node a submission asks the cluster for its size; the job
-    handed to jobs.create_or_update is the one --dry-run writes (fake workspace, no network)."""
-    from azure.ai.ml.entities import AmlCompute, CommandJob
+class _StopBeforeSending(Exception):
+    """Raised where JobOperations.create_or_update would send its request."""
+
+
+@pytest.fixture
+def sdk_jobs(monkeypatch):
+    """The SDK's real JobOperations (an MLClient for a fake workspace) with its network edges cut:
+    assets (code, environment, compute) resolve to made-up ARM ids instead of being uploaded or
+    looked up, hashing the code folder is skipped (it walks the whole repository, .venv too),
+    the REST request is replaced by _StopBeforeSending, and any token request fails the test.
+    Everything else of create_or_update runs as it does for a user: its job type check ("Non
+    supported job type"), validation, and the conversion to the REST body."""
+    import azure.ai.ml.entities._assets._artifacts.code as code_module
+    from azure.ai.ml import MLClient
+
+    tokens, resolved, bodies = [], [], []
+
+    class NoCredential:
+        def get_token(self, *args, **kwargs):
+            tokens.append(args)
+            raise AssertionError("a test requested an Azure token")
+
+        get_token_info = get_token
+
+    arm = (f"/subscriptions/{FAKE_SUBSCRIPTION}/resourceGroups/rg/providers/"
+           "Microsoft.MachineLearningServices/workspaces/ws")
+
+    def resolve(asset, azureml_type, **kwargs):
+        resolved.append((azureml_type, asset))
+        if azureml_type == "codes":
+            return f"{arm}/codes/c/versions/1"
+        if azureml_type == "environments":
+            return f"{arm}/environments/e/versions/1"
+        return f"{arm}/computes/{asset}"
+
+    def send(rest_job_resource, **kwargs):
+        bodies.append(rest_job_resource)
+        raise _StopBeforeSending()
+
+    monkeypatch.setattr(code_module, "get_content_hash", lambda path, ignore_file=None: "0" * 64)
+    jobs = MLClient(NoCredential(), FAKE_SUBSCRIPTION, "rg", "ws").jobs
+    monkeypatch.setattr(jobs._orchestrators, "get_asset_arm_id", resolve)
+    monkeypatch.setattr(jobs, "_create_or_update_with_different_version_api", send)
+    yield types.SimpleNamespace(jobs=jobs, tokens=tokens, resolved=resolved, bodies=bodies)
+    assert not tokens, "a test requested an Azure token"
+
+
+def test_submission_sends_what_the_dry_run_writes(submit, sdk, sdk_jobs, tmp_path, monkeypatch,
+                                                  capsys):
+    """Without --vm_size/--gpus_per_node a submission asks the cluster for its size; the job goes
+    through the SDK's own JobOperations.create_or_update up to the request (its type check
+    refused the CommandJob submit.py used to send), and it is the job --dry-run writes: the
+    same YAML read back with load_job (fake workspace, no network, no token)."""
+    from azure.ai.ml.entities import AmlCompute, Command
     from azure.ai.ml.sweep import SweepJob
 
     for key, value in zip(submit.WORKSPACE_ENV, (FAKE_SUBSCRIPTION, "rg", "ws")):
@@ -595,6 +683,11 @@ def test_submission_reads_the_cluster_size_and_sends_the_built_job(submit, monke
 
     def create_or_update(job):
         sent.append(job)
+        # the paths of the YAML read back are relative to its temporary folder: alive here
+        code = job.trial.code if isinstance(job, SweepJob) else job.code
+        assert os.path.samefile(os.path.join(job._base_path, code), REPO)
+        with pytest.raises(_StopBeforeSending):
+            sdk_jobs.jobs.create_or_update(job)
         return types.SimpleNamespace(name=f"job_{len(sent)}", status="Starting")
 
     def begin_create_or_update(compute):
@@ -606,24 +699,57 @@ def test_submission_reads_the_cluster_size_and_sends_the_built_job(submit, monke
         compute=types.SimpleNamespace(get=lambda name: types.SimpleNamespace(size=A100_8),
                                       begin_create_or_update=begin_create_or_update))
     monkeypatch.setattr(submit, "make_client", lambda workspace: client)
-    assert submit.main(["train", "--compute", "gpu-a100", "--instance_count", "2", "--script",
-                        "run_classifier.py", "--", "--task=MRPC", "--do_train"]) == 0
-    assert submit.main(["sweep", "--compute", "gpu-a100", "--instance_count", "1", "--sweep",
-                        str(SWEEP)]) == 0
+    train = ["train", "--compute", "gpu-a100", "--instance_count", "2", "--script",
+             "run_classifier.py"]
+    flags = ["--", "--task=MRPC", "--do_train", "--learning_rate=3e-5"]
+    sweep = ["sweep", "--compute", "gpu-a100", "--instance_count", "1", "--sweep", str(SWEEP)]
+    assert submit.main(train + flags) == 0
+    assert submit.main(sweep) == 0
     assert submit.main(["compute", "--name", "gpu-a100", "--vm_size", A100_8, "--max_nodes",
                         "2"]) == 0
     printed = capsys.readouterr()
     assert "submitted command job job_1" in printed.out and "stream job_1" in printed.out
     assert "download job_2" in printed.out and "cluster gpu-a100 ready" in printed.out
     assert FAKE_SUBSCRIPTION not in printed.out + printed.err
-    job, sweep, compute = sent
-    assert isinstance(job, CommandJob) and isinstance(sweep, SweepJob)
-    assert job.distribution.process_count_per_instance == 8  # from the cluster's size
-    assert job.resources.instance_count == 2 and job.compute == "gpu-a100"
-    assert os.path.samefile(job.code, REPO)
-    assert sweep.trial.distribution.process_count_per_instance == 8
+    job, sweep_job, compute = sent
+    assert type(job) is Command and type(sweep_job) is SweepJob
+
+    # the SDK took them whole: the code folder and the image's build context are this
+    # repository's, and the REST bodies are a Command and a Sweep job on 8 MPI workers per node
+    assert [b.properties.job_type for b in sdk_jobs.bodies] == ["Command", "Sweep"]
+    for body in sdk_jobs.bodies:
+        properties = body.properties
+        distribution = (properties.trial if properties.job_type == "Sweep"
+                        else properties).distribution
+        assert distribution.process_count_per_instance == 8  # from the cluster's size
+    codes = [Path(a.path).resolve() for t, a in sdk_jobs.resolved if t == "codes"]
+    builds = [Path(a.path).resolve() for t, a in sdk_jobs.resolved if t == "environments"]
+    assert codes == [REPO, REPO] and builds == [REPO / "azure" / "environment"] * 2
+    assert job.distribution.process_count_per_instance == 8
+    assert job.resources.instance_count == 2 and job.compute.endswith("/computes/gpu-a100")
+    assert sweep_job.trial.distribution.process_count_per_instance == 8
+
+    # the same job as the dry run's YAML (apart from where its relative paths start)
+    out = tmp_path / "job.yaml"
+    assert submit.main(train + ["--vm_size", A100_8, "--dry-run", str(out)] + flags) == 0
+    capsys.readouterr()
+    dry = sdk.load_job(str(out))
+    assert type(dry) is type(job)
+    assert (dry.command, dry.experiment_name, dry.display_name, dry.tags) == (
+        job.command, job.experiment_name, job.display_name, job.tags)
+
     assert isinstance(compute, AmlCompute) and compute.size == A100_8
     assert (compute.min_instances, compute.max_instances, compute.tier) == (0, 2, "dedicated")
+
+
+def test_the_sdk_refuses_the_built_command_job(submit, sdk_jobs):
+    """Why submissions go through load_job: the SDK's create_or_update refuses the CommandJob
+    entity build_command_job makes (what submit.py used to send)."""
+    plan = submit.JobPlan(script="run_classifier.py", flags=[("task", "MRPC")], inputs={},
+                          compute="gpu", instance_count=1, gpus=1, vm_size=None,
+                          experiment_name="x", display_name="x", tags={})
+    with pytest.raises(Exception, match="Non supported job type"):
+        sdk_jobs.jobs.create_or_update(submit.build_command_job(plan))
 
 
 def test_azure_logging_never_debug(submit):
@@ -635,6 +761,10 @@ def test_azure_logging_never_debug(submit):
     assert not logging.getLogger("azure.core.pipeline.policies.http_logging_policy").isEnabledFor(
         logging.DEBUG)
     assert not logging.getLogger("azure.identity").isEnabledFor(logging.DEBUG)
+    # DefaultAzureCredential's failure warnings (a dozen lines) stay silent; the exception says it
+    for name in ("azure.identity._credentials.chained", "azure.core.pipeline", "msal"):
+        assert not logging.getLogger(name).isEnabledFor(logging.WARNING), name
+        assert logging.getLogger(name).isEnabledFor(logging.ERROR), name
 
 
 # -- download: a sweep's trials from MLflow ----------------------------------------------------
