@@ -115,13 +115,15 @@ class SweepSpec:
                 out.append(f"--{name}={value}")
         return out
 
-    def check_flags(self, extra: list[str] | None = None) -> dict:
+    def check_flags(self, extra: list[str] | None = None,
+                    reserved: tuple = ("output_dir", "use_horovod")) -> dict:
         """Check the fixed flags of the file plus `extra` (["--name=value", ...] given after `--`
         on a command line) against the script's own flag definitions, with every search-space
         flag at both ends of its range. Returns the merged fixed flags {name: value}. Raises
         SweepError naming the flag: unknown to the script, a bad value, set both as a fixed
-        flag and in the search space, a primary metric the script does not log with these
-        flags, or early termination with nothing to compare during training."""
+        flag and in the search space, one of `reserved` (the flags the launcher sets for each
+        trial), a primary metric the script does not log with these flags, or early
+        termination with nothing to compare during training."""
         from absl import flags as absl_flags
 
         from bert_tf.flags import script_flags
@@ -140,10 +142,11 @@ class SweepSpec:
         if clash:
             raise SweepError(f"{self._where('flags')}: --{clash[0]} is both a fixed flag and in "
                              "search_space: keep one")
-        for bad in ("output_dir", "use_horovod"):
-            if bad in merged:
-                raise SweepError(f"{self._where('flags')}: --{bad} is set by the launcher for "
-                                 "each trial: leave it out")
+        for name in reserved:
+            if name in merged:
+                where = self._where("flags") if name in self.flags else "fixed flags after --"
+                raise SweepError(f"{where}: --{name} is set by the launcher for each trial: "
+                                 "leave it out")
         # Every choice value and both ends of every range, one dimension at a time, with the
         # rest at their first value: each must parse and pass the script's own checks.
         first = {p.name: p.values[0] if p.type == "choice" else p.low

@@ -53,8 +53,8 @@ STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING")
 POLL_SECONDS = 1.0        # how often a running trial's metrics.jsonl is read
 GRACE_SECONDS = 15.0      # SIGTERM -> SIGKILL
 LOG_TAIL_LINES = 12       # of a failed trial's log.txt, in the summary
-# Flags the sweep sets for every trial, so a file or `--` may not.
-_LAUNCHER_FLAGS = ("tracking_uri", "experiment_name")
+# Set by the sweep for every trial: its folder, the sweep's mlflow.db and experiment.
+_LAUNCHER_FLAGS = ("output_dir", "use_horovod", "tracking_uri", "experiment_name")
 
 
 @dataclasses.dataclass
@@ -1144,16 +1144,7 @@ def main(argv: list[str]) -> int:
 
     args, extra = parse_args(argv)
     spec = sweeps.load(args.sweep)
-    for arg in extra:
-        name = arg[2:].partition("=")[0] if arg.startswith("--") else ""
-        if name in _LAUNCHER_FLAGS:
-            raise SweepError(f"fixed flag {arg!r}: --{name} is set by bert_tf.tune for every "
-                             "trial (the sweep's mlflow.db, the file's name): leave it out")
-    for name in _LAUNCHER_FLAGS:
-        if name in spec.flags:
-            raise SweepError(f"{spec.path}: flags: --{name} is set by bert_tf.tune for every "
-                             "trial: leave it out")
-    fixed = spec.check_flags(extra)
+    fixed = spec.check_flags(extra, reserved=_LAUNCHER_FLAGS)
     trials_at_once = spec.max_concurrent_trials if args.trials_at_once is None \
         else args.trials_at_once
     if trials_at_once < 1:
