@@ -222,7 +222,8 @@ def profile_model_garden(a, logdir: str) -> tuple[dict, float]:
 
 
 def print_report(r: dict, a, step_seconds: float) -> None:
-    print(f"\n{a.framework} {a.dtype} xla-{a.xla}: {1000 * step_seconds:.0f} ms per step traced "
+    print(f"\n{a.framework} {a.dtype} xla-{a.xla} inter-op threads "
+          f"{a.inter_op_threads or 'default'}: {1000 * step_seconds:.0f} ms per step traced "
           f"({a.batch_size / step_seconds:.1f} seq/s; tracing adds a little), load average "
           f"{os.getloadavg()[0]:.1f}")
     print("tf.function wall time per step: " + ", ".join(
@@ -261,8 +262,16 @@ def main(argv=None):
     p.add_argument("--features", default=None,
                    help="a batch npz of bench_pretrain_step.py; built here when absent "
                         "(needs the project venv)")
+    p.add_argument("--inter_op_threads", type=int, default=0,
+                   help="TF inter-op threads (0 = TF's default, one per core). With 1, kernels run "
+                        "one at a time, each on every core, so kernel times add up to wall time "
+                        "and the matmul sum is the step's matmul floor")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
+    if a.inter_op_threads:
+        import tensorflow as tf
+
+        tf.config.threading.set_inter_op_parallelism_threads(a.inter_op_threads)
     a.task, a.padding, a.seed, a.rounds, a.model_dir = "pretrain", "fixed", 42, 1, None
     with tempfile.TemporaryDirectory(prefix="profile_pretrain_") as tmp:
         if a.features is None:
