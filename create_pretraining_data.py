@@ -13,6 +13,8 @@ bounded memory. The shards depend on --random_seed and --num_output_shards, not 
 statistics, the flags). See bert_tf/data/pretraining.py.
 """
 
+import sys
+
 from absl import app, flags
 
 _ABSL_FLAGS = set(flags.FLAGS)  # absl's own; the rest, defined here, go into the summary
@@ -84,11 +86,17 @@ def main(argv):
             raise UsageError(f"--{name} is required")
     options = PretrainingOptions(**{name: FLAGS[name].value for name in _LIBRARY_OPTIONS})
     flags_used = {name: FLAGS[name].value for name in _OWN_FLAGS}
-    summary = create_pretraining_data(
-        FLAGS.input_file, FLAGS.output_file, FLAGS.vocab_file, FLAGS.do_lower_case, options,
-        num_workers=FLAGS.num_workers, num_output_shards=FLAGS.num_output_shards,
-        overwrite_output=FLAGS.overwrite_output, show_progress=FLAGS.progress,
-        flags_used=flags_used)
+    try:
+        summary = create_pretraining_data(
+            FLAGS.input_file, FLAGS.output_file, FLAGS.vocab_file, FLAGS.do_lower_case, options,
+            num_workers=FLAGS.num_workers, num_output_shards=FLAGS.num_output_shards,
+            overwrite_output=FLAGS.overwrite_output, show_progress=FLAGS.progress,
+            flags_used=flags_used)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: workers stopped, partial files removed
+        why = f" ({e})" if str(e) else ""
+        print(f"\ncreate_pretraining_data.py: interrupted{why}; no output was written (the "
+              "partial files are removed); run the same command to start again", file=sys.stderr)
+        sys.exit(130)
     print(f"Wrote {summary['instances']} instances from {summary['documents']} documents to "
           f"{len(summary['shards'])} file(s) in {summary['seconds']:.1f} s "
           f"({summary['instances_per_second']:.0f} instances/s)")

@@ -520,3 +520,115 @@ def test_waiting_documents_are_capped_by_wordpieces(tmp_path):
     writer.close()
     assert peak <= 20_000 + 4_000
     assert writer.counts["documents"] == 60
+
+
+# ---- Interrupted runs ------------------------------------------------------------------------
+
+
+def test_leftovers_of_a_killed_run_are_removed_not_appended_to(tmp_path):
+    """A kill -9 leaves NAME.partial files and NAME.partial.shuffle/ buckets; the next run must
+    start from nothing (it once appended to the buckets: more records than the summary said).
+    Oracle: the bytes of a clean run."""
+    from bert_tf.data.tfrecord import iter_framed
+
+    kwargs = dict(dupe_factor=2, shuffle_buffer=300)  # small buffer: shards spill to buckets
+    _, clean = _create(tmp_path, "clean", **kwargs)
+    out = tmp_path / "killed"
+    out.mkdir()
+    junk = b"".join(iter_framed(clean[0]))[:5000]
+    for s in range(2):
+        stale = out / f"out.tfrecord-{s:05d}-of-00002.partial"
+        stale.write_bytes(b"stale")
+        (out / (stale.name + ".shuffle")).mkdir()
+        (out / (stale.name + ".shuffle") / "00").write_bytes(junk)
+    summary, files = _create(tmp_path, "killed", **kwargs)
+    assert sorted(os.listdir(out)) == ["out.tfrecord-00000-of-00002",
+                                       "out.tfrecord-00001-of-00002", "out.tfrecord.summary.json"]
+    assert sum(1 for f in files for _ in iter_framed(f)) == summary["instances"]
+    for a, b in zip(clean, files):
+        assert open(a, "rb").read() == open(b, "rb").read()
+
+
+def test_shards_of_another_shard_count_are_refused_then_replaced(tmp_path):
+    """A glob over the output (FILE-*) must never mix two runs."""
+    from bert_tf.assets import UsageError
+
+    _, four = _create(tmp_path, "run", num_output_shards=4)
+    with pytest.raises(UsageError, match=r"out.tfrecord.summary.json exists; pass "):
+        _create(tmp_path, "run", num_output_shards=2)
+    os.remove(tmp_path / "run" / "out.tfrecord.summary.json")
+    with pytest.raises(UsageError, match=r"out.tfrecord-00000-of-00004 exists, from an earlier "
+                                         r"run with another --num_output_shards \(4 file"):
+        _create(tmp_path, "run", num_output_shards=2)
+    assert all(os.path.exists(f) for f in four)  # refused: nothing lost
+    _, two = _create(tmp_path, "run", num_output_shards=2, overwrite_output=True)
+    assert sorted(os.listdir(tmp_path / "run")) == sorted(
+        [os.path.basename(f) for f in two] + ["out.tfrecord.summary.json"])
+
+
+def _start_interruptible(tmp_path):
+    """The script on a corpus big enough to be mid-run after its workers open their shards;
+    SIGINT as a terminal delivers it (to the whole process group). Returns (process, worker
+    pids, output folder) once the .partial shards exist."""
+    import signal
+    import time
+
+    corpus = tmp_path / "corpus.txt"
+    text = shared("corpus", "python_docs_train.txt").read_text(encoding="utf-8")
+    corpus.write_text((text + "\n") * 4, encoding="utf-8")
+    out = tmp_path / "out"
+    argv = [sys.executable, SCRIPT, f"--input_file={corpus}", f"--output_file={out}/data.tfrecord",
+            f"--vocab_file={shared(*UNCASED)}", "--num_output_shards=2", "--num_workers=2",
+            "--dupe_factor=5", "--noprogress"]
+    proc = subprocess.Popen(argv, cwd=REPO, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 60
+    while time.time() < deadline and not (
+            out.is_dir() and sum(n.endswith(".partial") for n in os.listdir(out)) == 2):
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1]
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+    workers = [int(p) for p in children.stdout.split()]
+    return proc, workers, out
+
+
+def _gone(pid, seconds=10.0) -> bool:
+    import time
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(") ")[1].startswith("Z"):  # exited, not yet reaped
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and pgrep")
+def test_ctrl_c_stops_the_workers_and_leaves_nothing(tmp_path):
+    import signal
+
+    proc, workers, out = _start_interruptible(tmp_path)
+    assert len(workers) >= 2  # 2 workers (and the resource tracker)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)  # it once hung here for ever
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith(
+        "create_pretraining_data.py: interrupted; no output was written")
+    assert all(_gone(pid) for pid in workers)
+    assert os.listdir(out) == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and pgrep")
+def test_kill_9_of_the_main_process_takes_the_workers_down(tmp_path):
+    import signal
+
+    proc, workers, out = _start_interruptible(tmp_path)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert all(_gone(pid) for pid in workers), "orphaned workers kept running"

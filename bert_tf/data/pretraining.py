@@ -40,7 +40,12 @@ What differs from Google's script, which reads the whole corpus into one process
   The `dupe_factor` copies of a document (different masks and pairings) are made when the
   document is processed, not in `dupe_factor` passes over the corpus.
 * Crash safety. Shards are written as `NAME.partial` and renamed when every worker has
-  finished; on any error the partial files are removed.
+  finished; on an error, Ctrl-C or SIGTERM the workers are stopped and the partial files
+  removed. After a kill -9 the workers notice their parent is gone and exit, and the next run
+  removes the leftover `.partial` files and shuffle folders before it starts (never appending
+  to them). Shards of an earlier run under the same name with another shard count are refused
+  without `--overwrite_output`, and removed with it (when the new shards are in place), so a
+  glob over the output never mixes two runs.
 * `dynamic_masking=True` writes only input_ids, input_mask, segment_ids and
   next_sentence_labels: the training pipeline draws masks itself.
 
@@ -63,7 +68,9 @@ import queue
 import random
 import re
 import shutil
+import signal
 import sys
+import threading
 import time
 import traceback
 from typing import Iterator
@@ -664,12 +671,19 @@ def split_sentences(paragraph: str) -> list[str]:
 
 
 def _worker_main(worker: int, num_workers: int, shard_paths: list[str], vocab_file: str,
-                 do_lower_case: bool, options: PretrainingOptions, inbox, outbox) -> None:
+                 do_lower_case: bool, options: PretrainingOptions, inbox, outbox,
+                 parent_pid: int | None = None) -> None:
     """A worker process: tokenizes its documents and runs the ShardWriters of its shards.
 
     Messages in: lists of (document index, lines), then None. Out: ("done", worker, counts
-    per shard) or ("error", worker, traceback text). Never imports TensorFlow.
+    per shard) or ("error", worker, traceback text). Never imports TensorFlow. Ctrl-C is the
+    main process's to handle (it stops the workers); a worker whose parent died (kill -9)
+    exits instead of waiting for documents forever.
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent_pid is not None:
+        threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True,
+                         name="exit-with-parent").start()
     try:
         from bert_tf.tokenization.cached import CachedTokenizer
 
@@ -695,6 +709,15 @@ def _worker_main(worker: int, num_workers: int, shard_paths: list[str], vocab_fi
         outbox.put(("done", worker, {s: shard.counts for s, shard in shards.items()}))
     except BaseException:  # reported to the main process, which cleans up and raises
         outbox.put(("error", worker, traceback.format_exc()))
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """A worker's watchdog: once the main process is gone (kill -9), nobody will read the
+    shards, so exit at once, wherever the worker is blocked (a half-sent batch leaves its
+    inbox pipe waiting forever). The next run removes the partial files."""
+    while os.getppid() == parent_pid:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def output_paths(output_file: str, num_output_shards: int | None) -> list[str]:
@@ -761,11 +784,17 @@ def create_pretraining_data(input_file: str, output_file: str, vocab_file: str,
     input_files = expand_input_files(input_file)
     shard_paths = output_paths(output_file, num_output_shards)
     summary_file = summary_path(output_file)
+    earlier = _earlier_shards(output_file, shard_paths)
     if not overwrite_output:
         existing = [p for p in shard_paths + [summary_file] if os.path.exists(p)]
         if existing:
             raise UsageError(f"{existing[0]} exists; pass --overwrite_output to replace it "
                              "(or choose another --output_file)")
+        if earlier:
+            raise UsageError(f"{earlier[0]} exists, from an earlier run with another "
+                             f"--num_output_shards ({len(earlier)} file(s)); pass "
+                             "--overwrite_output to replace that run's files (or choose another "
+                             "--output_file)")
     for path in shard_paths:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if num_workers > len(shard_paths):
@@ -774,6 +803,9 @@ def create_pretraining_data(input_file: str, output_file: str, vocab_file: str,
                     len(shard_paths))
         num_workers = len(shard_paths)
     partials = [p + ".partial" for p in shard_paths]
+    stale = _remove_leftovers(partials + [summary_file + ".partial"])
+    if stale:
+        logger.info("removed the .partial files of an interrupted run (%s ...)", stale[0])
 
     # Spawned workers start a fresh interpreter: nothing (TensorFlow above all) is inherited.
     context = multiprocessing.get_context("spawn")
@@ -781,10 +813,14 @@ def create_pretraining_data(input_file: str, output_file: str, vocab_file: str,
     inboxes = [context.Queue(_QUEUE_BATCHES) for _ in range(num_workers)]
     workers = [context.Process(target=_worker_main, name=f"pretraining-worker-{w}",
                                args=(w, num_workers, partials, vocab_file, do_lower_case,
-                                     options, inboxes[w], outbox), daemon=True)
+                                     options, inboxes[w], outbox, os.getpid()), daemon=True)
                for w in range(num_workers)]
     results: dict[int, dict] = {}
     progress_bar = None
+    old_sigterm = None
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (kill, a scheduler's stop) takes the Ctrl-C path: stop workers, clean up.
+        old_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         for worker in workers:
             worker.start()
@@ -806,6 +842,11 @@ def create_pretraining_data(input_file: str, output_file: str, vocab_file: str,
         summary = _summary(counts, input_files, shard_paths, options, flags_used,
                            time.time() - started)
         _check_counts(summary, input_files)
+        for path in earlier:  # --overwrite_output: the earlier run's other shards go
+            os.remove(path)
+        if earlier:
+            logger.info("removed %d file(s) of an earlier run with another shard count (%s ...)",
+                        len(earlier), earlier[0])
         for partial, path in zip(partials, shard_paths):
             os.replace(partial, path)
         tmp = summary_file + ".partial"
@@ -821,15 +862,55 @@ def create_pretraining_data(input_file: str, output_file: str, vocab_file: str,
         for worker in workers:
             if worker.pid is not None:
                 worker.join()
-        for partial in partials + [summary_file + ".partial"]:
-            if os.path.exists(partial):
-                os.remove(partial)
-            if os.path.isdir(partial + ".shuffle"):
-                shutil.rmtree(partial + ".shuffle", ignore_errors=True)
+        # Documents still queued for a stopped worker stay unsent: without this, exit would
+        # wait forever for the queues' feeder threads.
+        for q in inboxes + [outbox]:
+            q.cancel_join_thread()
+            q.close()
+        _remove_leftovers(partials + [summary_file + ".partial"])
         raise
     finally:
+        if old_sigterm is not None:
+            signal.signal(signal.SIGTERM, old_sigterm)
         if progress_bar is not None:
             progress_bar.close()
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def _remove_leftovers(partials: list[str]) -> list[str]:
+    """Removes `X.partial` files and `X.partial.shuffle/` folders (this run's, or those a
+    killed run left behind: never appended to)."""
+    found = [p for p in partials if os.path.exists(p) or os.path.isdir(p + ".shuffle")]
+    for partial in found:
+        if os.path.exists(partial):
+            os.remove(partial)
+        shutil.rmtree(partial + ".shuffle", ignore_errors=True)
+    return found
+
+
+def _earlier_shards(output_file: str, shard_paths: list[str]) -> list[str]:
+    """Files of an earlier run under the same --output_file with another shard count:
+    `FILE-nnnnn-of-mmmmm` shards (and FILE itself, a 1-shard run) that this run will not
+    write. A glob such as `FILE-*` would otherwise mix them with the new shards."""
+    files = [f.strip() for f in output_file.split(",") if f.strip()]
+    if len(files) != 1:
+        return []
+    base = files[0]
+    pattern = re.compile(re.escape(os.path.basename(base)) + r"-\d{5}-of-\d{5}")
+    folder = os.path.dirname(os.path.abspath(base))
+    mine = {os.path.abspath(p) for p in shard_paths}
+    found = []
+    if os.path.isdir(folder):
+        for name in sorted(os.listdir(folder)):
+            path = os.path.join(folder, name)
+            if pattern.fullmatch(name) and path not in mine:
+                found.append(path)
+    if os.path.isfile(base) and os.path.abspath(base) not in mine:
+        found.append(os.path.abspath(base))
+    return found
 
 
 def _dispatch(input_files, input_format, num_shards, inboxes, workers, outbox, results,
