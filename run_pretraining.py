@@ -3,9 +3,9 @@ continue pre-training a released checkpoint on your own domain.
 
   python create_pretraining_data.py --input_file=corpus.txt --output_file=out/train.tfrecord \
       --vocab_file=vocab.txt --max_seq_length=128 --max_predictions_per_seq=20
-  python run_pretraining.py --input_file='out/train.tfrecord*' --output_dir=out/pretrain \
+  python run_pretraining.py --input_file=out/train.tfrecord --output_dir=out/pretrain \
       --bert_config_file=bert_config.json --vocab_file=vocab.txt --do_train --do_eval \
-      --eval_input_file='out/heldout.tfrecord*' --num_train_steps=10000 --optimizer=lamb \
+      --eval_input_file=out/heldout.tfrecord --num_train_steps=10000 --optimizer=lamb \
       --export=google,huggingface
 
 --init_checkpoint takes any format bert_tf.checkpoints.load reads (Google TF1, Hugging Face,

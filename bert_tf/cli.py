@@ -11,6 +11,7 @@ import sys
 from absl import logging as absl_logging
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 
 def setup_logging() -> None:
@@ -111,7 +112,8 @@ def parse_flags(argv):
 
 
 def run_main(main, argv, tensorflow: bool = True) -> None:
-    """Call main(argv); a known error prints `script: error: message` and exits 2.
+    """Call main(argv); a known error prints `script: error: message` and exits 2; Ctrl-C
+    prints one line (with where to resume from, when the run has checkpoints) and exits 130.
 
     tensorflow=True imports TensorFlow first, without CUDA probe noise on machines without a GPU
     (`import_tensorflow_quietly`); scripts that never need it pass False."""
@@ -123,3 +125,22 @@ def run_main(main, argv, tensorflow: bool = True) -> None:
     except known_errors() as e:
         print(f"{script}: error: {e}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        print(f"\n{script}: interrupted{_resume_hint()}", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def _resume_hint() -> str:
+    """'; ... run the same command to resume' when --output_dir holds training checkpoints."""
+    from absl import flags
+
+    try:
+        output_dir = flags.FLAGS["output_dir"].value
+    except KeyError:
+        return ""
+    checkpoints = os.path.join(output_dir or "", "checkpoints")
+    if output_dir and os.path.isdir(checkpoints) and any(
+            name.startswith("ckpt-") for name in os.listdir(checkpoints)):
+        return (f"; the checkpoints so far are in {checkpoints}: run the same command to resume "
+                "from the last one")
+    return ""

@@ -141,6 +141,7 @@ def run_pretraining(args: PretrainArgs) -> dict:
     # truncated file is one clear line now, not a DataLossError an hour into training.
     train_files = eval_files = None
     train_masker = eval_masker = None
+    flag = "--input_file"  # the flag whose records are being read
     try:
         if args.do_train:
             train_files = records.expand_files(args.input_file)
@@ -148,13 +149,13 @@ def run_pretraining(args: PretrainArgs) -> dict:
                                                  args.max_predictions_per_seq)
             train_masker = _masker(train_info, args, assets.vocab_file, args.seed)
         if args.do_eval:
+            flag = "--eval_input_file" if args.eval_input_file else "--input_file"
             eval_files = records.expand_files(args.eval_input_file or args.input_file)
             # Held-out masks are drawn once, the same at every evaluation.
             eval_masker = _masker(records.inspect_records(
                 eval_files, args.max_seq_length, args.max_predictions_per_seq), args,
                 assets.vocab_file, args.seed + 1)
     except records.RecordError as e:
-        flag = "--input_file" if eval_files is None and args.do_train else "--eval_input_file"
         raise UsageError(f"{flag}: {e}") from None
 
     dist, use_xla = setup_runtime(args)

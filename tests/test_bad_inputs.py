@@ -178,3 +178,31 @@ def test_bad_input_is_one_clean_line(inputs, tmp_path, name):
     assert lines and lines[-1].startswith(f"{argv[0]}: error: "), proc.stderr[-3000:]
     assert expected in lines[-1], lines[-1]
     assert not out.exists(), f"{out} was written"
+
+
+def test_ctrl_c_is_one_line_with_where_to_resume(tmp_path, capsys, monkeypatch):
+    """run_main turns Ctrl-C into exit 130 and one line; a run with checkpoints says how to
+    resume (the engine resumes exactly from the last one)."""
+    from absl import flags
+
+    from bert_tf import cli
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sys, "argv", ["run_pretraining.py"])
+    values = flags.FlagValues()
+    flags.DEFINE_string("output_dir", str(tmp_path), "", flag_values=values)
+    values.mark_as_parsed()
+    monkeypatch.setattr(flags, "FLAGS", values)
+    with pytest.raises(SystemExit) as e:
+        cli.run_main(interrupted, [], tensorflow=False)
+    assert e.value.code == 130
+    assert capsys.readouterr().err.strip() == "run_pretraining.py: interrupted"
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "ckpt-20.index").write_bytes(b"")
+    with pytest.raises(SystemExit):
+        cli.run_main(interrupted, [], tensorflow=False)
+    assert capsys.readouterr().err.strip() == (
+        f"run_pretraining.py: interrupted; the checkpoints so far are in {tmp_path}/checkpoints: "
+        "run the same command to resume from the last one")

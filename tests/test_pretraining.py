@@ -367,6 +367,9 @@ def test_bad_input_one_line_exit_2(tmp_path, corpus):
         (["--global_batch_size=10"], "--global_batch_size=10 is not a multiple of"),
         (["--export=onnx"], "--export=onnx: unknown format"),
         (["--num_train_steps=0"], "--num_train_steps=0 must be at least 1"),
+        # Named under its own flag (it was once reported as --input_file).
+        (["--do_eval", f"--eval_input_file={tmp_path}/heldout-*"],
+         f"--eval_input_file: {tmp_path}/heldout-*: no file matches"),
     ]
     for i, (extra, message) in enumerate(cases):
         out = tmp_path / f"out{i}"
@@ -376,6 +379,19 @@ def test_bad_input_one_line_exit_2(tmp_path, corpus):
         assert last.startswith("run_pretraining.py: error: ") and message in last, (extra, last)
         assert "Traceback" not in proc.stderr
         assert not (out / "checkpoints").exists()
+
+
+def test_a_glob_skips_the_summary_written_beside_the_records(tmp_path):
+    """`out/train.tfrecord*` (run_pretraining.py's own example) also matches
+    create_pretraining_data.py's train.tfrecord.summary.json."""
+    from bert_tf.data import records
+
+    data = write_records(tmp_path / "train.tfrecord", 3)
+    summary = tmp_path / "train.tfrecord.summary.json"
+    summary.write_text("{}")
+    assert records.expand_files(f"{tmp_path}/train.tfrecord*") == [str(data)]
+    # Named exactly, it is read (and refused as not a TFRecord file by the checks).
+    assert records.expand_files(str(summary)) == [str(summary)]
 
 
 def test_two_horovod_ranks_match_one_process_with_the_same_global_batch(tmp_path, corpus):

@@ -170,7 +170,10 @@ _FLAG_OF_LENGTH = {"max_seq_length": "--max_seq_length",
 
 def expand_files(patterns) -> list[str]:
     """Comma-separated globs (or a list of them) -> sorted existing files. Raises RecordError
-    naming a pattern that matches nothing."""
+    naming a pattern that matches nothing.
+
+    A glob skips the `*.summary.json` files create_pretraining_data.py writes beside its
+    records (`out/train.tfrecord*` means the records); a file named exactly is kept."""
     import glob
 
     if isinstance(patterns, str):
@@ -180,6 +183,8 @@ def expand_files(patterns) -> list[str]:
         if not pattern:
             continue
         matched = sorted(glob.glob(pattern))
+        if glob.has_magic(pattern):
+            matched = [f for f in matched if not f.endswith(".summary.json")]
         if not matched:
             raise RecordError(f"{pattern}: no file matches (check the path; globs and comma "
                               "lists are accepted)")
@@ -187,6 +192,18 @@ def expand_files(patterns) -> list[str]:
     if not files:
         raise RecordError("no input files given")
     return sorted(dict.fromkeys(files))
+
+
+def _tf_reason(message: str) -> str:
+    """The reader's own words from a TensorFlow error, without the graph-function wrapper:
+    "{{function_node ...}} truncated record at 299622' failed with Read less bytes than
+    requested [Op:ReduceDataset] name: " -> "truncated record at 299622: Read less bytes than
+    requested"."""
+    import re
+
+    text = re.sub(r"\{\{.*?\}\}\s*", "", (message.splitlines() or [""])[0])
+    text = re.sub(r"\s*\[Op:[^\]]*\].*$", "", text).replace("' failed with ", ": ")
+    return text.strip(" '") or "unreadable"
 
 
 def _feature_lengths(example) -> dict:
@@ -228,7 +245,7 @@ def inspect_records(files, max_seq_length: int, max_predictions_per_seq: int | N
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError,
                 tf.errors.OutOfRangeError) as e:
             raise RecordError(
-                f"{path}: not a complete TFRecord file ({e.message.splitlines()[0]}): it is "
+                f"{path}: not a complete TFRecord file ({_tf_reason(e.message)}): it is "
                 "truncated or corrupt; recreate it with create_pretraining_data.py") from None
         if first is None:
             raise RecordError(f"{path}: holds no records; recreate it or leave it out")
