@@ -88,7 +88,7 @@ pretrain-demo: $(STAMP)
 	$(PY) run_classifier.py --task=MRPC --do_train --do_eval --data_dir=$(SHARED)/glue/MRPC \
 	  --init_checkpoint=$(PT)/phase2/export/google --output_dir=$(PT)/mrpc --dtype=bf16 \
 	  --num_train_epochs=1 --learning_rate=1e-4 --progress=false
-	@$(PY) -c "import json; p=json.load(open('$(PT)/phase2/eval_results.json')); r=json.load(open('$(PT)/mrpc/eval_results.json')); print(f\"held-out masked-LM accuracy {100*p['masked_lm_accuracy']:.2f}%; MRPC dev accuracy {100*r['eval_accuracy']:.2f}% from it\")"
+	@$(PY) -c "import json; p=json.load(open('$(PT)/phase2/eval_results.json')); r=json.load(open('$(PT)/mrpc/eval_results.json')); print(f\"held-out masked-LM accuracy {100*p['masked_lm_accuracy']:.2f}%; MRPC dev accuracy {100*r['eval_accuracy']:.2f}% from it (BERT-Tiny, 340 steps: this checks the pipeline end to end; MRPC's constant answer gives 68.38%, a model worth using needs the real recipe)\")"
 
 bench: $(STAMP)
 	$(PY) bench/bench_tokenization.py
