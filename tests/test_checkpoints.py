@@ -68,6 +68,9 @@ def test_save_huggingface_loads_in_transformers(tmp_path):
     batch = random_batch(config)
     ours = model(batch, training=False)["logits"]
     ck.save_huggingface(model, str(tmp_path))
+    # The weights file is as readable as config.json (safetensors alone creates it 0600).
+    mode = (tmp_path / "model.safetensors").stat().st_mode & 0o777
+    assert mode == (tmp_path / "config.json").stat().st_mode & 0o777
     theirs = transformers.BertForSequenceClassification.from_pretrained(str(tmp_path)).eval()
     with torch.no_grad():
         logits = theirs(**torch_inputs(batch)).logits.numpy()
