@@ -283,14 +283,16 @@ def file_key(path: str) -> list:
 
 def init_model(model, assets, args: EngineArgs, dist, what: str = "fine-tuning"):
     """Load --init_checkpoint into `model` (any format checkpoints.load accepts); without one,
-    warn loudly that training starts from random weights. Returns the LoadReport or None."""
+    warn loudly that training starts from random weights (unless output_dir has checkpoints
+    to resume from). Returns the LoadReport or None."""
     from bert_tf import checkpoints
 
     if assets.init_checkpoint:
         return checkpoints.load(model, assets.init_checkpoint,  # logs what it loaded
                                 fresh_head=args.fresh_head,
                                 label_names=getattr(model, "label_names", None))
-    if args.do_train and dist.is_chief:
+    # A run that resumes takes its weights from output_dir's checkpoints: no banner then.
+    if args.do_train and dist.is_chief and not has_checkpoints(args.output_dir):
         logger.warning(
             "=" * 78 + f"\nNO --init_checkpoint: {what} starts from RANDOM weights. Expect "
             "scores near chance;\npass a pre-trained checkpoint (a directory, a prefix or a preset "
