@@ -223,6 +223,8 @@ def run_pretraining(args: PretrainArgs) -> dict:
                 evaluated = {k: v for k, v in results.items()
                              if k.startswith(("masked", "next"))}
                 if evaluated:
+                    # The same keys as the evaluations during training ("examples" too).
+                    evaluated["examples"] = results["eval_examples"]
                     log.write(results.get("global_step", 0), evaluated, "eval")
             if args.export:
                 _export(model, args, assets)

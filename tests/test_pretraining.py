@@ -279,6 +279,10 @@ def test_kill_9_mid_accumulation_then_rerun_matches_uninterrupted(tmp_path, corp
         return by_step
 
     full_log, resumed_log = train_log(tmp_path / "full"), train_log(out)
+    # Held-out rows during training and the final one carry the same keys.
+    evals = [r for r in map(json.loads, (tmp_path / "full" / "metrics.jsonl").read_text()
+                            .splitlines()) if r["split"] == "eval"]
+    assert len(evals) >= 3 and all(set(r) == set(evals[0]) for r in evals), evals
     assert sorted(full_log) == list(range(5, 61, 5))
     for step, values in resumed_log.items():  # steps logged by both lives of the killed run
         assert values == full_log[step], step
