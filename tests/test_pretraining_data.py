@@ -632,3 +632,19 @@ def test_kill_9_of_the_main_process_takes_the_workers_down(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
     assert all(_gone(pid) for pid in workers), "orphaned workers kept running"
+
+
+@pytest.mark.parametrize("vocab,lower,warned", [
+    (CASED, True, "looks cased"), (UNCASED, False, "looks uncased"), (UNCASED, True, None),
+    (CASED, False, None)])
+def test_a_vocab_of_the_other_case_is_warned_about(tmp_path, caplog, vocab, lower, warned):
+    from bert_tf.data.pretraining import create_pretraining_data
+
+    with caplog.at_level("WARNING", logger="bert_tf.data.pretraining"):
+        create_pretraining_data(str(shared(*HELDOUT)), str(tmp_path / "out.tfrecord"),
+                                str(shared(*vocab)), lower, num_workers=1, show_progress=False)
+    messages = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    if warned:
+        assert len(messages) == 1 and warned in messages[0], messages
+    else:
+        assert messages == []
