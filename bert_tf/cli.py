@@ -136,11 +136,18 @@ def _resume_hint() -> str:
 
     try:
         output_dir = flags.FLAGS["output_dir"].value
+        training = flags.FLAGS["do_train"].value
     except KeyError:
         return ""
-    checkpoints = os.path.join(output_dir or "", "checkpoints")
-    if output_dir and os.path.isdir(checkpoints) and any(
-            name.startswith("ckpt-") for name in os.listdir(checkpoints)):
+    if not (output_dir and training):
+        return ""
+    # A written checkpoint has its .index (training/run.has_checkpoints; no TF import here).
+    checkpoints = os.path.join(output_dir, "checkpoints")
+    try:
+        saved = any(name.endswith(".index") for name in os.listdir(checkpoints))
+    except OSError:
+        return ""
+    if saved:
         return (f"; the checkpoints so far are in {checkpoints}: run the same command to resume "
                 "from the last one")
     return ""

@@ -193,6 +193,7 @@ def test_ctrl_c_is_one_line_with_where_to_resume(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["run_pretraining.py"])
     values = flags.FlagValues()
     flags.DEFINE_string("output_dir", str(tmp_path), "", flag_values=values)
+    flags.DEFINE_bool("do_train", True, "", flag_values=values)
     values.mark_as_parsed()
     monkeypatch.setattr(flags, "FLAGS", values)
     with pytest.raises(SystemExit) as e:

@@ -162,7 +162,7 @@ def _create(tmp_path, name, input_file=None, **kwargs):
     rest = {k: v for k, v in kwargs.items() if k not in option_names}
     rest.setdefault("num_workers", 2)
     rest.setdefault("num_output_shards", 2)
-    output = tmp_path / name / "out.tfrecord"
+    output = rest.pop("output_file", tmp_path / name / "out.tfrecord")
     summary = create_pretraining_data(
         str(input_file or shared(*HELDOUT)), str(output), str(shared(*UNCASED)), True, options,
         show_progress=False, **rest)
@@ -550,20 +550,32 @@ def test_leftovers_of_a_killed_run_are_removed_not_appended_to(tmp_path):
 
 
 def test_shards_of_another_shard_count_are_refused_then_replaced(tmp_path):
-    """A glob over the output (FILE-*) must never mix two runs."""
+    """A glob over the output (FILE-*) must never mix two runs, and only files the earlier
+    run's summary lists are ever deleted."""
     from bert_tf.assets import UsageError
 
     _, four = _create(tmp_path, "run", num_output_shards=4)
     with pytest.raises(UsageError, match=r"out.tfrecord.summary.json exists; pass "):
         _create(tmp_path, "run", num_output_shards=2)
-    os.remove(tmp_path / "run" / "out.tfrecord.summary.json")
-    with pytest.raises(UsageError, match=r"out.tfrecord-00000-of-00004 exists, from an earlier "
-                                         r"run with another --num_output_shards \(4 file"):
-        _create(tmp_path, "run", num_output_shards=2)
     assert all(os.path.exists(f) for f in four)  # refused: nothing lost
     _, two = _create(tmp_path, "run", num_output_shards=2, overwrite_output=True)
     assert sorted(os.listdir(tmp_path / "run")) == sorted(
         [os.path.basename(f) for f in two] + ["out.tfrecord.summary.json"])
+    # A look-alike no summary lists is refused, even with --overwrite_output, and kept.
+    stray = tmp_path / "run" / "out.tfrecord-00007-of-00009"
+    stray.write_bytes(b"not ours")
+    with pytest.raises(UsageError, match=r"out.tfrecord-00007-of-00009 exists and no .*"
+                                         r"out.tfrecord.summary.json lists it"):
+        _create(tmp_path, "run", num_output_shards=4, overwrite_output=True)
+    assert stray.read_bytes() == b"not ours"
+    # The input is never an output.
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(shared(*HELDOUT).read_bytes())
+    with pytest.raises(UsageError, match="would overwrite the input file"):
+        _create(tmp_path, "x", input_file=corpus, num_output_shards=None,
+                output_file=str(corpus), overwrite_output=True)
+    assert corpus.read_bytes() == shared(*HELDOUT).read_bytes()
+
 
 
 def _start_interruptible(tmp_path):
@@ -613,9 +625,13 @@ def test_ctrl_c_stops_the_workers_and_leaves_nothing(tmp_path):
     import signal
 
     proc, workers, out = _start_interruptible(tmp_path)
-    assert len(workers) >= 2  # 2 workers (and the resource tracker)
-    os.killpg(proc.pid, signal.SIGINT)
-    _, stderr = proc.communicate(timeout=30)  # it once hung here for ever
+    try:
+        assert len(workers) >= 3  # 2 workers and the resource tracker
+        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)  # impatient: a second one during the cleanup
+        _, stderr = proc.communicate(timeout=30)  # it once hung here for ever
+    finally:
+        _kill_group(proc)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1].startswith(
@@ -625,13 +641,48 @@ def test_ctrl_c_stops_the_workers_and_leaves_nothing(tmp_path):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and pgrep")
+def test_sigterm_stops_the_workers_and_leaves_nothing(tmp_path):
+    import signal
+
+    proc, workers, out = _start_interruptible(tmp_path)
+    try:
+        proc.send_signal(signal.SIGTERM)  # the main process only, as `kill PID` does
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        _kill_group(proc)
+    assert proc.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1].startswith(
+        "create_pretraining_data.py: interrupted (signal SIGTERM); no output was written")
+    assert all(_gone(pid) for pid in workers)
+    assert os.listdir(out) == []
+
+
+def _kill_group(proc):
+    """A failed test leaves no process behind."""
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and pgrep")
 def test_kill_9_of_the_main_process_takes_the_workers_down(tmp_path):
     import signal
 
     proc, workers, out = _start_interruptible(tmp_path)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
-    assert all(_gone(pid) for pid in workers), "orphaned workers kept running"
+    try:
+        assert all(_gone(pid) for pid in workers), "orphaned workers kept running"
+    finally:
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 @pytest.mark.parametrize("vocab,lower,warned", [

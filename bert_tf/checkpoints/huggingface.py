@@ -145,14 +145,13 @@ def save_huggingface(model, directory: str) -> str:
         arch = "BertModel"
     config = model.config
     tmp = os.path.join(directory, "model.safetensors.tmp")
-    save_file(tensors, tmp, metadata={"format": "pt"})
-    # safetensors creates the file 0600; give it the mode of every other file written here.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, os.path.join(directory, "model.safetensors"))
-    with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
+    config_file = os.path.join(directory, "config.json")
+    with open(config_file, "w", encoding="utf-8") as f:
         json.dump(hf_config_dict(config, arch, num_labels, getattr(model, "label_names", None)),
                   f, indent=2, sort_keys=True)
         f.write("\n")
+    save_file(tensors, tmp, metadata={"format": "pt"})
+    # safetensors creates the file 0600; give it config.json's mode (the umask's).
+    os.chmod(tmp, os.stat(config_file).st_mode & 0o777)
+    os.replace(tmp, os.path.join(directory, "model.safetensors"))
     return directory

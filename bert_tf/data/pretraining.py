@@ -681,6 +681,8 @@ def _worker_main(worker: int, num_workers: int, shard_paths: list[str], vocab_fi
     exits instead of waiting for documents forever.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the parent
     if parent_pid is not None:
         threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True,
                          name="exit-with-parent").start()
@@ -785,17 +787,19 @@ def create_pretraining_data(input_file: str, output_file: str, vocab_file: str,
     input_files = expand_input_files(input_file)
     shard_paths = output_paths(output_file, num_output_shards)
     summary_file = summary_path(output_file)
-    earlier = _earlier_shards(output_file, shard_paths)
+    overlap = {os.path.abspath(p) for p in shard_paths} & {os.path.abspath(p) for p in input_files}
+    if overlap:
+        raise UsageError(f"--output_file would overwrite the input file {sorted(overlap)[0]}")
+    earlier, unknown = _earlier_shards(output_file, shard_paths)
+    if unknown:
+        raise UsageError(f"{unknown[0]} exists and no {summary_path(output_file)} lists it "
+                         f"({len(unknown)} such file(s)): a glob over this output would mix it "
+                         "in; move it away or choose another --output_file")
     if not overwrite_output:
         existing = [p for p in shard_paths + [summary_file] if os.path.exists(p)]
         if existing:
             raise UsageError(f"{existing[0]} exists; pass --overwrite_output to replace it "
                              "(or choose another --output_file)")
-        if earlier:
-            raise UsageError(f"{earlier[0]} exists, from an earlier run with another "
-                             f"--num_output_shards ({len(earlier)} file(s)); pass "
-                             "--overwrite_output to replace that run's files (or choose another "
-                             "--output_file)")
     for path in shard_paths:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if num_workers > len(shard_paths):
@@ -804,7 +808,8 @@ def create_pretraining_data(input_file: str, output_file: str, vocab_file: str,
                     len(shard_paths))
         num_workers = len(shard_paths)
     partials = [p + ".partial" for p in shard_paths]
-    stale = _remove_leftovers(partials + [summary_file + ".partial"])
+    stale = _remove_leftovers(partials + [summary_file + ".partial"] +
+                              _other_partials(output_file, partials))
     if stale:
         logger.info("removed the .partial files of an interrupted run (%s ...)", stale[0])
 
@@ -812,19 +817,33 @@ def create_pretraining_data(input_file: str, output_file: str, vocab_file: str,
     context = multiprocessing.get_context("spawn")
     outbox = context.Queue()
     inboxes = [context.Queue(_QUEUE_BATCHES) for _ in range(num_workers)]
+    # Exit never waits for the queues' feeder threads (a stopped worker leaves its inbox pipe
+    # full: the wait would be for ever). On success every inbox has been read to the end.
+    for q in inboxes + [outbox]:
+        q.cancel_join_thread()
     workers = [context.Process(target=_worker_main, name=f"pretraining-worker-{w}",
                                args=(w, num_workers, partials, vocab_file, do_lower_case,
                                      options, inboxes[w], outbox, os.getpid()), daemon=True)
                for w in range(num_workers)]
     results: dict[int, dict] = {}
     progress_bar = None
-    old_sigterm = None
-    if threading.current_thread() is threading.main_thread():
-        # SIGTERM (kill, a scheduler's stop) takes the Ctrl-C path: stop workers, clean up.
-        old_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
+    main_thread = threading.current_thread() is threading.main_thread()
+    # The first Ctrl-C or SIGTERM (kill, a scheduler's stop) interrupts; later ones are ignored
+    # until the workers are stopped and the partial files removed. Handlers a caller installed
+    # are left alone.
+    installed = {}
+    if main_thread:
+        for signum, default in ((signal.SIGINT, signal.default_int_handler),
+                                (signal.SIGTERM, signal.SIG_DFL)):
+            if signal.getsignal(signum) == default:
+                signal.signal(signum, _interrupt_once)
+                installed[signum] = default
     try:
-        for worker in workers:
-            worker.start()
+        # Workers start with SIGINT blocked (the mask survives fork and exec): a Ctrl-C while
+        # a worker imports is the main process's alone. The worker ignores it, then unblocks.
+        with _signals_blocked(main_thread, signal.SIGINT):
+            for worker in workers:
+                worker.start()
         if show_progress:
             from tqdm import tqdm
 
@@ -843,38 +862,79 @@ def create_pretraining_data(input_file: str, output_file: str, vocab_file: str,
         summary = _summary(counts, input_files, shard_paths, options, flags_used,
                            time.time() - started)
         _check_counts(summary, input_files)
-        for path in earlier:  # --overwrite_output: the earlier run's other shards go
-            os.remove(path)
+        # The commit: no Ctrl-C or SIGTERM halfway (they take effect after it).
+        with _signals_blocked(main_thread, signal.SIGINT, signal.SIGTERM):
+            for partial, path in zip(partials, shard_paths):
+                os.replace(partial, path)
+            tmp = summary_file + ".partial"
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(summary, f, indent=2)
+                f.write("\n")
+            os.replace(tmp, summary_file)
+            for path in earlier:  # --overwrite_output: the earlier run's other shards go
+                try:
+                    os.remove(path)
+                except FileNotFoundError:
+                    pass
         if earlier:
             logger.info("removed %d file(s) of an earlier run with another shard count (%s ...)",
                         len(earlier), earlier[0])
-        for partial, path in zip(partials, shard_paths):
-            os.replace(partial, path)
-        tmp = summary_file + ".partial"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, summary_file)
         return summary
     except BaseException:
-        for worker in workers:
-            if worker.is_alive():
-                worker.terminate()  # our own child; it holds nothing worth keeping
-        for worker in workers:
-            if worker.pid is not None:
-                worker.join()
-        # Documents still queued for a stopped worker stay unsent: without this, exit would
-        # wait forever for the queues' feeder threads.
-        for q in inboxes + [outbox]:
-            q.cancel_join_thread()
-            q.close()
-        _remove_leftovers(partials + [summary_file + ".partial"])
+        # A second Ctrl-C must not cut the cleanup short: it waits until the end.
+        with _signals_blocked(main_thread, signal.SIGINT, signal.SIGTERM):
+            _stop(workers, inboxes + [outbox])
+            _remove_leftovers(partials + [summary_file + ".partial"])
         raise
     finally:
-        if old_sigterm is not None:
-            signal.signal(signal.SIGTERM, old_sigterm)
+        for signum, default in installed.items():
+            signal.signal(signum, default)
         if progress_bar is not None:
             progress_bar.close()
+
+
+def _stop(workers, queues) -> None:
+    """Stops the workers (our own children; they hold nothing worth keeping) and closes the
+    queues."""
+    for worker in workers:
+        if worker.is_alive():
+            worker.terminate()
+    for worker in workers:
+        if worker.pid is not None:
+            worker.join()
+    for q in queues:
+        q.close()
+
+
+class _signals_blocked:
+    """Blocks the signals in this thread for the block (only in the main thread, where Python
+    runs handlers); one that arrives meanwhile is delivered when the block ends."""
+
+    def __init__(self, active: bool, *signals):
+        self.active = active and hasattr(signal, "pthread_sigmask")
+        self.signals = set(signals)
+
+    def __enter__(self):
+        if self.active:
+            self.old = signal.pthread_sigmask(signal.SIG_BLOCK, self.signals)
+
+    def __exit__(self, *exc):
+        if self.active:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self.old)
+        return False
+
+
+def _other_partials(output_file: str, partials: list[str]) -> list[str]:
+    """`FILE-nnnnn-of-mmmmm.partial` names a killed run with another shard count left."""
+    files = [f.strip() for f in output_file.split(",") if f.strip()]
+    if len(files) != 1:
+        return []
+    folder = os.path.dirname(os.path.abspath(files[0]))
+    pattern = re.compile(re.escape(os.path.basename(files[0])) + r"-\d{5}-of-\d{5}\.partial")
+    mine = {os.path.abspath(p) for p in partials}
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    return [os.path.join(folder, n) for n in sorted(names)
+            if pattern.fullmatch(n) and os.path.join(folder, n) not in mine]
 
 
 def _warn_if_case_mismatch(vocab, vocab_file: str, do_lower_case: bool) -> None:
@@ -894,7 +954,11 @@ def _warn_if_case_mismatch(vocab, vocab_file: str, do_lower_case: bool) -> None:
                        capitals)
 
 
-def _raise_interrupt(signum, frame):
+def _interrupt_once(signum, frame):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
@@ -909,26 +973,40 @@ def _remove_leftovers(partials: list[str]) -> list[str]:
     return found
 
 
-def _earlier_shards(output_file: str, shard_paths: list[str]) -> list[str]:
-    """Files of an earlier run under the same --output_file with another shard count:
-    `FILE-nnnnn-of-mmmmm` shards (and FILE itself, a 1-shard run) that this run will not
-    write. A glob such as `FILE-*` would otherwise mix them with the new shards."""
+def _earlier_shards(output_file: str, shard_paths: list[str]) -> tuple[list[str], list[str]]:
+    """Files of an earlier run under the same --output_file that this run will not write
+    (another shard count), which a glob such as `FILE-*` would mix with the new shards.
+
+    Returns (earlier, unknown): `earlier` are the shards `FILE.summary.json` lists (the earlier
+    run's own record: safe to replace); `unknown` are other `FILE-nnnnn-of-mmmmm` files (no
+    summary lists them: refused, never deleted). Leftover `.partial` files of such names are
+    not counted here (`_remove_leftovers` removes them)."""
     files = [f.strip() for f in output_file.split(",") if f.strip()]
     if len(files) != 1:
-        return []
+        return [], []
     base = files[0]
-    pattern = re.compile(re.escape(os.path.basename(base)) + r"-\d{5}-of-\d{5}")
     folder = os.path.dirname(os.path.abspath(base))
     mine = {os.path.abspath(p) for p in shard_paths}
-    found = []
-    if os.path.isdir(folder):
-        for name in sorted(os.listdir(folder)):
-            path = os.path.join(folder, name)
-            if pattern.fullmatch(name) and path not in mine:
-                found.append(path)
-    if os.path.isfile(base) and os.path.abspath(base) not in mine:
-        found.append(os.path.abspath(base))
-    return found
+    listed = set()
+    try:
+        with open(summary_path(base), encoding="utf-8") as f:
+            for shard in json.load(f).get("shards", []):
+                listed.add(os.path.basename(str(shard.get("file", ""))))
+    except (OSError, ValueError, AttributeError):
+        pass
+    pattern = re.compile(re.escape(os.path.basename(base)) + r"-\d{5}-of-\d{5}")
+    earlier, unknown = [], []
+    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    for name in names:
+        path = os.path.join(folder, name)
+        if path in mine or not os.path.isfile(path):
+            continue
+        if name in listed and (pattern.fullmatch(name) or name == os.path.basename(base)):
+            earlier.append(path)
+        elif pattern.fullmatch(name):
+            unknown.append(path)
+    return earlier, unknown
+
 
 
 def _dispatch(input_files, input_format, num_shards, inboxes, workers, outbox, results,
