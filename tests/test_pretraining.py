@@ -393,6 +393,8 @@ def test_a_glob_skips_the_summary_written_beside_the_records(tmp_path):
     data = write_records(tmp_path / "train.tfrecord", 3)
     summary = tmp_path / "train.tfrecord.summary.json"
     summary.write_text("{}")
+    (tmp_path / "train.tfrecord-00000-of-00002.partial").write_bytes(b"")
+    (tmp_path / "train.tfrecord-00000-of-00002.partial.shuffle").mkdir()
     assert records.expand_files(f"{tmp_path}/train.tfrecord*") == [str(data)]
     # Named exactly, it is read (and refused as not a TFRecord file by the checks).
     assert records.expand_files(str(summary)) == [str(summary)]

@@ -10,6 +10,7 @@ would, and every Horovod rank takes its own slice of the same global batch.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 
@@ -172,8 +173,9 @@ def expand_files(patterns) -> list[str]:
     """Comma-separated globs (or a list of them) -> sorted existing files. Raises RecordError
     naming a pattern that matches nothing.
 
-    A glob skips the `*.summary.json` files create_pretraining_data.py writes beside its
-    records (`out/train.tfrecord*` means the records); a file named exactly is kept."""
+    A glob skips what create_pretraining_data.py writes beside its records, the
+    `*.summary.json` files and an unfinished run's `*.partial` files and folders
+    (`out/train.tfrecord*` means the records); a file named exactly is kept."""
     import glob
 
     if isinstance(patterns, str):
@@ -184,7 +186,8 @@ def expand_files(patterns) -> list[str]:
             continue
         matched = sorted(glob.glob(pattern))
         if glob.has_magic(pattern):
-            matched = [f for f in matched if not f.endswith(".summary.json")]
+            matched = [f for f in matched if not f.endswith((".summary.json", ".partial"))
+                       and not os.path.isdir(f)]
         if not matched:
             raise RecordError(f"{pattern}: no file matches (check the path; globs and comma "
                               "lists are accepted)")
