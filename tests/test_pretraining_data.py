@@ -541,6 +541,7 @@ def test_leftovers_of_a_killed_run_are_removed_not_appended_to(tmp_path):
         stale.write_bytes(b"stale")
         (out / (stale.name + ".shuffle")).mkdir()
         (out / (stale.name + ".shuffle") / "00").write_bytes(junk)
+    (out / "out.tfrecord-00003-of-00004.partial").write_bytes(b"a killed 4-shard run")
     summary, files = _create(tmp_path, "killed", **kwargs)
     assert sorted(os.listdir(out)) == ["out.tfrecord-00000-of-00002",
                                        "out.tfrecord-00001-of-00002", "out.tfrecord.summary.json"]

@@ -44,8 +44,9 @@ What differs from Google's script, which reads the whole corpus into one process
   removed. After a kill -9 the workers notice their parent is gone and exit, and the next run
   removes the leftover `.partial` files and shuffle folders before it starts (never appending
   to them). Shards of an earlier run under the same name with another shard count are refused
-  without `--overwrite_output`, and removed with it (when the new shards are in place), so a
-  glob over the output never mixes two runs.
+  without `--overwrite_output`, and removed with it once the new shards are in place (only
+  those the earlier run's summary lists; look-alikes are refused and kept), so a glob over the
+  output never mixes two runs.
 * `dynamic_masking=True` writes only input_ids, input_mask, segment_ids and
   next_sentence_labels: the training pipeline draws masks itself.
 
@@ -790,7 +791,7 @@ def create_pretraining_data(input_file: str, output_file: str, vocab_file: str,
     overlap = {os.path.abspath(p) for p in shard_paths} & {os.path.abspath(p) for p in input_files}
     if overlap:
         raise UsageError(f"--output_file would overwrite the input file {sorted(overlap)[0]}")
-    earlier, unknown = _earlier_shards(output_file, shard_paths)
+    earlier, unknown, other_partials = _earlier_files(output_file, shard_paths)
     if unknown:
         raise UsageError(f"{unknown[0]} exists and no {summary_path(output_file)} lists it "
                          f"({len(unknown)} such file(s)): a glob over this output would mix it "
@@ -808,8 +809,7 @@ def create_pretraining_data(input_file: str, output_file: str, vocab_file: str,
                     len(shard_paths))
         num_workers = len(shard_paths)
     partials = [p + ".partial" for p in shard_paths]
-    stale = _remove_leftovers(partials + [summary_file + ".partial"] +
-                              _other_partials(output_file, partials))
+    stale = _remove_leftovers(partials + [summary_file + ".partial"] + other_partials)
     if stale:
         logger.info("removed the .partial files of an interrupted run (%s ...)", stale[0])
 
@@ -924,19 +924,6 @@ class _signals_blocked:
         return False
 
 
-def _other_partials(output_file: str, partials: list[str]) -> list[str]:
-    """`FILE-nnnnn-of-mmmmm.partial` names a killed run with another shard count left."""
-    files = [f.strip() for f in output_file.split(",") if f.strip()]
-    if len(files) != 1:
-        return []
-    folder = os.path.dirname(os.path.abspath(files[0]))
-    pattern = re.compile(re.escape(os.path.basename(files[0])) + r"-\d{5}-of-\d{5}\.partial")
-    mine = {os.path.abspath(p) for p in partials}
-    names = os.listdir(folder) if os.path.isdir(folder) else []
-    return [os.path.join(folder, n) for n in sorted(names)
-            if pattern.fullmatch(n) and os.path.join(folder, n) not in mine]
-
-
 def _warn_if_case_mismatch(vocab, vocab_file: str, do_lower_case: bool) -> None:
     """Google's script takes any pairing silently; a wrong one wastes a pre-training run.
     Cased vocabularies hold thousands of tokens with capitals (cased_vocab.txt: 8,368 of
@@ -955,6 +942,7 @@ def _warn_if_case_mismatch(vocab, vocab_file: str, do_lower_case: bool) -> None:
 
 
 def _interrupt_once(signum, frame):
+    """Ctrl-C / SIGTERM handler: interrupts once, then ignores both until restored."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if signum == signal.SIGINT:
@@ -973,40 +961,43 @@ def _remove_leftovers(partials: list[str]) -> list[str]:
     return found
 
 
-def _earlier_shards(output_file: str, shard_paths: list[str]) -> tuple[list[str], list[str]]:
-    """Files of an earlier run under the same --output_file that this run will not write
-    (another shard count), which a glob such as `FILE-*` would mix with the new shards.
+def _earlier_files(output_file: str, shard_paths: list[str]):
+    """Files of earlier runs under the same --output_file that this run will not write (another
+    shard count), which a glob such as `FILE-*` would mix with the new shards.
 
-    Returns (earlier, unknown): `earlier` are the shards `FILE.summary.json` lists (the earlier
-    run's own record: safe to replace); `unknown` are other `FILE-nnnnn-of-mmmmm` files (no
-    summary lists them: refused, never deleted). Leftover `.partial` files of such names are
-    not counted here (`_remove_leftovers` removes them)."""
+    Returns (earlier, unknown, partials):
+      earlier   the shards `FILE.summary.json` lists (that run's own record: safe to replace);
+      unknown   other `FILE-nnnnn-of-mmmmm` files (no summary lists them: refused, never
+                deleted);
+      partials  `FILE-nnnnn-of-mmmmm.partial` files a killed run left (removed).
+    """
     files = [f.strip() for f in output_file.split(",") if f.strip()]
     if len(files) != 1:
-        return [], []
-    base = files[0]
-    folder = os.path.dirname(os.path.abspath(base))
+        return [], [], []
+    base = os.path.basename(files[0])
+    folder = os.path.dirname(os.path.abspath(files[0]))
     mine = {os.path.abspath(p) for p in shard_paths}
     listed = set()
     try:
-        with open(summary_path(base), encoding="utf-8") as f:
-            for shard in json.load(f).get("shards", []):
-                listed.add(os.path.basename(str(shard.get("file", ""))))
+        with open(summary_path(output_file), encoding="utf-8") as f:
+            listed = {os.path.basename(str(shard.get("file", "")))
+                      for shard in json.load(f).get("shards", [])}
     except (OSError, ValueError, AttributeError):
         pass
-    pattern = re.compile(re.escape(os.path.basename(base)) + r"-\d{5}-of-\d{5}")
-    earlier, unknown = [], []
-    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
-    for name in names:
+    shard = re.compile(re.escape(base) + r"-\d{5}-of-\d{5}(\.partial)?")
+    earlier, unknown, partials = [], [], []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
         path = os.path.join(folder, name)
-        if path in mine or not os.path.isfile(path):
+        match = shard.fullmatch(name)
+        if path.removesuffix(".partial") in mine or not os.path.isfile(path):
             continue
-        if name in listed and (pattern.fullmatch(name) or name == os.path.basename(base)):
+        if match and match.group(1):
+            partials.append(path)
+        elif name in listed and (match or name == base):
             earlier.append(path)
-        elif pattern.fullmatch(name):
+        elif match:
             unknown.append(path)
-    return earlier, unknown
-
+    return earlier, unknown, partials
 
 
 def _dispatch(input_files, input_format, num_shards, inboxes, workers, outbox, results,
