@@ -141,13 +141,13 @@ def _resume_hint() -> str:
         return ""
     if not (output_dir and training):
         return ""
-    # A written checkpoint has its .index (training/run.has_checkpoints; no TF import here).
-    checkpoints = os.path.join(output_dir, "checkpoints")
+    from bert_tf.training.loop import checkpoint_dir
+    from bert_tf.training.run import has_checkpoints
+
     try:
-        saved = any(name.endswith(".index") for name in os.listdir(checkpoints))
+        if has_checkpoints(output_dir):  # the test a rerun uses to resume
+            return (f"; the checkpoints so far are in {checkpoint_dir(output_dir)}: run the same "
+                    "command to resume from the last one")
     except OSError:
-        return ""
-    if saved:
-        return (f"; the checkpoints so far are in {checkpoints}: run the same command to resume "
-                "from the last one")
+        pass
     return ""
