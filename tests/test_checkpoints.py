@@ -60,6 +60,11 @@ def test_save_google_matches_hf_tf_loader(tmp_path, act):
                              batch["masked_lm_positions"][..., None], axis=1)
     assert np.abs(ours["mlm_logits"] - mlm).max() <= 1e-5
     assert np.abs(ours["nsp_logits"] - out.seq_relationship_logits.numpy()).max() <= 1e-5
+    # The logits pre-training trains on (the last layer only at [CLS] and the masked positions)
+    sparse = model.pretraining_logits(batch, training=False)
+    assert np.abs(np.asarray(sparse["mlm_logits"]) - mlm).max() <= 1e-5
+    assert np.abs(np.asarray(sparse["nsp_logits"])
+                  - out.seq_relationship_logits.numpy()).max() <= 1e-5
 
 
 def test_save_huggingface_loads_in_transformers(tmp_path):

@@ -123,6 +123,63 @@ def test_get_config_rebuilds_same_architecture():
     assert [w.shape for w in again.weights] == [w.shape for w in model.weights]
 
 
+def _pretraining_loss_and_grads(model, batch, logits_fn):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, model.config.vocab_size, batch["masked_lm_positions"].shape)
+    labels = rng.integers(0, 2, batch["input_ids"].shape[0])
+    with tf.GradientTape() as tape:
+        out = logits_fn(batch)
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=ids, logits=out["mlm_logits"])) + tf.reduce_mean(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels,
+                                                           logits=out["nsp_logits"]))
+    return out, loss, tape.gradient(loss, model.trainable_variables)
+
+
+def test_pretraining_logits_and_gradients_match_the_full_model():
+    """pretraining_logits (the last layer only at [CLS] and the masked positions, what training
+    uses) gives the full model's logits and the same gradient for every weight, padding and a
+    masked position at 0 included."""
+    import tensorflow as tf
+
+    config = tiny_config(num_hidden_layers=3)
+    model = BertPretrainer(config)
+    batch = random_batch(config, batch=4, seq=16, predictions=5)
+    batch["masked_lm_positions"][1, 0] = 0  # Google pads the positions with 0
+    full, full_loss, full_grads = _pretraining_loss_and_grads(
+        model, batch, lambda b: model(b, training=False))
+    sparse, sparse_loss, sparse_grads = _pretraining_loss_and_grads(
+        model, batch, lambda b: model.pretraining_logits(b, training=False))
+    for key in ("mlm_logits", "nsp_logits"):
+        assert sparse[key].dtype == "float32" and sparse[key].shape == full[key].shape
+        np.testing.assert_allclose(np.asarray(sparse[key]), np.asarray(full[key]), atol=1e-5)
+    np.testing.assert_allclose(float(sparse_loss), float(full_loss), rtol=1e-6)
+    for var, a, b in zip(model.trainable_variables, full_grads, sparse_grads):
+        assert b is not None, var.path
+        a, b = np.asarray(tf.convert_to_tensor(a)), np.asarray(tf.convert_to_tensor(b))
+        assert np.abs(a - b).max() <= 1e-5 * max(1.0, np.abs(a).max()), var.path
+    # Extra features are ignored and a missing one is named, as when calling the model.
+    with pytest.raises(KeyError, match="masked_lm_positions"):
+        model.pretraining_logits({k: v for k, v in batch.items() if k != "masked_lm_positions"})
+
+
+def test_transformer_block_at_positions_is_the_full_block_gathered():
+    from bert_tf.modeling.layers import AttentionMask, TransformerBlock, gather_positions
+
+    block = TransformerBlock(32, 4, 64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 10, 32)).astype("float32")
+    mask = AttentionMask()(np.array([[1] * 10, [1] * 6 + [0] * 4], "int32"))
+    positions = np.array([[0, 9, 3], [0, 2, 5]], "int32")
+    full = block(x, mask)
+    rows = block(x, mask, positions=positions)
+    assert rows.shape == (2, 3, 32)
+    np.testing.assert_allclose(np.asarray(rows), np.asarray(gather_positions(full, positions)),
+                               atol=1e-5)
+
+
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_close_to_float32(policy):
     config = tiny_config()

@@ -30,13 +30,17 @@ class DictInputModel(keras.Model):
 
     def call(self, inputs, training=None, mask=None, **kwargs):
         if isinstance(inputs, dict):
-            names = list(self._inputs_struct)
-            missing = [n for n in names if n not in inputs]
-            if missing:
-                raise KeyError(f"{self.name}: input features {missing} are missing; the model "
-                               f"takes {names}, got {sorted(inputs)}")
-            inputs = {n: inputs[n] for n in names}
+            inputs = self.select_features(inputs)
         return super().call(inputs, training=training, mask=mask, **kwargs)
+
+    def select_features(self, features: dict) -> dict:
+        """The model's inputs out of a batch of features; KeyError naming any that is missing."""
+        names = list(self._inputs_struct)
+        missing = [n for n in names if n not in features]
+        if missing:
+            raise KeyError(f"{self.name}: input features {missing} are missing; the model "
+                           f"takes {names}, got {sorted(features)}")
+        return {n: features[n] for n in names}
 
 
 class BertEncoder(DictInputModel):
@@ -65,7 +69,8 @@ class BertEncoder(DictInputModel):
                                     kernel_initializer=truncated_normal(c.initializer_range))
 
         inputs = encoder_inputs()
-        mask = AttentionMask(name="attention_mask")(inputs["input_mask"])  # [B,1,1,S]
+        attention_mask = AttentionMask(name="attention_mask")
+        mask = attention_mask(inputs["input_mask"])  # [B,1,1,S]
         x = embeddings(inputs["input_ids"], inputs["segment_ids"])  # [B,S,H]
         layer_outputs = []
         for block in blocks:
@@ -79,6 +84,7 @@ class BertEncoder(DictInputModel):
 
         self.config = config
         self.embeddings = embeddings
+        self.attention_mask = attention_mask
         self.transformer_layers = blocks
         self.pooler = pooler
 

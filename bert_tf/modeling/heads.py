@@ -5,13 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from bert_tf.modeling.layers import activation_fn, layer_norm, truncated_normal
-
-
-def gather_positions(sequence, positions):
-    """sequence [B,S,H], positions int [B,P] -> [B,P,H] (the hidden states at the positions)."""
-    index = ops.expand_dims(ops.cast(positions, "int32"), -1)  # [B,P,1]
-    return ops.take_along_axis(sequence, index, axis=1)
+from bert_tf.modeling.layers import activation_fn, gather_positions, layer_norm, truncated_normal
 
 
 class MaskedLMHead(keras.layers.Layer):
@@ -22,6 +16,8 @@ class MaskedLMHead(keras.layers.Layer):
     do S/P times the work for nothing.
 
     Call with sequence_output [B,S,H] and masked_lm_positions [B,P]; returns logits [B,P,V] float32.
+    Without masked_lm_positions, sequence_output is taken to be the [B,P,H] states already
+    gathered at the masked positions.
     """
 
     def __init__(self, embeddings, hidden_act="gelu", initializer_range=0.02,
@@ -47,15 +43,19 @@ class MaskedLMHead(keras.layers.Layer):
                                            name="output_bias")
         self.built = True
 
-    def call(self, sequence_output, masked_lm_positions):
-        x = gather_positions(sequence_output, masked_lm_positions)  # [B,P,H]
+    def call(self, sequence_output, masked_lm_positions=None):
+        x = sequence_output
+        if masked_lm_positions is not None:
+            x = gather_positions(sequence_output, masked_lm_positions)  # [B,P,H]
         x = self.transform_layer_norm(self.transform(x))  # float32 [B,P,H]
         x = ops.cast(x, self.compute_dtype)
         table = ops.cast(self._embeddings.word_embeddings, self.compute_dtype)  # [V,H]
         logits = ops.matmul(x, ops.transpose(table))  # [B,P,V]
         return ops.cast(logits, "float32") + ops.cast(self.output_bias, "float32")
 
-    def compute_output_shape(self, sequence_output_shape, masked_lm_positions_shape):
+    def compute_output_shape(self, sequence_output_shape, masked_lm_positions_shape=None):
+        if masked_lm_positions_shape is None:
+            return tuple(sequence_output_shape[:-1]) + (self.vocab_size,)
         return tuple(masked_lm_positions_shape) + (self.vocab_size,)
 
     def get_config(self):

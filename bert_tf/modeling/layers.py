@@ -24,6 +24,12 @@ from keras import ops
 MASK_VALUE = -10000.0
 
 
+def gather_positions(sequence, positions):
+    """sequence [B,S,H], positions int [B,P] -> [B,P,H] (the hidden states at the positions)."""
+    index = ops.expand_dims(ops.cast(positions, "int32"), -1)  # [B,P,1]
+    return ops.take_along_axis(sequence, index, axis=1)
+
+
 def truncated_normal(stddev: float, seed=None):
     """Google's initializer: a normal cut at two standard deviations."""
     return keras.initializers.TruncatedNormal(stddev=stddev, seed=seed)
@@ -168,23 +174,34 @@ class TransformerBlock(keras.layers.Layer):
         x = ops.reshape(x, (batch, seq, self.num_attention_heads, self.head_size))  # [B,S,N,D]
         return ops.transpose(x, (0, 2, 1, 3))  # [B,N,S,D]
 
-    def call(self, x, attention_mask, training=None):
-        # x: [B,S,H]; attention_mask: additive float32 [B,1,1,S].
+    def call(self, x, attention_mask, training=None, positions=None):
+        """x: [B,S,H]; attention_mask: additive float32 [B,1,1,S]; returns [B,S,H].
+
+        With positions (int [B,Q]) the layer's output is computed only at those positions and
+        has shape [B,Q,H]: the queries, the attention output, the feed-forward and both
+        LayerNorms run on Q rows, the keys and values on all S. The values are those of the full
+        layer at the positions (the rows of a transformer layer are independent once keys and
+        values are made). Pre-training uses it on the last layer, whose states only the heads
+        read, at [CLS] and the masked positions: MLPerf's BERT submissions do the same.
+        """
         batch, seq = ops.shape(x)[0], ops.shape(x)[1]
+        rows, n_rows = x, seq
+        if positions is not None:
+            rows, n_rows = gather_positions(x, positions), ops.shape(positions)[1]  # [B,Q,H]
         # Scale the queries, not the [B,N,S,S] scores: fewer multiplies, same result.
-        q = self._split_heads(self.query(x) * (1.0 / math.sqrt(self.head_size)), batch, seq)
+        q = self._split_heads(self.query(rows) * (1.0 / math.sqrt(self.head_size)), batch, n_rows)
         k = self._split_heads(self.key(x), batch, seq)
         v = self._split_heads(self.value(x), batch, seq)
-        scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))  # [B,N,S,S]
+        scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))  # [B,N,Q,S]
         # Softmax in float32 whatever the compute dtype.
         probs = ops.softmax(ops.cast(scores, "float32") + ops.cast(attention_mask, "float32"),
                             axis=-1)
         probs = self.attention_dropout(ops.cast(probs, v.dtype), training=training)
-        context = ops.matmul(probs, v)  # [B,N,S,D]
+        context = ops.matmul(probs, v)  # [B,N,Q,D]
         context = ops.reshape(ops.transpose(context, (0, 2, 1, 3)),
-                              (batch, seq, self.hidden_size))  # [B,S,H]
+                              (batch, n_rows, self.hidden_size))  # [B,Q,H]
         attn = self.hidden_dropout(self.attention_output(context), training=training)
-        attn = self.attention_layer_norm(ops.cast(x, "float32") + ops.cast(attn, "float32"))
+        attn = self.attention_layer_norm(ops.cast(rows, "float32") + ops.cast(attn, "float32"))
         ffn = self.output_dense(self.intermediate(attn))
         ffn = self.hidden_dropout(ffn, training=training)
         return self.output_layer_norm(ops.cast(attn, "float32") + ops.cast(ffn, "float32"))

@@ -35,8 +35,9 @@ def _pretraining_terms(model, batch, training):
     """Per-prediction and per-example terms of Google's pre-training loss, float32.
 
     mlm_logits [B,P,V] against masked_lm_ids [B,P] weighted by masked_lm_weights [B,P] (0 on
-    padding predictions); nsp_logits [B,2] against next_sentence_labels [B]."""
-    out = model(batch, training=training)
+    padding predictions); nsp_logits [B,2] against next_sentence_labels [B]. The logits are
+    BertPretrainer.pretraining_logits' (the last layer only where the heads read it)."""
+    out = model.pretraining_logits(batch, training=training)
     mlm_logits = tf.cast(out["mlm_logits"], tf.float32)
     nsp_logits = tf.cast(out["nsp_logits"], tf.float32)
     ids = tf.cast(batch["masked_lm_ids"], tf.int32)
