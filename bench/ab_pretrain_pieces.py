@@ -24,10 +24,11 @@ busy spell on the shared machine hits every variant; medians of the repetitions.
 5. matmul: GFLOP/s of tf.matmul on the step's shapes in the compute dtype (what oneDNN gives
    the feed-forward layer forward, its input gradient (transpose_b) and weight gradient
    (transpose_a), the tied decoder, against a 2048^3 square).
-4. update: the loop's update function (global norm, clip, bert_tf AdamW over BERT-Small's
-   variables, step counter) as bert_tf.training.loop.train builds it, with jit_compile False
-   (the loop's default without --use_xla) and True, XLA with the CPU's default runtime and with
-   the thunk runtime off (XLA_FLAGS is per process: run the script twice, see --help).
+4. update: the loop's update function (global norm, clip, bert_tf AdamW or LAMB over
+   BERT-Small's variables, step counter) as bert_tf.training.loop.train builds it, with
+   jit_compile False (the loop's choice on a CPU) and True (its choice under --use_xla on a
+   GPU), XLA with the CPU's default runtime and with the thunk runtime off (XLA_FLAGS is per
+   process: run the script twice, see --help).
 
     PYTHONPATH=. TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python bench/ab_pretrain_pieces.py --dtype bf16
     XLA_FLAGS=--xla_cpu_use_thunk_runtime=false PYTHONPATH=. TF_CPP_MIN_LOG_LEVEL=2 \\
@@ -233,8 +234,8 @@ def update_variants(dtype: str):
     tvars = list(model.trainable_variables)
     grads = [tf.random.normal(v.shape, stddev=1e-3) for v in tvars]
 
-    def make(jit):
-        optimizer = create_optimizer("adamw", 1e-4, 10 ** 6, 1000)
+    def make(jit, name):
+        optimizer = create_optimizer(name, 1e-4, 10 ** 6, 1000)
         optimizer.build(tvars)
         step = tf.Variable(0, dtype=tf.int64)
 
@@ -253,7 +254,8 @@ def update_variants(dtype: str):
 
         return lambda: float(update(grads)[0])
 
-    return {"jit_compile=False": make(False), "jit_compile=True": make(True)}, \
+    return {f"{name} jit_compile={jit}": make(jit, name)
+            for name in ("adamw", "lamb") for jit in (False, True)}, \
         sum(int(tf.size(v)) for v in tvars)
 
 

@@ -100,6 +100,20 @@ def load_xspace(logdir: str):
     return xs
 
 
+# Which piece of a layer a kernel belongs to, by its op name (forward and gradient alike).
+COMPONENTS = (("dropout", r"dropout"), ("LayerNorm", r"layer_?norm"), ("GELU", r"gelu"),
+              ("attention softmax", r"softmax(?!_?cross)"),
+              ("cross-entropy", r"SoftmaxCrossEntropy"),
+              ("optimizer / clip", r"adam|lamb|clip|global_norm|ResourceApply"))
+
+
+def component_of(op_name: str, op_type: str) -> str:
+    for label, pattern in COMPONENTS:
+        if re.search(pattern, op_name, re.I):
+            return label
+    return "matmuls" if kind_of(op_type) == "matmul" else "other"
+
+
 def analyse(xs, steps: int, functions: tuple[str, ...]) -> dict:
     """Function windows on the python thread, and the leaf kernels inside each."""
     plane = next(p for p in xs.planes if p.name == "/host:CPU")
@@ -129,6 +143,7 @@ def analyse(xs, steps: int, functions: tuple[str, ...]) -> dict:
     by_fn = collections.Counter()
     top = collections.Counter()
     by_type = collections.Counter()
+    by_component = collections.Counter()
     import bisect
     starts = [w[0] for w in windows]
     for start, dur, op_name, op_type in leaves:
@@ -151,12 +166,14 @@ def analyse(xs, steps: int, functions: tuple[str, ...]) -> dict:
         by_kind[kind_of(op_type)] += ms
         top[(op_name, op_type)] += ms
         by_type[(direction, part, op_type)] += ms
+        by_component[component_of(op_name, op_type)] += ms
     per_step = {k: v / steps for k, v in wall.items()}
     return {"wall_ms_per_step": per_step, "calls": dict(calls),
             "kernel_ms_per_step": {k: v / steps for k, v in by_fn.items()},
             "by_part_ms_per_step": {f"{d} / {p}": v / steps
                                     for (d, p), v in by_part.most_common()},
             "by_kind_ms_per_step": {k: v / steps for k, v in by_kind.most_common()},
+            "by_component_ms_per_step": {k: v / steps for k, v in by_component.most_common()},
             "top_kernels_ms_per_step": [(f"{n}:{t}", v / steps)
                                         for (n, t), v in top.most_common(25)],
             "top_non_matmul_kernels_ms_per_step": [
@@ -234,6 +251,9 @@ def print_report(r: dict, a, step_seconds: float) -> None:
         print(f"  {v:7.1f} ms {100 * v / total:5.1f}%  {k}")
     print("\nkernel time per step by kind:")
     for k, v in r["by_kind_ms_per_step"].items():
+        print(f"  {v:7.1f} ms {100 * v / total:5.1f}%  {k}")
+    print("\nkernel time per step by piece of the layer (op name; forward and backward):")
+    for k, v in r["by_component_ms_per_step"].items():
         print(f"  {v:7.1f} ms {100 * v / total:5.1f}%  {k}")
     print("\nby direction / part / op type (largest first):")
     for k, v in r["top_op_types_ms_per_step"]:

@@ -165,6 +165,29 @@ def test_pretraining_logits_and_gradients_match_the_full_model():
         model.pretraining_logits({k: v for k, v in batch.items() if k != "masked_lm_positions"})
 
 
+def test_tied_decoder_gradients_are_autodiffs():
+    """The masked-LM decoder's hand-written gradients (no transpose of the table) equal what
+    TensorFlow's autodiff gives for x @ table^T."""
+    import tensorflow as tf
+
+    from bert_tf.modeling.heads import _tied_decoder
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(3, 5, 16)).astype("float32"))
+    table = tf.constant(rng.normal(size=(40, 16)).astype("float32"))
+    weights = tf.constant(rng.normal(size=(3, 5, 40)).astype("float32"))
+    got, want = [], []
+    for fn, out in ((_tied_decoder, got), (lambda a, b: tf.matmul(a, b, transpose_b=True), want)):
+        with tf.GradientTape() as tape:
+            tape.watch([x, table])
+            logits = fn(x, table)
+            loss = tf.reduce_sum(tf.sin(logits) * weights)
+        out += [logits] + tape.gradient(loss, [x, table])
+    for a, b in zip(got, want):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_transformer_block_at_positions_is_the_full_block_gathered():
     from bert_tf.modeling.layers import AttentionMask, TransformerBlock, gather_positions
 

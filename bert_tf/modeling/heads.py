@@ -8,6 +8,26 @@ from keras import ops
 from bert_tf.modeling.layers import activation_fn, gather_positions, layer_norm, truncated_normal
 
 
+@ops.custom_gradient
+def _tied_decoder(x, table):
+    """x [B,P,H] @ table[V,H]^T -> logits [B,P,V], with the gradients written out so that the
+    table's comes straight out of one matmul, d_table = d_logits^T @ x [V,H]. Autodiff would
+    make it [H,V] and transpose it, a pass over the whole table every step (7-10 ms of a
+    BERT-Small step on a CPU, bench/profile_pretrain_step.py); Model Garden avoids it with
+    tf.matmul(transpose_b=True), which keras.ops has no way to say."""
+    batch, positions, hidden = ops.shape(x)[0], ops.shape(x)[1], ops.shape(x)[2]
+    rows = ops.reshape(x, (-1, hidden))  # [B*P,H]
+
+    def grad(*args, upstream=None):
+        upstream = args[0] if upstream is None else upstream  # TF/JAX pass it first
+        d_logits = ops.reshape(upstream, (-1, ops.shape(table)[0]))  # [B*P,V]
+        d_x = ops.reshape(ops.matmul(d_logits, table), (batch, positions, hidden))
+        return d_x, ops.matmul(ops.transpose(d_logits), rows)  # [B,P,H], [V,H]
+
+    logits = ops.matmul(rows, ops.transpose(table))  # [B*P,V]
+    return ops.reshape(logits, (batch, positions, -1)), grad
+
+
 class MaskedLMHead(keras.layers.Layer):
     """Masked-LM head: Dense + activation + LayerNorm, then a decoder tied to the word embeddings.
 
@@ -50,7 +70,7 @@ class MaskedLMHead(keras.layers.Layer):
         x = self.transform_layer_norm(self.transform(x))  # float32 [B,P,H]
         x = ops.cast(x, self.compute_dtype)
         table = ops.cast(self._embeddings.word_embeddings, self.compute_dtype)  # [V,H]
-        logits = ops.matmul(x, ops.transpose(table))  # [B,P,V]
+        logits = _tied_decoder(x, table)  # [B,P,V]
         return ops.cast(logits, "float32") + ops.cast(self.output_bias, "float32")
 
     def compute_output_shape(self, sequence_output_shape, masked_lm_positions_shape=None):
