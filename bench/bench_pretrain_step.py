@@ -11,7 +11,9 @@ workers are the fine-tuning bench's (bench/peers/*.py, --task=pretrain):
 
   bert_tf       bench/peers/bert_tf_step.py       BertPretrainer + tasks.pretraining_loss through
                                                   bert_tf.training.loop.train (AdamW), timed by
-                                                  its metrics.jsonl; project venv
+                                                  its metrics.jsonl; project venv. The loss
+                                                  calls pretraining_logits, which runs the last
+                                                  layer at [CLS] + the masked positions only
   model_garden  bench/peers/model_garden_step.py  BertPretrainerV2 (MaskedLM head on the masked
                                                   positions) + MaskedLMTask's loss, AdamWeightDecay;
                                                   .venv-peers, TF_USE_LEGACY_KERAS=1
