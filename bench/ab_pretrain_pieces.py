@@ -5,7 +5,11 @@ busy spell on the shared machine hits every variant; medians of the repetitions.
 
 1. decoder: the masked-LM head's tied [H,V] projection, forward + backward (the gradient reaching
    the float32 word-embedding table), on [B,P,H] = [16,20,512] and V = 30522:
-     current      ops.matmul(x, ops.transpose(table))    (bert_tf.modeling.heads.MaskedLMHead)
+     tied_decoder ops.matmul(x, ops.transpose(table)) with its gradients written out, the
+                  table's as one matmul (bert_tf.modeling.heads._tied_decoder, what
+                  MaskedLMHead uses)
+     autodiff     the same forward, TF's own gradients (a transpose of the [H,V] table
+                  gradient; MaskedLMHead before 2026-12-01)
      einsum       ops.einsum("bph,vh->bpv", x, table)
      tensordot    ops.tensordot(x, table, axes=[[2], [1]])
      keras_2d     ops.matmul(ops.reshape(x, [B*P,H]), ops.transpose(table)), reshaped back
@@ -71,6 +75,8 @@ def decoder_variants(dtype: str):
     import tensorflow as tf
     from keras import ops
 
+    from bert_tf.modeling.heads import _tied_decoder
+
     compute = "bfloat16" if dtype == "bf16" else "float32"
     b, p, h, v = 16, 20, 512, 30522
     table = tf.Variable(tf.random.normal([v, h], stddev=0.02))
@@ -91,7 +97,8 @@ def decoder_variants(dtype: str):
 
     del keras
     return {
-        "current": make(lambda x, t: ops.matmul(x, ops.transpose(t))),
+        "tied_decoder": make(_tied_decoder),
+        "autodiff": make(lambda x, t: ops.matmul(x, ops.transpose(t))),
         "einsum": make(lambda x, t: ops.einsum("bph,vh->bpv", x, t)),
         "tensordot": make(lambda x, t: ops.tensordot(x, t, axes=[[2], [1]])),
         "keras_2d": make(lambda x, t: ops.reshape(

@@ -160,6 +160,12 @@ def test_pretraining_logits_and_gradients_match_the_full_model():
         assert b is not None, var.path
         a, b = np.asarray(tf.convert_to_tensor(a)), np.asarray(tf.convert_to_tensor(b))
         assert np.abs(a - b).max() <= 1e-5 * max(1.0, np.abs(a).max()), var.path
+    # No predictions at all: empty masked-LM logits, the same next-sentence logits.
+    empty = dict(batch, masked_lm_positions=np.zeros((4, 0), "int32"))
+    got = model.pretraining_logits(empty, training=False)
+    assert got["mlm_logits"].shape == (4, 0, config.vocab_size)
+    np.testing.assert_allclose(np.asarray(got["nsp_logits"]), np.asarray(full["nsp_logits"]),
+                               atol=1e-5)
     # Extra features are ignored and a missing one is named, as when calling the model.
     with pytest.raises(KeyError, match="masked_lm_positions"):
         model.pretraining_logits({k: v for k, v in batch.items() if k != "masked_lm_positions"})
@@ -199,6 +205,9 @@ def test_transformer_block_at_positions_is_the_full_block_gathered():
     full = block(x, mask)
     rows = block(x, mask, positions=positions)
     assert rows.shape == (2, 3, 32)
+    symbolic = block(keras.Input((10, 32)), keras.Input((1, 1, 10)),
+                     positions=keras.Input((3,), dtype="int32"))
+    assert tuple(symbolic.shape) == (None, 3, 32)
     np.testing.assert_allclose(np.asarray(rows), np.asarray(gather_positions(full, positions)),
                                atol=1e-5)
 

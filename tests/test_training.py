@@ -231,9 +231,17 @@ def test_micro_batches_draw_disjoint_dropout_seeds():
     assert drawn[0] and drawn[1] and not drawn[0] & drawn[1]
 
 
-def test_xla_compiled_step_and_update_match_eager_kernels(tmp_path):
-    """--use_xla compiles the grad step and the optimizer update (norm, clip, AdamW, the
-    non-finite skip): same weights as the uncompiled run; fp16's overflow skip still works."""
+@pytest.mark.parametrize("update", ["cpu", "gpu"])
+def test_xla_compiled_step_and_update_match_eager_kernels(tmp_path, monkeypatch, update):
+    """--use_xla compiles the grad step, and on a GPU the optimizer update too (norm, clip,
+    AdamW, the non-finite skip): same weights as the uncompiled run; fp16's overflow skip still
+    works. "gpu" compiles the update here as a GPU run would."""
+    from bert_tf.training import loop
+
+    assert loop.compile_update(True) == bool(tf.config.list_logical_devices("GPU"))
+    assert not loop.compile_update(False)
+    if update == "gpu":
+        monkeypatch.setattr(loop, "compile_update", lambda use_xla: bool(use_xla))
     config = tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     table = _table()
     plain, _ = _run(tmp_path, "plain", table, config, steps=6)

@@ -25,7 +25,7 @@ def _tied_decoder(x, table):
         return d_x, ops.matmul(ops.transpose(d_logits), rows)  # [B,P,H], [V,H]
 
     logits = ops.matmul(rows, ops.transpose(table))  # [B*P,V]
-    return ops.reshape(logits, (batch, positions, -1)), grad
+    return ops.reshape(logits, (batch, positions, ops.shape(table)[0])), grad
 
 
 class MaskedLMHead(keras.layers.Layer):

@@ -206,8 +206,10 @@ class TransformerBlock(keras.layers.Layer):
         ffn = self.hidden_dropout(ffn, training=training)
         return self.output_layer_norm(ops.cast(attn, "float32") + ops.cast(ffn, "float32"))
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
+    def compute_output_shape(self, x_shape, attention_mask_shape=None, positions_shape=None):
+        if positions_shape is None:
+            return tuple(x_shape)
+        return (x_shape[0], positions_shape[1], x_shape[2])
 
     def get_config(self):
         config = super().get_config()

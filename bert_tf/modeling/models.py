@@ -79,7 +79,8 @@ class BertPretrainer(DictInputModel):
         for block in encoder.transformer_layers[:-1]:
             x = block(x, mask, training=training)
         masked = ops.cast(features["masked_lm_positions"], "int32")  # [B,P]
-        rows = ops.concatenate([ops.zeros_like(masked[:, :1]), masked], axis=1)  # [B,1+P]
+        cls = ops.zeros((ops.shape(masked)[0], 1), "int32")
+        rows = ops.concatenate([cls, masked], axis=1)  # [B,1+P]
         x = encoder.transformer_layers[-1](x, mask, training=training, positions=rows)
         return {"mlm_logits": self.masked_lm_head(x[:, 1:]),
                 "nsp_logits": self.next_sentence_head(encoder.pooler(x[:, 0]),

@@ -96,6 +96,16 @@ def seed_dropout(seed_vars, seed_base, micro_index) -> None:
         var.assign(tf.cast(tf.stack([seed_base + i, micro_index * SEED_STRIDE]), var.dtype))
 
 
+def compile_update(use_xla: bool) -> bool:
+    """Whether train() XLA-compiles the optimizer update (global norm, clip, AdamW/LAMB over
+    every variable) as it does the grad step under use_xla: on a GPU only. There XLA fuses the
+    update's element-wise passes over each weight into one kernel. On a CPU the optimizers'
+    fused kernels (ResourceApplyAdam) beat XLA's loops: BERT-Small's AdamW update took 46.5 ms
+    a step against 72.1 compiled, LAMB 110 against 115 (bench/ab_update_bf16.json, from
+    bench/ab_pretrain_pieces.py --only update)."""
+    return bool(use_xla) and bool(tf.config.list_logical_devices("GPU"))
+
+
 def _split_loss(out):
     """loss_fn's result -> (loss, metrics dict)."""
     if isinstance(out, (tuple, list)):
@@ -198,11 +208,7 @@ def _train(model, loss_fn, batches, settings, dist, progress, eval_fn, eval_ever
             grads = [g / (loss_scale * accum) for g in grads]
         return dist.average(grads), dist.average(scalars)
 
-    # Under --use_xla on a GPU the update (global norm, clip, AdamW/LAMB over every variable) is
-    # compiled too: XLA fuses its element-wise passes over each weight into one kernel. Not on a
-    # CPU: there the optimizers' fused kernels (ResourceApplyAdam) beat XLA's loops, BERT-Small's
-    # AdamW update 44 ms a step against 72 (bench/ab_pretrain_pieces.py --only update).
-    update_xla = s.use_xla and bool(tf.config.list_logical_devices("GPU"))
+    update_xla = compile_update(s.use_xla)
 
     @tf.function(jit_compile=update_xla)
     def update(grads):
