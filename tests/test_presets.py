@@ -12,6 +12,7 @@ import io
 import multiprocessing
 import os
 import pathlib
+import signal
 import socket
 import stat
 import tarfile
@@ -338,6 +339,17 @@ def test_truncated_download_raises_and_caches_nothing(server, cache, originals):
 
 def test_interrupted_download_leaves_nothing(server, cache, originals):
     """Ctrl-C half-way through the body: nothing is left in the cache, and a rerun completes."""
+    # Python's own Ctrl-C handler, whatever this process inherited: a shell that starts pytest
+    # in the background (`make test &`) passes SIGINT ignored, and then the simulated Ctrl-C
+    # (_thread.interrupt_main) does nothing.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _interrupted_download_leaves_nothing(server, cache, originals)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupted_download_leaves_nothing(server, cache, originals):
     body = make_zip(originals)
     server.serve_preset("bert-tiny", body, interrupt=True)
     with pytest.raises(KeyboardInterrupt):
