@@ -88,6 +88,32 @@ class BertEncoder(DictInputModel):
         self.transformer_layers = blocks
         self.pooler = pooler
 
+    def outputs_at(self, features: dict, positions, training=None) -> dict:
+        """The encoder's outputs where a head reads them, computing the last layer there only.
+
+        features: input_ids, input_mask, segment_ids [B,S] (other keys ignored; KeyError names
+        a missing one); positions: int [B,P]. Returns
+          sequence_output  [B,P,H]  the last layer's states at the positions
+          pooled_output    [B,H]    as calling the encoder gives it
+        Every layer but the last runs in full. The last runs its queries, attention output,
+        feed-forward and LayerNorms on [CLS] and the P positions only (its keys and values on
+        all S: `TransformerBlock.call(positions=...)`), so the values equal the full encoder's
+        at those rows to float rounding with fewer multiply-adds: 0.7/L of the encoder's for
+        L layers at P = 20 of S = 128. The same layers are called, so dropout and the dtype
+        policy behave as in the full model.
+        """
+        features = self.select_features(features)
+        mask = self.attention_mask(features["input_mask"])  # [B,1,1,S]
+        x = self.embeddings(features["input_ids"], features["segment_ids"],
+                            training=training)  # [B,S,H]
+        for block in self.transformer_layers[:-1]:
+            x = block(x, mask, training=training)
+        positions = ops.cast(positions, "int32")
+        cls = ops.zeros((ops.shape(positions)[0], 1), "int32")
+        rows = ops.concatenate([cls, positions], axis=1)  # [B,1+P]
+        x = self.transformer_layers[-1](x, mask, training=training, positions=rows)
+        return {"sequence_output": x[:, 1:], "pooled_output": self.pooler(x[:, 0])}
+
     def get_config(self):
         return {"config": self.config.to_dict(), "name": self.name}
 
