@@ -13,6 +13,7 @@ bounded memory. The shards depend on --random_seed and --num_output_shards, not 
 statistics, the flags). See bert_tf/data/pretraining.py.
 """
 
+import signal
 import sys
 
 from absl import app, flags
@@ -96,7 +97,7 @@ def main(argv):
         why = f" ({e})" if str(e) else ""
         print(f"\ncreate_pretraining_data.py: interrupted{why}; no output was written (the "
               "partial files are removed); run the same command to start again", file=sys.stderr)
-        sys.exit(143 if "SIGTERM" in str(e) else 130)  # 128 + the signal, as shells report
+        sys.exit(128 + getattr(e, "signum", signal.SIGINT))  # as a shell reports a signal
     print(f"Wrote {summary['instances']} instances from {summary['documents']} documents to "
           f"{len(summary['shards'])} file(s) in {summary['seconds']:.1f} s "
           f"({summary['instances_per_second']:.0f} instances/s)")

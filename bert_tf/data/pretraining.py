@@ -941,13 +941,21 @@ def _warn_if_case_mismatch(vocab, vocab_file: str, do_lower_case: bool) -> None:
                        capitals)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped create_pretraining_data; `signum` is the signal's number (a
+    shell reports the exit as 128 + signum)."""
+
+    def __init__(self, signum: int):
+        name = signal.Signals(signum).name
+        super().__init__("" if signum == signal.SIGINT else f"signal {name}")
+        self.signum = signum
+
+
 def _interrupt_once(signum, frame):
     """Ctrl-C / SIGTERM handler: interrupts once, then ignores both until restored."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+    raise Interrupted(signum)
 
 
 def _remove_leftovers(partials: list[str]) -> list[str]:
