@@ -194,6 +194,155 @@ def test_tied_decoder_gradients_are_autodiffs():
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
 
 
+def _values_and_grads(fn, inputs, weights):
+    """fn(*inputs) and the gradients of sum(sin(fn(...)) * weights) w.r.t. inputs."""
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        out = fn(*inputs)
+        loss = tf.reduce_sum(tf.sin(tf.cast(out, tf.float32)) * weights)
+    return [out] + tape.gradient(loss, inputs)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 16), (7, 16)])
+def test_dense_gradients_are_keras_dense_autodiffs(shape):
+    """bert_tf's Dense (input gradient as a batched matmul) gives Keras Dense's outputs and
+    TensorFlow autodiff's gradients for the input, kernel and bias, 3-D and 2-D inputs."""
+    import tensorflow as tf
+
+    from bert_tf.modeling.layers import Dense
+
+    rng = np.random.default_rng(1)
+    ours = Dense(24, activation="tanh")
+    ref = keras.layers.Dense(24, activation="tanh")
+    ours.build(shape)
+    ref.build(shape)
+    ref.set_weights(ours.get_weights())
+    x = tf.constant(rng.normal(size=shape).astype("float32"))
+    weights = tf.constant(rng.normal(size=shape[:-1] + (24,)).astype("float32"))
+    got, want = [], []
+    for layer, out in ((ours, got), (ref, want)):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.sin(layer(x)) * weights)
+        out += tape.gradient(loss, [x] + [v.value for v in layer.trainable_variables])
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ours(x).numpy(), ref(x).numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_layer_norm_matches_keras_values_and_gradients():
+    """bert_tf's LayerNorm (gradient written out) against keras.layers.LayerNormalization with
+    the same gamma and beta: outputs and the gradients of x, gamma and beta."""
+    import tensorflow as tf
+
+    from bert_tf.modeling.layers import LayerNorm
+
+    rng = np.random.default_rng(2)
+    shape = (4, 6, 32)
+    ours = LayerNorm(epsilon=1e-12, dtype="float32")
+    ref = keras.layers.LayerNormalization(epsilon=1e-12, dtype="float32")
+    ours.build(shape)
+    ref.build(shape)
+    ours.set_weights([rng.normal(size=32).astype("float32") for _ in range(2)])
+    ref.set_weights(ours.get_weights())
+    x = tf.constant((3.0 + 2.0 * rng.normal(size=shape)).astype("float32"))
+    weights = tf.constant(rng.normal(size=shape).astype("float32"))
+    got, want = [], []
+    for layer, out in ((ours, got), (ref, want)):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            loss = tf.reduce_sum(tf.sin(y) * weights)
+        out += [y] + tape.gradient(loss, [x] + [v.value for v in layer.trainable_variables])
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
+    # any other axis falls back to Keras' own computation
+    axis0 = LayerNorm(axis=0, epsilon=1e-3)
+    ref0 = keras.layers.LayerNormalization(axis=0, epsilon=1e-3)
+    np.testing.assert_allclose(axis0(x[:, 0]).numpy(), ref0(x[:, 0]).numpy(), atol=1e-6)
+
+
+def test_gelu_values_and_gradient_match_keras():
+    import tensorflow as tf
+
+    from bert_tf.modeling.layers import gelu
+
+    x = tf.constant(np.linspace(-8, 8, 401, dtype="float32"))
+    weights = tf.constant(np.cos(np.arange(401)).astype("float32"))
+    got = _values_and_grads(gelu, [x], weights)
+    want = _values_and_grads(lambda t: keras.ops.gelu(t, approximate=False), [x], weights)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_dropout_statistics_scale_and_gradient():
+    """Drop probability round(2048 rate) / 2048 on each half of the draw (binomial bounds),
+    kept elements scaled so the expectation is exact, no correlation between the two masks
+    one uniform draws, the gradient is the mask, and different masks on each call."""
+    import tensorflow as tf
+
+    from bert_tf.modeling.layers import Dropout
+
+    layer = Dropout(0.1, seed=7)
+    x = tf.ones((64, 256, 128))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, training=True)
+    grad = tape.gradient(y, x).numpy()
+    y = y.numpy()
+    np.testing.assert_array_equal(grad, y)  # d(x * m)/dx = m
+    kept = y != 0
+    p_drop = 205 / 2048
+    n = kept.size // 2
+    sd = np.sqrt(p_drop * (1 - p_drop) / n)
+    for half in (kept[..., :64], kept[..., 64:]):  # first-mask and second-mask elements
+        assert abs((1 - half.mean()) - p_drop) < 5 * sd
+    np.testing.assert_allclose(np.unique(y[kept]), [2048 / (2048 - 205)], rtol=1e-6)
+    assert abs(y.mean() - 1.0) < 5 * sd * 1.12
+    a, b = kept[..., :64].ravel().astype(float), kept[..., 64:].ravel().astype(float)
+    assert abs(np.corrcoef(a, b)[0, 1]) < 5 / np.sqrt(n)
+    assert not np.array_equal(kept, layer(x, training=True).numpy() != 0)
+    np.testing.assert_array_equal(layer(x, training=False).numpy(), x.numpy())
+    # odd widths, bfloat16, rate 0
+    odd = Dropout(0.3, dtype="mixed_bfloat16")(tf.ones((5, 7), tf.bfloat16), training=True)
+    assert odd.shape == (5, 7) and odd.dtype == tf.bfloat16
+    np.testing.assert_array_equal(Dropout(0.0)(x, training=True).numpy(), x.numpy())
+    # traced with a dynamic width (fine-tuning buckets the sequence length)
+    traced = tf.function(lambda t: layer(t, training=True),
+                         input_signature=[tf.TensorSpec([None, None], tf.float32)])
+    for width in (6, 7):
+        out = traced(tf.ones((300, width))).numpy()
+        assert out.shape == (300, width) and 0.8 < (out != 0).mean() < 0.97
+    for rate in (-0.1, 1.0, 0.9999):
+        with pytest.raises(ValueError, match="rate"):
+            Dropout(rate)
+
+
+def test_dropout_masks_follow_the_seed_generator_state():
+    """The training loop makes masks a function of (seed, micro-batch) by setting every
+    dropout layer's SeedGenerator state (loop.seed_dropout): same state, same mask."""
+    import tensorflow as tf
+
+    from bert_tf.modeling import BertPretrainer
+    from bert_tf.training.loop import _seed_variables, seed_dropout
+
+    config = tiny_config()
+    model = BertPretrainer(config)
+    batch = random_batch(config)
+    model(batch)
+    seeds = _seed_variables(model)
+    # embeddings + (attention, hidden) per layer + the classifier-head-free pretrainer
+    assert len(seeds) >= 1 + 2 * config.num_hidden_layers
+    outs = []
+    for micro in (3, 3, 4):
+        seed_dropout(seeds, tf.constant(11, tf.int64), micro)
+        outs.append(model(batch, training=True)["mlm_logits"].numpy())
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert not np.allclose(outs[0], outs[2])
+
+
 def test_transformer_block_at_positions_is_the_full_block_gathered():
     from bert_tf.modeling.layers import AttentionMask, TransformerBlock, gather_positions
 

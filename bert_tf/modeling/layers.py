@@ -35,10 +35,27 @@ def truncated_normal(stddev: float, seed=None):
     return keras.initializers.TruncatedNormal(stddev=stddev, seed=seed)
 
 
+@ops.custom_gradient
+def gelu(x):
+    """The exact GELU (Hendrycks & Gimpel 2016), x * Phi(x), Phi the standard normal CDF,
+    with its derivative written out: Phi(x) + x * phi(x), phi the normal density, Phi kept
+    from the forward pass. Same values as keras.ops.gelu(approximate=False) to float rounding,
+    in fewer kernels: 10.7 instead of 13.7 ms for a float32 [16,128,2048] forward and backward
+    on a CPU (bench/README.md). x: any float tensor; returns its shape and dtype."""
+    cdf = 0.5 * (1.0 + ops.erf(x * (1.0 / math.sqrt(2.0))))
+
+    def grad(*args, upstream=None):
+        upstream = args[0] if upstream is None else upstream  # TF/JAX pass it first
+        pdf = ops.exp(-0.5 * ops.square(x)) * (1.0 / math.sqrt(2.0 * math.pi))
+        return upstream * (cdf + x * pdf)
+
+    return x * cdf, grad
+
+
 def activation_fn(name: str):
     """hidden_act -> a function. "gelu" is the exact erf form, "gelu_tanh" the tanh approximation."""
     if name == "gelu":
-        return lambda x: ops.gelu(x, approximate=False)
+        return gelu
     if name == "gelu_tanh":
         return lambda x: ops.gelu(x, approximate=True)
     if name == "relu":
@@ -46,9 +63,161 @@ def activation_fn(name: str):
     raise ValueError(f"unknown hidden_act {name!r}; use gelu, gelu_tanh or relu")
 
 
+@ops.custom_gradient
+def _matmul_batched_input_grad(x, kernel):
+    """x [..., I] @ kernel [I,O] -> [..., O], with the gradients written out so that d_x is a
+    batched matmul against the kernel's transpose: d_x = d_y @ kernel^T as [1|B, N, O] x
+    [1, O, I], d_kernel = x^T @ d_y [I,O].
+
+    Why: autodiff makes d_x a 2-D MatMul with transpose_b=True, and TensorFlow's oneDNN
+    float32 kernel for that form is slow when the inner size is large: for BERT-Small's
+    feed-forward ([2048,2048] x [512,2048]^T) 28.6 ms against 20.6 ms for the same product as a
+    batched matmul, 6.6 against 5.6 ms for the [512,512] projections (bench/README.md, "The
+    step's matmuls by form"). bfloat16 is level either way. Same values as autodiff's to
+    float rounding (tests/test_modeling.py)."""
+
+    def grad(*args, upstream=None):
+        upstream = args[0] if upstream is None else upstream  # TF/JAX pass it first
+        fan_in, units = ops.shape(kernel)[0], ops.shape(kernel)[1]
+        d_rows = upstream if len(upstream.shape) == 3 else ops.reshape(upstream, (1, -1, units))
+        # The transpose is the matmul's last op: TensorFlow folds it into the kernel, no copy.
+        d_x = ops.matmul(d_rows, ops.transpose(ops.expand_dims(kernel, 0), (0, 2, 1)))
+        rows = ops.reshape(x, (-1, fan_in))
+        d_kernel = ops.matmul(ops.transpose(rows), ops.reshape(upstream, (-1, units)))  # [I,O]
+        return ops.reshape(d_x, ops.shape(x)), d_kernel
+
+    return ops.matmul(x, kernel), grad
+
+
+class Dense(keras.layers.Dense):
+    """`keras.layers.Dense` (same weights, names and config) whose input gradient is one batched
+    matmul (`_matmul_batched_input_grad`): faster on TensorFlow's CPU kernels in float32.
+
+    inputs [..., I] in the compute dtype -> [..., units]; kernel [I, units], bias [units].
+    """
+
+    def call(self, inputs, training=None):
+        kernel = ops.cast(self.kernel, self.compute_dtype)  # the autocast value, as a tensor
+        x = _matmul_batched_input_grad(inputs, kernel)
+        if self.bias is not None:
+            x = ops.add(x, self.bias)
+        if self.activation is not None:
+            x = self.activation(x)
+        return x
+
+
+class LayerNorm(keras.layers.LayerNormalization):
+    """`keras.layers.LayerNormalization` over the last axis (same weights gamma, beta and config)
+    with its gradient written out (Ba et al. 2016, "Layer Normalization"):
+
+        y = x̂ * gamma + beta,  x̂ = (x - mean) / sqrt(var + epsilon)   (per row, over the last axis)
+        d_x = r * (g - mean(g) - x̂ * mean(g * x̂)),  g = d_y * gamma,  r = 1 / sqrt(var + epsilon)
+
+    Autodiff of Keras' formulation builds about twice as many element-wise kernels; on a CPU
+    this takes 3.2 instead of 3.9 ms per [2048,512] LayerNorm, forward and backward
+    (bench/README.md). Values equal Keras' to float rounding (tests/test_modeling.py).
+    Other axes or rms_scaling fall back to Keras' own call.
+    """
+
+    def call(self, inputs):
+        if (self.axis not in (-1, [-1], len(inputs.shape) - 1, [len(inputs.shape) - 1])
+                or self.rms_scaling or self.gamma is None or self.beta is None):
+            return super().call(inputs)
+        epsilon = self.epsilon
+
+        @ops.custom_gradient
+        def normalize(x, gamma, beta):
+            mean = ops.mean(x, axis=-1, keepdims=True)
+            centered = x - mean
+            r = ops.rsqrt(ops.mean(ops.square(centered), axis=-1, keepdims=True) + epsilon)
+            x_hat = centered * r
+
+            def grad(*args, upstream=None):
+                d_y = args[0] if upstream is None else upstream
+                width = ops.shape(x)[-1]
+                d_gamma = ops.sum(ops.reshape(d_y * x_hat, (-1, width)), axis=0)
+                d_beta = ops.sum(ops.reshape(d_y, (-1, width)), axis=0)
+                g = d_y * gamma
+                d_x = r * (g - ops.mean(g, axis=-1, keepdims=True)
+                           - x_hat * ops.mean(g * x_hat, axis=-1, keepdims=True))
+                return d_x, d_gamma, d_beta
+
+            return x_hat * gamma + beta, grad
+
+        x = ops.cast(inputs, "float32")
+        outputs = normalize(x, ops.cast(self.gamma, "float32"), ops.cast(self.beta, "float32"))
+        return ops.cast(outputs, self.compute_dtype)
+
+
 def layer_norm(epsilon: float, name: str):
     # dtype float32 whatever the global policy: LayerNorm statistics in bf16/fp16 lose too much.
-    return keras.layers.LayerNormalization(epsilon=epsilon, dtype="float32", name=name)
+    return LayerNorm(epsilon=epsilon, dtype="float32", name=name)
+
+
+# Dropout masks come two to a random number: the 23 random mantissa bits of a float32 uniform
+# give an 11-bit and a 12-bit uniform, and each half-mask compares one of them to the rate.
+_MASK_BITS = 11
+
+
+class Dropout(keras.layers.Layer):
+    """Inverted dropout (Srivastava et al. 2014): in training, each element is zeroed with
+    probability `rate` and the others scaled by 1 / (1 - rate); the identity otherwise.
+
+    Two differences from `keras.layers.Dropout`, both for speed (random numbers are most of
+    dropout's cost on a CPU; bench/README.md):
+    - one float32 uniform u draws two elements' masks: keep the first if floor(2048 u) >= t,
+      the second if frac(2048 u) >= t / 2048, t = round(2048 rate). So the drop probability
+      is rate rounded to a multiple of 1/2048 (0.1 -> 0.10010), and the scale is
+      2048 / (2048 - t), which keeps the expectation exact. (Keras' bfloat16 dropout draws
+      bfloat16 uniforms: 0.1 becomes 13/128 = 0.1016.)
+    - the mask is applied as a product, x * m, so the backward pass is one multiply.
+    Masks come from a SeedGenerator like Keras' (its state is what the training loop seeds
+    per micro-batch: bert_tf.training.loop.seed_dropout).
+
+    inputs: any float tensor [..., W]; returns the same shape and dtype.
+    Raises ValueError for a rate outside [0, 1) or so close to 1 that it rounds to 1.
+    """
+
+    def __init__(self, rate, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0 <= rate < 1:
+            raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+        self.rate = rate
+        self.seed = seed
+        scale = 1 << _MASK_BITS
+        self._threshold = round(rate * scale)
+        if self._threshold >= scale:
+            raise ValueError(f"dropout rate {rate} rounds to 1 at 1/{scale} resolution")
+        self._keep_scale = scale / (scale - self._threshold)
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.built = True
+
+    def call(self, inputs, training=False):
+        if not training or self._threshold == 0:
+            return inputs
+        shape = ops.shape(inputs)
+        width = shape[-1]  # an int, or a scalar tensor when traced with a dynamic width
+        half = (width + 1) // 2
+        u = keras.random.uniform(tuple(shape[:-1]) + (half,), dtype="float32",
+                                 seed=self.seed_generator)
+        scaled = u * float(1 << _MASK_BITS)
+        high = ops.floor(scaled)  # 11-bit uniform integer
+        low = scaled - high  # 12-bit uniform fraction in [0, 1)
+        keep = ops.concatenate([high >= self._threshold,
+                                low >= self._threshold / float(1 << _MASK_BITS)], axis=-1)
+        if not isinstance(width, int) or width % 2:
+            keep = keep[..., :width]
+        mask = ops.where(keep, ops.cast(self._keep_scale, inputs.dtype),
+                         ops.cast(0, inputs.dtype))
+        return inputs * mask
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(rate=self.rate, seed=self.seed)
+        return config
 
 
 class BertEmbeddings(keras.layers.Layer):
@@ -60,6 +229,11 @@ class BertEmbeddings(keras.layers.Layer):
 
     def __init__(self, vocab_size, hidden_size, max_position_embeddings, type_vocab_size,
                  initializer_range=0.02, dropout_rate=0.1, layer_norm_eps=1e-12, **kwargs):
+        # float32 whatever the global policy: the lookup then gathers B*S float32 rows instead
+        # of casting the whole [V,H] table to bfloat16 first (autocast), and the sum goes to a
+        # float32 LayerNorm anyway. The dropout after it follows the global policy. +2% a
+        # BERT-Small bfloat16 pre-training step (bench/README.md).
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
@@ -69,7 +243,7 @@ class BertEmbeddings(keras.layers.Layer):
         self.dropout_rate = dropout_rate
         self.layer_norm_eps = layer_norm_eps
         self.layer_norm = layer_norm(layer_norm_eps, "LayerNorm")
-        self.dropout = keras.layers.Dropout(dropout_rate)
+        self.dropout = Dropout(dropout_rate)
 
     def build(self, input_shape=None):
         init = truncated_normal(self.initializer_range)
@@ -89,8 +263,7 @@ class BertEmbeddings(keras.layers.Layer):
         words = ops.take(self.word_embeddings, input_ids, axis=0)  # [B,S,H]
         types = ops.take(self.token_type_embeddings, segment_ids, axis=0)  # [B,S,H]
         positions = ops.expand_dims(self.position_embeddings[:seq_length], 0)  # [1,S,H]
-        x = words + types + ops.cast(positions, words.dtype)
-        x = self.layer_norm(x)
+        x = self.layer_norm(words + types + positions)  # float32
         return self.dropout(x, training=training)
 
     def compute_output_shape(self, input_shape):
@@ -145,8 +318,8 @@ class TransformerBlock(keras.layers.Layer):
         self.layer_norm_eps = layer_norm_eps
 
         def dense(units, name, activation=None):
-            return keras.layers.Dense(units, activation=activation, name=name,
-                                      kernel_initializer=truncated_normal(initializer_range))
+            return Dense(units, activation=activation, name=name,
+                         kernel_initializer=truncated_normal(initializer_range))
 
         self.query = dense(hidden_size, "query")
         self.key = dense(hidden_size, "key")
@@ -157,8 +330,8 @@ class TransformerBlock(keras.layers.Layer):
                                   activation=activation_fn(hidden_act))
         self.output_dense = dense(hidden_size, "output")
         self.output_layer_norm = layer_norm(layer_norm_eps, "output_LayerNorm")
-        self.attention_dropout = keras.layers.Dropout(attention_probs_dropout_prob)
-        self.hidden_dropout = keras.layers.Dropout(hidden_dropout_prob)
+        self.attention_dropout = Dropout(attention_probs_dropout_prob)
+        self.hidden_dropout = Dropout(hidden_dropout_prob)
 
     def build(self, input_shape):
         h = (None, None, self.hidden_size)
