@@ -103,7 +103,7 @@ def load_xspace(logdir: str):
 # Which piece of a layer a kernel belongs to, by its op name (forward and gradient alike).
 COMPONENTS = (("dropout", r"dropout"), ("LayerNorm", r"layer_?norm"), ("GELU", r"gelu"),
               ("attention softmax", r"softmax(?!_?cross)"),
-              ("cross-entropy", r"SoftmaxCrossEntropy"),
+              ("cross-entropy", r"SoftmaxCrossEntropy|cross_entropy"),
               ("optimizer / clip", r"adam|lamb|clip|global_norm|ResourceApply"))
 
 
@@ -142,6 +142,7 @@ def analyse(xs, steps: int, functions: tuple[str, ...]) -> dict:
     by_kind = collections.Counter()
     by_fn = collections.Counter()
     top = collections.Counter()
+    other = collections.Counter()  # kernels of no named piece of the layer
     by_type = collections.Counter()
     by_component = collections.Counter()
     import bisect
@@ -167,6 +168,8 @@ def analyse(xs, steps: int, functions: tuple[str, ...]) -> dict:
         top[(op_name, op_type)] += ms
         by_type[(direction, part, op_type)] += ms
         by_component[component_of(op_name, op_type)] += ms
+        if component_of(op_name, op_type) == "other":
+            other[(op_name, op_type)] += ms
     per_step = {k: v / steps for k, v in wall.items()}
     return {"wall_ms_per_step": per_step, "calls": dict(calls),
             "kernel_ms_per_step": {k: v / steps for k, v in by_fn.items()},
@@ -179,6 +182,8 @@ def analyse(xs, steps: int, functions: tuple[str, ...]) -> dict:
             "top_non_matmul_kernels_ms_per_step": [
                 (f"{n}:{t}", v / steps) for (n, t), v in top.most_common()
                 if kind_of(t) != "matmul"][:40],
+            "top_other_kernels_ms_per_step": [(f"{n}:{t}", v / steps)
+                                              for (n, t), v in other.most_common(40)],
             "top_op_types_ms_per_step": [(f"{d} / {p} / {t}", v / steps)
                                          for (d, p, t), v in by_type.most_common(40)]}
 

@@ -28,11 +28,13 @@ def sparse_cross_entropy(labels, logits):
         loss = tf.math.log(total[:, 0]) + top[:, 0] - tf.gather_nd(x, index)
 
         def grad(d_loss):  # [N] -> [N,V]: d_loss * (softmax - one_hot)
-            return tf.tensor_scatter_nd_sub(e * (d_loss[:, None] / total), index, d_loss)
+            with tf.name_scope("sparse_cross_entropy_grad"):  # named for profiles
+                return tf.tensor_scatter_nd_sub(e * (d_loss[:, None] / total), index, d_loss)
 
         return loss, grad
 
-    return tf.reshape(cross_entropy(rows), shape)
+    with tf.name_scope("sparse_cross_entropy"):
+        return tf.reshape(cross_entropy(rows), shape)
 
 
 def classification_loss(model, batch):
