@@ -3,10 +3,12 @@ form it replaces, forward and backward, on BERT-Small's pre-training shapes (bat
 H 512, I 2048, 8 heads, 20 predictions, vocab 30522).
 
     case                 stock form                                   bert_tf's form
-    ffn_input_grad       autodiff of keras.layers.Dense (d_x is a     modeling.layers.Dense (d_x is a
-                         MatMul with transpose_b)                     batched matmul)
+    dense_512_to_512,    autodiff of keras.layers.Dense (d_x is a     modeling.layers.Dense (d_x is a
+    dense_512_to_2048,   MatMul with transpose_b)                     batched matmul)
+    dense_2048_to_512
     decoder_forward      x @ table^T as a 2-D MatMul(transpose_b)     heads._tied_decoder's batched form
-    dropout              keras.layers.Dropout                         modeling.layers.Dropout
+    dropout_attention_   keras.layers.Dropout                         modeling.layers.Dropout
+    probs
     layer_norm           keras.layers.LayerNormalization              modeling.layers.LayerNorm
     gelu                 keras.ops.gelu(approximate=False)            modeling.layers.gelu
     cross_entropy        tf.nn.sparse_softmax_cross_entropy_with_     training.tasks.sparse_cross_entropy
@@ -14,7 +16,8 @@ H 512, I 2048, 8 heads, 20 predictions, vocab 30522).
 
 Each case's forms are timed alternately (A, B, A, B, ...), `--calls` calls of one tf.function per
 timing; the figure is the median over `--repeats` timings, in ms per call. Dense is timed on the
-three projections of a layer (512->512, 512->2048, 2048->512).
+three projections of a layer (512->512, 512->2048, 2048->512). (The forms of every case are built
+before timing, whatever --only says: a few seconds.)
 
     PYTHONPATH=. TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python bench/kernel_forms.py --dtype fp32 bf16 \\
         --json bench/kernel_forms.json
@@ -135,9 +138,14 @@ def main(argv=None):
     a = p.parse_args(argv)
     report = {"args": vars(a), "tensorflow": tf.__version__, "keras": keras.__version__,
               "results": {}}
+    only = set(filter(None, a.only.split(",")))
     for dtype in a.dtype:
-        for case, forms in cases(dtype).items():
-            if a.only and case not in a.only.split(","):
+        built = cases(dtype)
+        unknown = only - set(built)
+        if unknown:
+            raise SystemExit(f"--only: no case {sorted(unknown)}; the cases are {list(built)}")
+        for case, forms in built.items():
+            if only and case not in only:
                 continue
             r = time_case(forms, a.calls, a.repeats)
             report["results"][f"{dtype} {case}"] = r

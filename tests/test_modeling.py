@@ -258,6 +258,15 @@ def test_layer_norm_matches_keras_values_and_gradients():
         out += [y] + tape.gradient(loss, [x] + [v.value for v in layer.trainable_variables])
     for a, b in zip(got, want):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
+    # the written-out gradient is the one taken (its ops are name-scoped layer_norm_grad)
+    def grad_of(t):
+        with tf.GradientTape() as tape:
+            tape.watch(t)
+            y = ours(t)
+        return tape.gradient(y, t)
+
+    graph = tf.function(grad_of).get_concrete_function(x).graph
+    assert any("layer_norm_grad" in op.name for op in graph.get_operations())
     # any other axis falls back to Keras' own computation
     axis0 = LayerNorm(axis=0, epsilon=1e-3)
     ref0 = keras.layers.LayerNormalization(axis=0, epsilon=1e-3)

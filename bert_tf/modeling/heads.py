@@ -26,8 +26,8 @@ def _tied_decoder(x, table):
         return d_x, ops.matmul(ops.transpose(d_logits), rows)  # [B,P,H], [V,H]
 
     # [B,P,H] x [1,H,V]: a batched matmul. The 2-D MatMul with transpose_b (autodiff's and
-    # Model Garden's form) is slower in TensorFlow's oneDNN float32 kernel: 59.9 against 50.6 ms
-    # for BERT-Small's [320,512] x [30522,512]^T (bench/README.md); bfloat16 29.2 against 26.5.
+    # Model Garden's form) is slower in TensorFlow's oneDNN float32 kernel: 58.9 against 50.6 ms
+    # for BERT-Small's [320,512] x [30522,512]^T (bench/kernel_forms.py); bfloat16 is level.
     # (The transpose is the matmul's last: TensorFlow folds it into the kernel, no copy.)
     logits = ops.matmul(x, ops.transpose(ops.expand_dims(table, 0), (0, 2, 1)))  # [B,P,V]
     return logits, grad

@@ -40,8 +40,8 @@ def gelu(x):
     """The exact GELU (Hendrycks & Gimpel 2016), x * Phi(x), Phi the standard normal CDF,
     with its derivative written out: Phi(x) + x * phi(x), phi the normal density, Phi kept
     from the forward pass. Same values as keras.ops.gelu(approximate=False) to float rounding,
-    in fewer kernels: 10.7 instead of 13.7 ms for a float32 [16,128,2048] forward and backward
-    on a CPU (bench/README.md). x: any float tensor; returns its shape and dtype."""
+    in fewer kernels: 11.1 instead of 13.8 ms for a float32 [16,128,2048] forward and backward
+    on a 2-core CPU (bench/kernel_forms.py). x: any float tensor; returns its shape and dtype."""
     with keras.name_scope("gelu"):
         cdf = 0.5 * (1.0 + ops.erf(x * (1.0 / math.sqrt(2.0))))
 
@@ -72,11 +72,11 @@ def _matmul_batched_input_grad(x, kernel):
     [1, O, I], d_kernel = x^T @ d_y [I,O].
 
     Why: autodiff makes d_x a 2-D MatMul with transpose_b=True, and TensorFlow's oneDNN
-    float32 kernel for that form is slow when the inner size is large: for BERT-Small's
-    feed-forward ([2048,2048] x [512,2048]^T) 28.6 ms against 20.6 ms for the same product as a
-    batched matmul, 6.6 against 5.6 ms for the [512,512] projections (bench/README.md, "The
-    step's matmuls by form"). bfloat16 is level either way. Same values as autodiff's to
-    float rounding (tests/test_modeling.py)."""
+    float32 kernel for that form is slow when the inner size is large. BERT-Small's 512->2048
+    feed-forward projection, forward and backward at batch 16 x seq 128, takes 62.9 ms this
+    way against 75.9 for keras.layers.Dense; the 512->512 projections 16.2 against 17.2
+    (bench/kernel_forms.py, 2-core CPU). bfloat16 is level either way. Same values as
+    autodiff's to float rounding (tests/test_modeling.py)."""
 
     def grad(*args, upstream=None):
         upstream = args[0] if upstream is None else upstream  # TF/JAX pass it first
@@ -115,9 +115,9 @@ class LayerNorm(keras.layers.LayerNormalization):
         y = x̂ * gamma + beta,  x̂ = (x - mean) / sqrt(var + epsilon)   (per row, over the last axis)
         d_x = r * (g - mean(g) - x̂ * mean(g * x̂)),  g = d_y * gamma,  r = 1 / sqrt(var + epsilon)
 
-    Autodiff of Keras' formulation builds about twice as many element-wise kernels; on a CPU
-    this takes 3.2 instead of 3.9 ms per [2048,512] LayerNorm, forward and backward
-    (bench/README.md). Values equal Keras' to float rounding (tests/test_modeling.py).
+    Fewer element-wise kernels than autodiff of Keras' formulation: 3.6 instead of 4.5 ms per
+    [16,128,512] LayerNorm, forward and backward, on a 2-core CPU (bench/kernel_forms.py).
+    Values equal Keras' to float rounding (tests/test_modeling.py).
     Other axes or rms_scaling fall back to Keras' own call.
     """
 
@@ -166,13 +166,17 @@ class Dropout(keras.layers.Layer):
     """Inverted dropout (Srivastava et al. 2014): in training, each element is zeroed with
     probability `rate` and the others scaled by 1 / (1 - rate); the identity otherwise.
 
-    Two differences from `keras.layers.Dropout`, both for speed (random numbers are most of
-    dropout's cost on a CPU; bench/README.md):
+    Two differences from `keras.layers.Dropout`, both for speed: random numbers were 70% of
+    Keras dropout's kernel time in a float32 BERT-Small step on a CPU (36 of 51 ms,
+    bench/pretrain_step_floor_sparse_2026-12-01.json), and a [16,8,128,128] attention dropout
+    now takes 6.0 instead of 8.0 ms forward and backward in float32, 6.0 instead of 10.2 in
+    bfloat16 (bench/kernel_forms.py):
     - one float32 uniform u draws two elements' masks: keep the first if floor(2048 u) >= t,
       the second if frac(2048 u) >= t / 2048, t = round(2048 rate). So the drop probability
-      is rate rounded to a multiple of 1/2048 (0.1 -> 0.10010), and the scale is
-      2048 / (2048 - t), which keeps the expectation exact. (Keras' bfloat16 dropout draws
-      bfloat16 uniforms: 0.1 becomes 13/128 = 0.1016.)
+      is rate rounded to a multiple of 1/2048 (0.1 -> 0.10010; a rate below 1/4096 rounds to
+      no dropout), and the scale is 2048 / (2048 - t), which keeps the expectation exact in
+      float32 (in bfloat16 the scale itself rounds, as in Keras). Keras' bfloat16 dropout
+      draws bfloat16 uniforms: 0.1 becomes 13/128 = 0.1016.
     - the mask is applied as a product, x * m, so the backward pass is one multiply.
     Masks come from a SeedGenerator like Keras' (its state is what the training loop seeds
     per micro-batch: bert_tf.training.loop.seed_dropout).
@@ -192,7 +196,9 @@ class Dropout(keras.layers.Layer):
         if self._threshold >= scale:
             raise ValueError(f"dropout rate {rate} rounds to 1 at 1/{scale} resolution")
         self._keep_scale = scale / (scale - self._threshold)
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.supports_masking = True
+        if self._threshold:  # as Keras: no generator (no seed state to set) when it never draws
+            self.seed_generator = keras.random.SeedGenerator(seed)
         self.built = True
 
     def call(self, inputs, training=False):

@@ -8,24 +8,31 @@ import tensorflow as tf
 
 def sparse_cross_entropy(labels, logits):
     """Softmax cross-entropy of float32 logits [..., V] against int labels [...] in [0, V):
-    log(sum(exp(logits))) - logits[label], per row, [...] float32. The values of
-    tf.nn.sparse_softmax_cross_entropy_with_logits (to float rounding), computed as
-    max + log(sum(exp(logits - max))) with the gradient written out, softmax - one_hot(label),
-    from the forward's exp: on a CPU this takes 14 ms instead of TF's fused kernel's 26 for the
-    masked-LM's [320, 30522] logits, forward and backward (bench/README.md). Raises
-    InvalidArgumentError for a label outside [0, V)."""
+    log(sum(exp(logits))) - logits[label], per row, [...] float32.
+
+    The values of tf.nn.sparse_softmax_cross_entropy_with_logits (to float rounding), computed as
+    log(sum(exp(logits - max))) - (logits[label] - max) with the gradient written out,
+    softmax - one_hot(label), from the forward's exp: on a 2-core CPU this takes 14.3 ms
+    instead of TF's fused kernel's 28.0 for the masked-LM's [320, 30522] logits, forward and
+    backward (bench/kernel_forms.py). A label outside [0, V) gives NaN for its row on every
+    device (as TF's kernel does on a GPU), which the training loop's non-finite guard turns
+    into an error that names label ids as a cause."""
     shape = tf.shape(labels)
     vocab = tf.shape(logits)[-1]
     rows = tf.reshape(logits, [-1, vocab])  # [N,V]
     flat = tf.reshape(tf.cast(labels, tf.int32), [-1])  # [N]
-    index = tf.stack([tf.range(tf.shape(flat)[0]), flat], axis=1)  # [N,2]
+    valid = tf.logical_and(flat >= 0, flat < vocab)
+    index = tf.stack([tf.range(tf.shape(flat)[0]), tf.clip_by_value(flat, 0, vocab - 1)],
+                     axis=1)  # [N,2], in range whatever the labels
 
     @tf.custom_gradient
     def cross_entropy(x):
         top = tf.reduce_max(x, axis=-1, keepdims=True)  # [N,1]
         e = tf.exp(x - top)
         total = tf.reduce_sum(e, axis=-1, keepdims=True)
-        loss = tf.math.log(total[:, 0]) + top[:, 0] - tf.gather_nd(x, index)
+        # log-sum-exp minus the label's logit, both relative to the max: no ulp of a large max
+        loss = tf.math.log(total[:, 0]) - (tf.gather_nd(x, index) - top[:, 0])
+        loss = tf.where(valid, loss, tf.constant(float("nan"), loss.dtype))
 
         def grad(d_loss):  # [N] -> [N,V]: d_loss * (softmax - one_hot)
             with tf.name_scope("sparse_cross_entropy_grad"):  # named for profiles
