@@ -13,6 +13,8 @@ H 512, I 2048, 8 heads, 20 predictions, vocab 30522).
     gelu                 keras.ops.gelu(approximate=False)            modeling.layers.gelu
     cross_entropy        tf.nn.sparse_softmax_cross_entropy_with_     training.tasks.sparse_cross_entropy
                          logits
+    weight_decay         w.assign_sub(w * lr wd) on the [30522,512]   w.assign(w * (1 - lr wd)), as
+                         word table                                   optimization.AdamWeightDecay
 
 Each case's forms are timed alternately (A, B, A, B, ...), `--calls` calls of one tf.function per
 timing; the figure is the median over `--repeats` timings, in ms per call. Dense is timed on the
@@ -109,6 +111,12 @@ def cases(dtype: str) -> dict:
             lambda t: tf.nn.sparse_softmax_cross_entropy_with_logits(labels, t), [logits], d_ce),
         "bert_tf sparse_cross_entropy": _fwd_bwd(
             lambda t: sparse_cross_entropy(labels, t), [logits], d_ce)}
+    table_var = tf.Variable(tf.random.normal((V, H), stddev=0.02, seed=3))
+    factor = tf.constant(1e-7)
+    out["weight_decay"] = {
+        "w.assign_sub(w * lr wd)": lambda: table_var.assign_sub(table_var * factor).read_value()[0, 0],
+        "bert_tf: w.assign(w * (1 - lr wd))":
+            lambda: table_var.assign(table_var * (1.0 - factor)).read_value()[0, 0]}
     return out
 
 

