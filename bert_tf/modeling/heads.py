@@ -6,31 +6,23 @@ import keras
 from keras import ops
 
 from bert_tf.modeling.layers import (Dropout, activation_fn, gather_positions, layer_norm,
-                                     truncated_normal)
+                                     matmul_transposed, rows_transposed_matmul, truncated_normal)
 
 
 @ops.custom_gradient
 def _tied_decoder(x, table):
-    """x [B,P,H] @ table[V,H]^T -> logits [B,P,V], with the gradients written out so that the
-    table's comes straight out of one matmul, d_table = d_logits^T @ x [V,H]. Autodiff would
-    make it [H,V] and transpose it, a pass over the whole table every step (7-10 ms of a
-    BERT-Small step on a CPU, bench/profile_pretrain_step.py); Model Garden avoids it with
-    tf.matmul(transpose_b=True), which keras.ops has no way to say."""
-    batch, positions, hidden = ops.shape(x)[0], ops.shape(x)[1], ops.shape(x)[2]
-    rows = ops.reshape(x, (-1, hidden))  # [B*P,H]
+    """x [B,P,H] @ table[V,H]^T -> logits [B,P,V] as `matmul_transposed` (a batched matmul,
+    faster in TensorFlow's float32 CPU kernel than the 2-D transpose_b form), with the
+    gradients written out so that the table's comes straight out of one matmul,
+    d_table = d_logits^T @ x [V,H]. Autodiff would make it [H,V] and transpose it, a pass over
+    the whole table every step (7-10 ms of a BERT-Small step on a CPU,
+    bench/profile_pretrain_step.py)."""
 
     def grad(*args, upstream=None):
         upstream = args[0] if upstream is None else upstream  # TF/JAX pass it first
-        d_logits = ops.reshape(upstream, (-1, ops.shape(table)[0]))  # [B*P,V]
-        d_x = ops.reshape(ops.matmul(d_logits, table), (batch, positions, hidden))
-        return d_x, ops.matmul(ops.transpose(d_logits), rows)  # [B,P,H], [V,H]
+        return ops.matmul(upstream, table), rows_transposed_matmul(upstream, x)  # [B,P,H], [V,H]
 
-    # [B,P,H] x [1,H,V]: a batched matmul. The 2-D MatMul with transpose_b (autodiff's and
-    # Model Garden's form) is slower in TensorFlow's oneDNN float32 kernel: 58.9 against 50.6 ms
-    # for BERT-Small's [320,512] x [30522,512]^T (bench/kernel_forms.py); bfloat16 is level.
-    # (The transpose is the matmul's last: TensorFlow folds it into the kernel, no copy.)
-    logits = ops.matmul(x, ops.transpose(ops.expand_dims(table, 0), (0, 2, 1)))  # [B,P,V]
-    return logits, grad
+    return matmul_transposed(x, table), grad
 
 
 class MaskedLMHead(keras.layers.Layer):

@@ -65,28 +65,41 @@ def activation_fn(name: str):
     raise ValueError(f"unknown hidden_act {name!r}; use gelu, gelu_tanh or relu")
 
 
+def matmul_transposed(a, m):
+    """a [..., K] @ m[J, K]^T -> [..., J], run as one batched matmul against m transposed,
+    [B|1, N, K] x [1, K, J] (TensorFlow folds the transpose into the kernel: no copy).
+
+    Why not the 2-D MatMul with transpose_b that autodiff (and tf.matmul(transpose_b=True))
+    gives: TensorFlow's oneDNN float32 kernel for that form is slow when K is large. The
+    feed-forward's input gradient, [2048,2048] x [512,2048]^T, took 28.6 ms that way and 20.6
+    batched; BERT-Small's masked-LM decoder, [320,512] x [30522,512]^T, 58.9 against 50.6
+    (bench/kernel_forms.py, 2-core CPU). bfloat16 is level either way."""
+    if len(a.shape) == 3:
+        return ops.matmul(a, ops.transpose(ops.expand_dims(m, 0), (0, 2, 1)))
+    rows = ops.reshape(a, (1, -1, ops.shape(a)[-1]))  # [1,N,K]
+    out = ops.matmul(rows, ops.transpose(ops.expand_dims(m, 0), (0, 2, 1)))  # [1,N,J]
+    return ops.reshape(out, tuple(ops.shape(a)[:-1]) + (ops.shape(m)[0],))
+
+
+def rows_transposed_matmul(a, b):
+    """a [..., K], b [..., J] with the same leading axes -> a^T @ b [K, J] over all their rows:
+    the weight gradient of a projection, with no transpose of the result."""
+    return ops.matmul(ops.transpose(ops.reshape(a, (-1, ops.shape(a)[-1]))),
+                      ops.reshape(b, (-1, ops.shape(b)[-1])))
+
+
 @ops.custom_gradient
 def _matmul_batched_input_grad(x, kernel):
-    """x [..., I] @ kernel [I,O] -> [..., O], with the gradients written out so that d_x is a
-    batched matmul against the kernel's transpose: d_x = d_y @ kernel^T as [1|B, N, O] x
-    [1, O, I], d_kernel = x^T @ d_y [I,O].
-
-    Why: autodiff makes d_x a 2-D MatMul with transpose_b=True, and TensorFlow's oneDNN
-    float32 kernel for that form is slow when the inner size is large. BERT-Small's 512->2048
-    feed-forward projection, forward and backward at batch 16 x seq 128, takes 62.9 ms this
-    way against 75.9 for keras.layers.Dense; the 512->512 projections 16.2 against 17.2
-    (bench/kernel_forms.py, 2-core CPU). bfloat16 is level either way. Same values as
-    autodiff's to float rounding (tests/test_modeling.py)."""
+    """x [..., I] @ kernel [I,O] -> [..., O], with the gradients written out so that d_x is
+    `matmul_transposed(d_y, kernel)`, not autodiff's slower 2-D transpose_b form:
+    BERT-Small's 512->2048 feed-forward projection, forward and backward at batch 16 x seq 128,
+    takes 62.9 ms this way against 75.9 for keras.layers.Dense; the 512->512 projections 16.2
+    against 17.2 (bench/kernel_forms.py, 2-core CPU, float32; bfloat16 is level). Same values
+    as autodiff's to float rounding (tests/test_modeling.py)."""
 
     def grad(*args, upstream=None):
         upstream = args[0] if upstream is None else upstream  # TF/JAX pass it first
-        fan_in, units = ops.shape(kernel)[0], ops.shape(kernel)[1]
-        d_rows = upstream if len(upstream.shape) == 3 else ops.reshape(upstream, (1, -1, units))
-        # The transpose is the matmul's last op: TensorFlow folds it into the kernel, no copy.
-        d_x = ops.matmul(d_rows, ops.transpose(ops.expand_dims(kernel, 0), (0, 2, 1)))
-        rows = ops.reshape(x, (-1, fan_in))
-        d_kernel = ops.matmul(ops.transpose(rows), ops.reshape(upstream, (-1, units)))  # [I,O]
-        return ops.reshape(d_x, ops.shape(x)), d_kernel
+        return matmul_transposed(upstream, kernel), rows_transposed_matmul(x, upstream)
 
     return ops.matmul(x, kernel), grad
 
@@ -191,11 +204,11 @@ class Dropout(keras.layers.Layer):
             raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
         self.rate = rate
         self.seed = seed
-        scale = 1 << _MASK_BITS
-        self._threshold = round(rate * scale)
-        if self._threshold >= scale:
-            raise ValueError(f"dropout rate {rate} rounds to 1 at 1/{scale} resolution")
-        self._keep_scale = scale / (scale - self._threshold)
+        resolution = 1 << _MASK_BITS  # the drop probability is a multiple of 1/2048
+        self._threshold = round(rate * resolution)
+        if self._threshold >= resolution:
+            raise ValueError(f"dropout rate {rate} rounds to 1 at 1/{resolution} resolution")
+        self._keep_scale = resolution / (resolution - self._threshold)
         self.supports_masking = True
         if self._threshold:  # as Keras: no generator (no seed state to set) when it never draws
             self.seed_generator = keras.random.SeedGenerator(seed)
