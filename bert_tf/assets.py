@@ -20,7 +20,7 @@ class UsageError(ValueError):
 @dataclasses.dataclass
 class ModelAssets:
     config: BertConfig
-    vocab_file: str
+    vocab_file: str | None  # None only when resolved with vocab_required=False
     do_lower_case: bool
     init_checkpoint: str | None
     config_file: str
@@ -39,9 +39,12 @@ def count_vocab(path: str) -> int:
 
 def resolve_model_assets(init_checkpoint=None, bert_config_file=None, vocab_file=None,
                          do_lower_case=True, do_lower_case_given=False,
-                         max_seq_length=None) -> ModelAssets:
+                         max_seq_length=None, vocab_required: bool = True) -> ModelAssets:
     """Fill bert_config_file / vocab_file / do_lower_case from the checkpoint's directory (or
-    preset) when not given, then check they agree with each other and with max_seq_length."""
+    preset) when not given, then check they agree with each other and with max_seq_length.
+
+    vocab_required=False (pre-training on records, which hold ids already): no vocabulary is
+    not an error, and ModelAssets.vocab_file is None."""
     from bert_tf.checkpoints import find_assets
 
     assets = find_assets(init_checkpoint) if init_checkpoint else None
@@ -62,6 +65,11 @@ def resolve_model_assets(init_checkpoint=None, bert_config_file=None, vocab_file
         raise UsageError("--bert_config_file is required (or an --init_checkpoint directory "
                          "that holds bert_config.json or config.json)")
     vocab = vocab_file or (assets.vocab_file if assets else None)
+    if not vocab and not vocab_required:
+        config = BertConfig.from_json_file(config_file)
+        _check_max_seq_length(max_seq_length, config, config_file)
+        return ModelAssets(config=config, vocab_file=None, do_lower_case=do_lower_case,
+                           init_checkpoint=checkpoint, config_file=config_file)
     if not vocab:
         raise UsageError("--vocab_file is required (or an --init_checkpoint directory that holds "
                          "vocab.txt)")
@@ -92,13 +100,18 @@ def resolve_model_assets(init_checkpoint=None, bert_config_file=None, vocab_file
             f"{config.vocab_size}: a vocabulary that does not match the embedding table gives "
             "wrong ids (NaNs or garbage). Use the vocab.txt that came with the checkpoint (or fix "
             "vocab_size when training from scratch)")
-    if max_seq_length is not None:
-        if max_seq_length > config.max_position_embeddings:
-            raise UsageError(
-                f"--max_seq_length={max_seq_length} exceeds max_position_embeddings "
-                f"{config.max_position_embeddings} of {config_file}: lower --max_seq_length")
-        if max_seq_length < 3:
-            raise UsageError(f"--max_seq_length={max_seq_length}: need room for [CLS], [SEP] "
-                             "and at least one token")
+    _check_max_seq_length(max_seq_length, config, config_file)
     return ModelAssets(config=config, vocab_file=vocab, do_lower_case=do_lower_case,
                        init_checkpoint=checkpoint, config_file=config_file)
+
+
+def _check_max_seq_length(max_seq_length, config: BertConfig, config_file: str) -> None:
+    if max_seq_length is None:
+        return
+    if max_seq_length > config.max_position_embeddings:
+        raise UsageError(
+            f"--max_seq_length={max_seq_length} exceeds max_position_embeddings "
+            f"{config.max_position_embeddings} of {config_file}: lower --max_seq_length")
+    if max_seq_length < 3:
+        raise UsageError(f"--max_seq_length={max_seq_length}: need room for [CLS], [SEP] "
+                         "and at least one token")

@@ -36,6 +36,8 @@ _KNOWN_ERRORS = (
     ("bert_tf.checkpoints", "CheckpointError"),
     ("bert_tf.data.glue", "DataError"),
     ("bert_tf.training.loop", "TrainingError"),
+    # Records that fail mid-run (a corrupt record, a shard cut short): with the resume hint.
+    ("bert_tf.data.pretraining_reader", "RecordError"),
     # Every download error: bert_tf.data.download's DownloadError is this class, and the presets'
     # DownloadError / ArchiveError derive from it.
     ("bert_tf.downloads", "DownloadError"),
@@ -123,11 +125,28 @@ def run_main(main, argv, tensorflow: bool = True) -> None:
             import_tensorflow_quietly()
         main(argv)
     except known_errors() as e:
-        print(f"{script}: error: {e}", file=sys.stderr)
+        hint = ""
+        record_error = sys.modules.get("bert_tf.data.pretraining_reader")
+        if record_error is not None and isinstance(e, record_error.RecordError):
+            hint = _resume_hint()
+        print(f"{script}: error: {e}{hint}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+    except _preempted() as e:  # SIGTERM / first Ctrl-C: a checkpoint of the step was saved
+        print(f"\n{script}: {e}", file=sys.stderr)
+        sys.exit(128 + e.signum)
     except KeyboardInterrupt:
         print(f"\n{script}: interrupted{_resume_hint()}", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
+
+
+def _preempted():
+    """The Preempted class when training was imported (else a class nothing raises)."""
+    module = sys.modules.get("bert_tf.training.preemption")
+    return module.Preempted if module is not None else _NeverRaised
+
+
+class _NeverRaised(Exception):
+    pass
 
 
 def _resume_hint() -> str:

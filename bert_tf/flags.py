@@ -62,7 +62,15 @@ def define_pretraining_flags(flag_values=None) -> None:
                      "workers), so a published global batch is reached on any worker count.")
     f.DEFINE_integer("max_eval_steps", 100, "Evaluation batches at most (0: all held-out "
                      "records).")
-    f.DEFINE_integer("shuffle_buffer_size", 10000, "Records in the shuffle buffer.")
+    f.DEFINE_integer("shuffle_block_records", 64, "The unit of the per-epoch shuffle: blocks of "
+                     "this many consecutive records, placed in a random order each epoch (a "
+                     "function of --seed and the epoch), so a worker reads its micro-batch in "
+                     "one or two sequential ranges. The records of create_pretraining_data.py "
+                     "(Google's or bert_tf's) are shuffled when written; records written in "
+                     "document order want 1 (every record placed on its own, random reads).")
+    f.DEFINE_bool("skip_corrupt_records", False, "A record whose CRC fails is left out of its "
+                  "batch and counted (corrupt_records_skipped in metrics.jsonl) instead of "
+                  "stopping the run with the file and byte offset.")
     f.DEFINE_float("masked_lm_prob", 0.15, "Records written with --dynamic_masking only: the "
                    "fraction of tokens to mask, drawn afresh every epoch.")
     f.DEFINE_bool("do_whole_word_mask", False, "Records written with --dynamic_masking only: "
@@ -130,6 +138,12 @@ def define_engine_flags(learning_rate: float = 5e-5, train_batch_size: int = 32,
     f.DEFINE_integer("max_consecutive_nonfinite", 20, "A step whose gradients are not finite is "
                      "skipped (fp16 halves its loss scale); more than this many in a row stop "
                      "the run with advice.")
+    f.DEFINE_float("preemption_grace_seconds", 25.0, "On SIGTERM (a preempted node, a "
+                   "scheduler's stop) or the first Ctrl-C, training stops at the end of the "
+                   "step, saves a checkpoint and exits 143 / 130; if no step ends within this "
+                   "many seconds it exits without one (0: wait however long the step takes). "
+                   "Keep it under the scheduler's grace period (30 s for Kubernetes and Slurm "
+                   "by default).")
     f.DEFINE_bool("deterministic", False, "Deterministic ops: a rerun (or a resumed run) gives "
                   "bit-identical results, somewhat slower.")
     f.DEFINE_bool("progress", True, "Show progress bars.")

@@ -35,13 +35,14 @@ class PretrainArgs(EngineArgs):
     num_train_steps: int = 100000
     global_batch_size: int | None = None
     max_eval_steps: int = 100
-    shuffle_buffer_size: int = 10000
+    shuffle_block_records: int = 64
+    skip_corrupt_records: bool = False
     export: str = ""
     masked_lm_prob: float = 0.15
     do_whole_word_mask: bool = False
 
     identity_flags = ("input_file", "max_predictions_per_seq", "num_train_steps",
-                      "shuffle_buffer_size", "masked_lm_prob",
+                      "shuffle_block_records", "masked_lm_prob",
                       "do_whole_word_mask") + EngineArgs.identity_flags
 
 
@@ -74,8 +75,9 @@ def check_args(args: PretrainArgs) -> None:
         raise UsageError(f"--num_train_steps={args.num_train_steps} must be at least 1")
     if args.max_eval_steps < 0:
         raise UsageError(f"--max_eval_steps={args.max_eval_steps} must be >= 0")
-    if args.shuffle_buffer_size < 1:
-        raise UsageError(f"--shuffle_buffer_size={args.shuffle_buffer_size} must be at least 1")
+    if args.shuffle_block_records < 1:
+        raise UsageError(f"--shuffle_block_records={args.shuffle_block_records} must be at "
+                         "least 1")
     if not 0 < args.masked_lm_prob < 1:
         raise UsageError(f"--masked_lm_prob={args.masked_lm_prob} must be in (0, 1)")
     if args.global_batch_size is not None:
@@ -122,7 +124,11 @@ def _export(model, args: PretrainArgs, assets) -> dict:
                            "tokenizer_class": "BertTokenizer",
                            "model_max_length": model.config.max_position_embeddings}, f,
                           indent=2)
-        shutil.copyfile(assets.vocab_file, os.path.join(directory, "vocab.txt"))
+        if assets.vocab_file:
+            shutil.copyfile(assets.vocab_file, os.path.join(directory, "vocab.txt"))
+        else:
+            logger.warning("no vocab.txt in %s: none was given (--vocab_file); copy the one "
+                           "the records were made with there before fine-tuning", directory)
         logger.info("exported the %s checkpoint to %s", fmt, directory)
         written[fmt] = directory
     return written
@@ -134,31 +140,38 @@ def run_pretraining(args: PretrainArgs) -> dict:
     from bert_tf.training import loop, tasks
 
     check_args(args)
+    # The records hold ids already: no vocabulary is needed to train on them (Google's README
+    # command passes none). When one is known (--vocab_file or next to --init_checkpoint), it
+    # must be the one the records were made with (their index says).
     assets = resolve_model_assets(args.init_checkpoint, args.bert_config_file, args.vocab_file,
                                   args.do_lower_case, args.do_lower_case_given,
-                                  args.max_seq_length)
-    # The records are checked end to end before the runtime starts: a wrong length or a
-    # truncated file is one clear line now, not a DataLossError an hour into training.
-    train_files = eval_files = None
-    train_masker = eval_masker = None
-    flag = "--input_file"  # the flag whose records are being read
+                                  args.max_seq_length, vocab_required=False)
     try:
-        if args.do_train:
-            train_files = records.expand_files(args.input_file)
-            train_info = records.inspect_records(train_files, args.max_seq_length,
-                                                 args.max_predictions_per_seq)
-            train_masker = _masker(train_info, args, assets.vocab_file, args.seed)
-        if args.do_eval:
-            flag = "--eval_input_file" if args.eval_input_file else "--input_file"
-            eval_files = records.expand_files(args.eval_input_file or args.input_file)
-            # Held-out masks are drawn once, the same at every evaluation.
-            eval_masker = _masker(records.inspect_records(
-                eval_files, args.max_seq_length, args.max_predictions_per_seq), args,
-                assets.vocab_file, args.seed + 1)
+        train_files = records.expand_files(args.input_file) if args.do_train else None
     except records.RecordError as e:
-        raise UsageError(f"{flag}: {e}") from None
+        raise UsageError(f"--input_file: {e}") from None
+    eval_flag = "--eval_input_file" if args.eval_input_file else "--input_file"
+    try:
+        eval_files = (records.expand_files(args.eval_input_file or args.input_file)
+                      if args.do_eval else None)
+    except records.RecordError as e:
+        raise UsageError(f"{eval_flag}: {e}") from None
 
     dist, use_xla = setup_runtime(args)
+    # Counts, schema and vocabulary come from each shard's index: start-up does not read the
+    # records. Missing indexes are built once by the chief while the other workers wait.
+    train_records = eval_records = None
+    train_masker = eval_masker = None
+    if train_files:
+        train_records = _open_records(train_files, "--input_file", args, dist)
+        _check_vocab(train_records, assets, args, "--input_file")
+        train_masker = _masker(train_records, args, assets.vocab_file, args.seed)
+    if eval_files:
+        eval_records = _open_records(eval_files, eval_flag, args, dist)
+        _check_vocab(eval_records, assets, args, eval_flag)
+        # Held-out masks are drawn once, the same at every evaluation.
+        eval_masker = _masker(eval_records, args, assets.vocab_file, args.seed + 1)
+
     args.num_accumulation_steps = accumulation_steps(args, dist.size)
     model = BertPretrainer(assets.config)
     report = init_model(model, assets, args, dist, what="pre-training")
@@ -173,9 +186,8 @@ def run_pretraining(args: PretrainArgs) -> dict:
 
     def evaluate(step=None):
         batches = records.eval_pretraining_batches(
-            eval_files, args.eval_batch_size, args.max_seq_length,
-            args.max_predictions_per_seq, max_steps=args.max_eval_steps or None,
-            masker=eval_masker)
+            eval_records, args.eval_batch_size, max_steps=args.max_eval_steps or None,
+            masker=eval_masker, skip_corrupt=args.skip_corrupt_records)
         result = loop.evaluate(model, tasks.pretraining_eval_metrics, batches,
                                use_xla=use_xla, progress=args.progress and step is None)
         if step is not None:
@@ -187,11 +199,10 @@ def run_pretraining(args: PretrainArgs) -> dict:
         summary = {}
         if args.do_train:
             source = records.pretraining_batches(
-                train_files, args.train_batch_size, args.max_seq_length,
-                args.max_predictions_per_seq, args.seed, rank=dist.rank, num_workers=dist.size,
-                accumulation=args.num_accumulation_steps,
-                records_per_file=train_info["records"], shuffle_buffer=args.shuffle_buffer_size,
-                masker=train_masker)
+                train_records, args.train_batch_size, args.seed, rank=dist.rank,
+                num_workers=dist.size, accumulation=args.num_accumulation_steps,
+                block_records=args.shuffle_block_records, masker=train_masker,
+                skip_corrupt=args.skip_corrupt_records)
             settings = train_settings(args, args.num_train_steps, use_xla)
             if dist.is_chief:
                 global_batch = args.train_batch_size * dist.size * args.num_accumulation_steps
@@ -232,15 +243,59 @@ def run_pretraining(args: PretrainArgs) -> dict:
     return results
 
 
-def _masker(info: dict, args: PretrainArgs, vocab_file: str, seed: int):
+def _open_records(files, flag: str, args: PretrainArgs, dist):
+    """The records of `files` through their indexes. The chief builds missing indexes first
+    while the other workers wait at a barrier; a worker that still finds none (records on a
+    node-local disk) builds its own. Raises UsageError naming the flag."""
+    try:
+        if dist.is_chief:
+            records.ensure_indexes(files, progress=args.progress)
+        dist.barrier()
+        return records.open_pretraining_records(files, args.max_seq_length,
+                                                args.max_predictions_per_seq,
+                                                progress=args.progress and dist.is_chief)
+    except records.RecordError as e:
+        raise UsageError(f"{flag}: {e}") from None
+
+
+def _check_vocab(recs, assets, args: PretrainArgs, flag: str) -> None:
+    """The model's vocabulary (when known) must be the one the records were made with (when
+    their index knows it), and the embedding table must hold every id of it."""
+    if recs.vocab is None:
+        return
+    size = recs.vocab["size"]
+    if size > assets.config.vocab_size:
+        raise UsageError(
+            f"{flag}: the records were made with a vocabulary of {size} tokens but "
+            f"{assets.config_file} says vocab_size {assets.config.vocab_size}: their ids do "
+            "not fit the embedding table. Use the config of that vocabulary")
+    if assets.vocab_file is None:
+        return
+    from bert_tf.data.record_index import vocab_fingerprint
+
+    mine = vocab_fingerprint(assets.vocab_file)
+    if mine["sha256"] != recs.vocab["sha256"]:
+        source = (f"--vocab_file={assets.vocab_file}" if args.vocab_file else
+                  f"{assets.vocab_file} (next to --init_checkpoint)")
+        raise UsageError(
+            f"{source} is not the vocabulary {flag} was made with ({mine['size']} tokens, "
+            f"sha256 {mine['sha256'][:12]}; the records' index says {size} tokens, sha256 "
+            f"{recs.vocab['sha256'][:12]}): the same ids would mean other words. Pass the "
+            "vocab.txt the records were made with, or recreate the records with this one")
+
+
+def _masker(recs, args: PretrainArgs, vocab_file: str | None, seed: int):
     """A DynamicMasker for records written without masks (--dynamic_masking), else None."""
-    if info["masked"]:
+    if recs.masked:
         return None
     from bert_tf.data.masking import DynamicMasker
 
+    if vocab_file is None:
+        raise UsageError("--vocab_file is required: the records were written without masks "
+                         "(--dynamic_masking), and masking draws [MASK] and random tokens from "
+                         "the vocabulary they were made with")
     try:
         return DynamicMasker(vocab_file, args.max_predictions_per_seq, args.masked_lm_prob,
                              args.do_whole_word_mask, seed)
     except ValueError as e:
         raise UsageError(f"--vocab_file: {e}") from None
-

@@ -99,8 +99,8 @@ def test_reader_order_resume_and_worker_slices(tmp_path):
     from bert_tf.data import records
 
     files = write_uid_records(str(tmp_path))  # 60 records
-    one = records.pretraining_batches(files, 4, S, P, seed=5, accumulation=2,
-                                      shuffle_buffer=16)
+    recs = records.open_pretraining_records(files, S, P, progress=False)  # builds the indexes
+    one = records.pretraining_batches(recs, 4, seed=5, accumulation=2, block_records=3)
     assert one.steps_per_epoch == 60 // 8
     stream = one(0)
     steps = [[uids(next(stream)[1]) + uids(next(stream)[1])] for _ in range(2 * 7)]
@@ -117,12 +117,12 @@ def test_reader_order_resume_and_worker_slices(tmp_path):
         assert index == start * 2
         assert uids(batch) + uids(next(resumed)[1]) == steps[start]
     # 2 workers x 4 rows see exactly the rows of the 1 worker x 2 accumulation step.
-    workers = [records.pretraining_batches(files, 4, S, P, seed=5, rank=r, num_workers=2,
-                                           shuffle_buffer=16)(0) for r in range(2)]
+    workers = [records.pretraining_batches(recs, 4, seed=5, rank=r, num_workers=2,
+                                           block_records=3)(0) for r in range(2)]
     for step in steps[:9]:
         assert uids(next(workers[0])[1]) + uids(next(workers[1])[1]) == step
-    other_seed = records.pretraining_batches(files, 4, S, P, seed=6, accumulation=2,
-                                             shuffle_buffer=16)(0)
+    other_seed = records.pretraining_batches(recs, 4, seed=6, accumulation=2,
+                                             block_records=3)(0)
     assert uids(next(other_seed)[1]) + uids(next(other_seed)[1]) != steps[0]
 
 
@@ -132,7 +132,8 @@ def test_parsed_batch_has_google_dtypes(tmp_path):
     from bert_tf.data import records
 
     path = write_records(tmp_path / "a.tfrecord", 10)
-    _, batch = next(records.pretraining_batches([path], 4, S, P, seed=0)(0))
+    recs = records.open_pretraining_records([path], S, P, progress=False)
+    _, batch = next(records.pretraining_batches(recs, 4, seed=0)(0))
     for name in ("input_ids", "input_mask", "segment_ids"):
         assert batch[name].shape == (4, S) and batch[name].dtype == tf.int32
     for name in ("masked_lm_positions", "masked_lm_ids"):
@@ -170,7 +171,7 @@ def test_bad_record_files_name_the_file_and_the_difference(tmp_path, kind, messa
         path.write_bytes(b"")
     good = write_records(tmp_path / "good.tfrecord", 3)
     with pytest.raises(records.RecordError, match=re.escape(message)) as err:
-        records.inspect_records([good, str(path)], S, P)
+        records.open_pretraining_records([good, str(path)], S, P, progress=False)
     assert str(err.value).startswith(str(path))
     with pytest.raises(records.RecordError, match="no file matches"):
         records.expand_files(str(tmp_path / "nothing-*.tfrecord"))

@@ -80,6 +80,7 @@ import numpy as np
 
 from bert_tf.assets import UsageError
 from bert_tf.data.glue import DataError
+from bert_tf.data.record_index import OffsetRecorder, describe_schema, index_path
 from bert_tf.data.tfrecord import ExampleEncoder, iter_framed
 
 logger = logging.getLogger("bert_tf")
@@ -184,6 +185,7 @@ class VocabIds:
     mask: int
     random_ids: np.ndarray  # int64 [V]: Google draws a random replacement from vocab.keys()
     is_suffix: np.ndarray  # bool [max id + 1]: the token starts with "##" (whole-word masking)
+    fingerprint: dict | None = None  # record_index.vocab_fingerprint, for the shards' indexes
 
 
 def vocab_ids(vocab: dict, vocab_file: str) -> VocabIds:
@@ -198,8 +200,11 @@ def vocab_ids(vocab: dict, vocab_file: str) -> VocabIds:
     for token, index in vocab.items():
         if token.startswith("##"):
             is_suffix[index] = True
+    from bert_tf.data.record_index import vocab_fingerprint
+
     return VocabIds(cls=vocab[CLS_TOKEN], sep=vocab[SEP_TOKEN], mask=vocab[MASK_TOKEN],
-                    random_ids=np.array(list(vocab.values()), np.int64), is_suffix=is_suffix)
+                    random_ids=np.array(list(vocab.values()), np.int64), is_suffix=is_suffix,
+                    fingerprint=vocab_fingerprint(vocab_file))
 
 
 # ---- Instances of one shard ------------------------------------------------------------------
@@ -267,6 +272,7 @@ class ShardWriter:
             name for name in names if PRETRAINING_SCHEMA[name][1] == "float32"})
         self.counts = dict.fromkeys(_COUNTERS, 0)
         self.file = open(path, "wb")
+        self.offsets = OffsetRecorder()  # for the record index written beside the shard
 
     # -- documents -> instances
 
@@ -541,7 +547,7 @@ class ShardWriter:
         os.remove(path)
         if split_dir is None:
             self.rng.shuffle(records)
-            self.file.write(b"".join(records))
+            self._write(records)
             return
         if records:
             self._spill(records, split_dir)
@@ -563,9 +569,20 @@ class ShardWriter:
             os.rmdir(self.bucket_dir)
         else:
             self.rng.shuffle(self.buffer)
-            self.file.write(b"".join(self.buffer))
+            self._write(self.buffer)
             self.buffer = []
         self.file.close()
+        o = self.options
+        header = describe_schema({
+            name: ["float_list" if dtype == "float32" else "int64_list", length]
+            for name, (length, dtype) in feature_lengths(
+                o.max_seq_length, o.max_predictions_per_seq, o.dynamic_masking).items()})
+        header.update(vocab=self.ids.fingerprint, created_by="create_pretraining_data.py")
+        self.offsets.write(self.path, header)
+
+    def _write(self, framed: list[bytes]) -> None:
+        self.file.write(b"".join(framed))
+        self.offsets.add(framed)
 
 
 # ---- Reading input ---------------------------------------------------------------------------
@@ -866,16 +883,18 @@ def create_pretraining_data(input_file: str, output_file: str, vocab_file: str,
         with _signals_blocked(main_thread, signal.SIGINT, signal.SIGTERM):
             for partial, path in zip(partials, shard_paths):
                 os.replace(partial, path)
+                os.replace(index_path(partial), index_path(path))
             tmp = summary_file + ".partial"
             with open(tmp, "w", encoding="utf-8") as f:
                 json.dump(summary, f, indent=2)
                 f.write("\n")
             os.replace(tmp, summary_file)
             for path in earlier:  # --overwrite_output: the earlier run's other shards go
-                try:
-                    os.remove(path)
-                except FileNotFoundError:
-                    pass
+                for name in (path, index_path(path)):
+                    try:
+                        os.remove(name)
+                    except FileNotFoundError:
+                        pass
         if earlier:
             logger.info("removed %d file(s) of an earlier run with another shard count (%s ...)",
                         len(earlier), earlier[0])
@@ -961,10 +980,12 @@ def _interrupt_once(signum, frame):
 def _remove_leftovers(partials: list[str]) -> list[str]:
     """Removes `X.partial` files and `X.partial.shuffle/` folders (this run's, or those a
     killed run left behind: never appended to)."""
-    found = [p for p in partials if os.path.exists(p) or os.path.isdir(p + ".shuffle")]
+    found = [p for p in partials if os.path.exists(p) or os.path.isdir(p + ".shuffle")
+             or os.path.exists(index_path(p))]
     for partial in found:
-        if os.path.exists(partial):
-            os.remove(partial)
+        for path in (partial, index_path(partial), index_path(partial) + ".tmp"):
+            if os.path.exists(path):
+                os.remove(path)
         shutil.rmtree(partial + ".shuffle", ignore_errors=True)
     return found
 

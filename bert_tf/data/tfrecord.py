@@ -216,3 +216,78 @@ def read_records(path: str) -> Iterator[bytes]:
                 raise ValueError(f"{path}: bad data CRC at byte {offset}")
             offset += 16 + length
             yield data
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """(value, next position) of the protobuf varint at data[pos:]. Raises ValueError when it
+    runs past the end."""
+    value = shift = 0
+    while True:
+        if pos >= len(data):
+            raise ValueError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fields(data: bytes):
+    """(field number, wire type, payload) of each field of a protobuf message; payload is the
+    bytes of a length-delimited field, the value of a varint, the raw bytes of a fixed one."""
+    pos = 0
+    while pos < len(data):
+        key, pos = _read_varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _read_varint(data, pos)
+        elif wire == 2:
+            length, pos = _read_varint(data, pos)
+            value = data[pos:pos + length]
+            if len(value) < length:
+                raise ValueError("truncated field")
+            pos += length
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+            value = data[pos:pos + size]
+            pos += size
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+        yield number, wire, value
+
+
+def decode_example_lengths(example: bytes) -> dict[str, list]:
+    """A serialized `tf.train.Example` -> {feature name: [kind, number of values]}, kind one of
+    "bytes_list", "float_list", "int64_list" (None for a feature with no list), without
+    TensorFlow: what a record index stores about the schema. Raises ValueError on bytes that
+    are not an Example."""
+    kinds = {1: "bytes_list", 2: "float_list", 3: "int64_list"}
+    out = {}
+    data = bytes(example)
+    for number, wire, features in _fields(data):
+        if number != 1 or wire != 2:
+            raise ValueError("not a tf.train.Example")
+        for number, wire, entry in _fields(features):
+            if number != 1 or wire != 2:
+                raise ValueError("not a tf.train.Features map")
+            name, kind, count = None, None, 0
+            for number, wire, value in _fields(entry):
+                if number == 1 and wire == 2:
+                    name = value.decode("utf-8")
+                elif number == 2 and wire == 2:
+                    for list_number, list_wire, values in _fields(value):
+                        if list_number not in kinds or list_wire != 2:
+                            raise ValueError("not a tf.train.Feature")
+                        kind = kinds[list_number]
+                        for _, wire, item in _fields(values):
+                            if kind == "int64_list" and wire == 2:  # packed varints
+                                count += sum(1 for b in item if b < 0x80)
+                            elif kind == "float_list" and wire == 2:  # packed floats
+                                count += len(item) // 4
+                            else:
+                                count += 1
+            if name is None:
+                raise ValueError("a feature without a name")
+            out[name] = [kind, count]
+    return out

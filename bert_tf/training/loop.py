@@ -30,12 +30,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import time
 
 import numpy as np
 import tensorflow as tf
 
 from bert_tf.training.optimization import create_optimizer
+from bert_tf.training.preemption import DEFAULT_GRACE_SECONDS, Preempted, StopRequest
 from bert_tf.training.tracking import TrackingLog, flatten_params
 
 logger = logging.getLogger("bert_tf.training")
@@ -71,6 +73,9 @@ class TrainSettings:
     tracking_uri: str | None = None
     experiment_name: str = "bert_tf"
     run_name: str | None = None
+    # SIGTERM / first Ctrl-C: stop at the next step boundary, checkpoint, raise Preempted;
+    # exit without a checkpoint if no boundary comes within this many seconds (0: wait).
+    preemption_grace_seconds: float = DEFAULT_GRACE_SECONDS
 
 
 def checkpoint_dir(output_dir: str) -> str:
@@ -257,6 +262,8 @@ def _train(model, loss_fn, batches, settings, dist, progress, eval_fn, eval_ever
                             "global_batch_size": examples_per_step, "start_step": start}})
     stream = iter(batches(start))
     metric_names = None
+    source_stats = getattr(batches, "stats", None)  # e.g. corrupt records skipped
+    stats = {}
 
     bar = None
     if dist.is_chief and progress:
@@ -266,77 +273,109 @@ def _train(model, loss_fn, batches, settings, dist, progress, eval_fn, eval_ever
     t0 = time.time()
     window_start, window_steps, window = time.time(), 0, []
     last_loss, last_metrics = float("nan"), {}
-    for current in range(start, s.num_train_steps):
-        sums = None
-        for _ in range(accum):
-            try:
-                micro_index, batch = next(stream)
-            except StopIteration:
-                raise TrainingError(
-                    f"the input ended at step {current} of {s.num_train_steps}: the batch "
-                    "source must yield num_train_steps x num_accumulation_steps micro-"
-                    "batches (repeat the data or lower the number of steps)") from None
-            # A tensor, never a Python int: each new int would retrace the step.
-            global_index = tf.convert_to_tensor(
-                int(micro_index) * dist.size + dist.rank, tf.int64)
-            loss, step_metrics, grads = grad_step(batch, global_index)
-            if metric_names is None:
-                metric_names = sorted(step_metrics)
-            scalars = [loss] + [step_metrics[k] for k in metric_names]
+    stop_request = StopRequest(s.preemption_grace_seconds)
+    with stop_request:
+        for current in range(start, s.num_train_steps):
+            sums = None
+            for _ in range(accum):
+                try:
+                    micro_index, batch = next(stream)
+                except StopIteration:
+                    raise TrainingError(
+                        f"the input ended at step {current} of {s.num_train_steps}: the batch "
+                        "source must yield num_train_steps x num_accumulation_steps micro-"
+                        "batches (repeat the data or lower the number of steps)") from None
+                # A tensor, never a Python int: each new int would retrace the step.
+                global_index = tf.convert_to_tensor(
+                    int(micro_index) * dist.size + dist.rank, tf.int64)
+                loss, step_metrics, grads = grad_step(batch, global_index)
+                if metric_names is None:
+                    metric_names = sorted(step_metrics)
+                scalars = [loss] + [step_metrics[k] for k in metric_names]
+                if accum > 1:
+                    # The step's loss and metrics are the means over its micro-batches.
+                    sums = scalars if sums is None else [a + b for a, b in zip(sums, scalars)]
+                    accumulate(grads)
             if accum > 1:
-                # The step's loss and metrics are the means over its micro-batches.
-                sums = scalars if sums is None else [a + b for a, b in zip(sums, scalars)]
-                accumulate(grads)
-        if accum > 1:
-            scalars, norm, applied = apply_step([b.read_value() for b in buffers],
-                                                [x / accum for x in sums])
-            for b in buffers:
-                b.assign(tf.zeros_like(b))
-        else:
-            scalars, norm, applied = apply_step(grads, scalars)
-        window.append(scalars)
-        window_steps += 1
-        done = current + 1
-        if int(consecutive_bad) > s.max_consecutive_nonfinite:
-            raise TrainingError(
-                f"{int(consecutive_bad)} consecutive steps with non-finite gradients up to step "
-                f"{done}: the run is diverging. Try a lower --learning_rate, more warm-up, "
-                "--dtype=bf16 or fp32 instead of fp16, and check the inputs (label ids in "
-                "range, vocab matching the checkpoint). The limit is --max_consecutive_nonfinite")
-        if done % s.log_steps == 0 or done == s.num_train_steps:
-            elapsed = max(time.time() - window_start, 1e-9)
-            means = np.mean([[float(x) for x in row] for row in window], axis=0)
-            last_loss = float(means[0])
-            last_metrics = {k: float(v) for k, v in zip(metric_names, means[1:])}
-            # The rate this step was taken with (iterations has already moved past it).
-            lr = float(optimizer.learning_rate) if not callable(
-                optimizer._learning_rate) else float(optimizer._learning_rate(
-                    optimizer.iterations - 1))
-            values = {"loss": last_loss, **last_metrics, "learning_rate": lr,
-                      "grad_norm": float(norm),
-                      "examples_per_second": window_steps * examples_per_step / elapsed,
-                      "nonfinite_steps": int(nonfinite_total)}
-            if fp16:
-                values["loss_scale"] = float(loss_scale)
-            log.write(done, values)
+                scalars = [x / accum for x in sums]
+            # A stop request (SIGTERM, Ctrl-C) rides on the step's allreduce as one more scalar:
+            # every rank sees it at the same step, whichever rank got the signal.
+            flag = tf.constant(1.0 if stop_request.requested else 0.0)
+            if accum > 1:
+                scalars, norm, applied = apply_step([b.read_value() for b in buffers],
+                                                    scalars + [flag])
+                for b in buffers:
+                    b.assign(tf.zeros_like(b))
+            else:
+                scalars, norm, applied = apply_step(grads, scalars + [flag])
+            scalars, stop = scalars[:-1], float(scalars[-1]) > 0
+            window.append(scalars)
+            window_steps += 1
+            done = current + 1
+            if int(consecutive_bad) > s.max_consecutive_nonfinite:
+                raise TrainingError(
+                    f"{int(consecutive_bad)} consecutive steps with non-finite gradients up to step "
+                    f"{done}: the run is diverging. Try a lower --learning_rate, more warm-up, "
+                    "--dtype=bf16 or fp32 instead of fp16, and check the inputs (label ids in "
+                    "range, vocab matching the checkpoint). The limit is --max_consecutive_nonfinite")
+            if done % s.log_steps == 0 or done == s.num_train_steps:
+                elapsed = max(time.time() - window_start, 1e-9)
+                means = np.mean([[float(x) for x in row] for row in window], axis=0)
+                last_loss = float(means[0])
+                last_metrics = {k: float(v) for k, v in zip(metric_names, means[1:])}
+                # The rate this step was taken with (iterations has already moved past it).
+                lr = float(optimizer.learning_rate) if not callable(
+                    optimizer._learning_rate) else float(optimizer._learning_rate(
+                        optimizer.iterations - 1))
+                values = {"loss": last_loss, **last_metrics, "learning_rate": lr,
+                          "grad_norm": float(norm),
+                          "examples_per_second": window_steps * examples_per_step / elapsed,
+                          "nonfinite_steps": int(nonfinite_total)}
+                if fp16:
+                    values["loss_scale"] = float(loss_scale)
+                if source_stats is not None:
+                    stats = _summed_over_workers(source_stats(), dist)
+                    values.update(stats)
+                log.write(done, values)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}",
+                                    ex_s=f"{values['examples_per_second']:.1f}")
+                window_start, window_steps, window = time.time(), 0, []
             if bar is not None:
-                bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}",
-                                ex_s=f"{values['examples_per_second']:.1f}")
-            window_start, window_steps, window = time.time(), 0, []
-        if bar is not None:
-            bar.update(1)
-        if dist.is_chief and (done % s.save_checkpoints_steps == 0 or
-                              done == s.num_train_steps):
-            manager.save(checkpoint_number=done)
-            log.flush()
-        if (eval_fn is not None and dist.is_chief and eval_every_steps and
-                done % eval_every_steps == 0 and done < s.num_train_steps):
-            log.write(done, eval_fn(done), "eval")
+                bar.update(1)
+            saved = None
+            if dist.is_chief and (done % s.save_checkpoints_steps == 0 or
+                                  done == s.num_train_steps or stop):
+                stop_request.cancel_timer()  # the boundary came: let the save finish
+                saved = manager.save(checkpoint_number=done)
+                log.flush()
+            if stop:
+                if bar is not None:
+                    bar.close()
+                dist.barrier()
+                signum = stop_request.signum or signal.SIGTERM
+                if dist.is_chief:
+                    logger.info("stopped by %s at step %d: checkpoint %s",
+                                signal.Signals(signum).name, done, saved)
+                raise Preempted(signum, done, saved)
+            if (eval_fn is not None and dist.is_chief and eval_every_steps and
+                    done % eval_every_steps == 0 and done < s.num_train_steps):
+                log.write(done, eval_fn(done), "eval")
     if bar is not None:
         bar.close()
     dist.barrier()
     return {"step": int(step), "loss": last_loss, "metrics": last_metrics,
-            "nonfinite_steps": int(nonfinite_total), "seconds": time.time() - t0}
+            "nonfinite_steps": int(nonfinite_total), "seconds": time.time() - t0, **stats}
+
+
+def _summed_over_workers(counters: dict, dist) -> dict:
+    """{name: count on this worker} -> {name: total over workers} (an allreduce; every rank
+    calls it at the same steps)."""
+    if not counters:
+        return {}
+    names = sorted(counters)
+    totals = dist.average([tf.constant([float(counters[k]) for k in names])])[0] * dist.size
+    return {k: int(round(float(v))) for k, v in zip(names, totals.numpy())}
 
 
 def evaluate(model, metrics_fn, batches, use_xla: bool = False, progress: bool = False,

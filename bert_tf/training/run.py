@@ -56,6 +56,7 @@ class EngineArgs:
     deterministic: bool = False
     progress: bool = True
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI or OUTPUT_DIR/mlflow.db
+    preemption_grace_seconds: float = 25.0
     experiment_name: str | None = None  # None: the script's task
 
     # Flags whose change makes old checkpoints in output_dir belong to another run; subclasses
@@ -356,4 +357,5 @@ def train_settings(args: EngineArgs, num_train_steps: int, use_xla: bool):
         num_accumulation_steps=args.num_accumulation_steps,
         save_checkpoints_steps=args.save_checkpoints_steps,
         keep_checkpoint_max=args.keep_checkpoint_max, log_steps=args.log_steps, seed=args.seed,
-        max_consecutive_nonfinite=args.max_consecutive_nonfinite)
+        max_consecutive_nonfinite=args.max_consecutive_nonfinite,
+        preemption_grace_seconds=args.preemption_grace_seconds)

@@ -349,7 +349,10 @@ class TrackingLog:
         if exc_type is None:
             self.close("FINISHED")
         else:
-            self.close("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
+            from bert_tf.training.preemption import Preempted
+
+            stopped = issubclass(exc_type, (KeyboardInterrupt, Preempted))
+            self.close("KILLED" if stopped else "FAILED")
 
     def _give_up(self, error: Exception) -> None:
         if isinstance(error, ImportError):
