@@ -333,6 +333,33 @@ def test_kill_9_mid_accumulation_then_rerun_matches_uninterrupted(tmp_path, corp
     # It learned: the loss of the last window is below the first's.
     assert full_log[60][0] < full_log[5][0]
 
+    # SIGTERM (a preempted node): a checkpoint at the step it stopped at, exit 143, and the
+    # same command ends bit-identical too.
+    termed = tmp_path / "sigterm"
+    proc = run_script(args(termed), wait=False)
+    while not (termed / "checkpoints" / "ckpt-20.index").exists():
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.time() < deadline + 300
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    stopped = int(re.search(r"stopped by SIGTERM at step (\d+); checkpoint ", last).group(1))
+    assert 20 <= stopped < 60 and "run the same command to resume" in last, last
+    assert (termed / "checkpoints" / f"ckpt-{stopped}.index").exists()
+    assert "Traceback" not in stderr
+    again = run_script(args(termed))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"(step {stopped})" in again.stderr
+    c = tf.train.load_checkpoint(str(termed / "checkpoints" / "ckpt-60"))
+    for name in a.get_variable_to_shape_map():
+        # save_counter counts saves: the stop made one more.
+        if name != "_CHECKPOINTABLE_OBJECT_GRAPH" and not name.startswith("save_counter"):
+            np.testing.assert_array_equal(a.get_tensor(name), c.get_tensor(name), err_msg=name)
+    assert json.loads((termed / "eval_results.json").read_text()) == json.loads(
+        (tmp_path / "full" / "eval_results.json").read_text())
+
 
 def test_export_loads_into_transformers_with_the_same_logits(tmp_path, corpus):
     torch = pytest.importorskip("torch")
@@ -421,6 +448,78 @@ def test_bad_input_one_line_exit_2(tmp_path, corpus):
         assert not (out / "checkpoints").exists()
 
 
+def test_googles_readme_command_line_trains_without_a_vocab_file(tmp_path, corpus):
+    """google-research/bert README's run_pretraining.py command, as written (bool flags as
+    =True, no --vocab_file: the records hold ids)."""
+    proc = run_script([
+        f"--input_file={corpus}/train-0.tfrecord", f"--output_dir={tmp_path / 'out'}",
+        "--do_train=True", "--do_eval=True", f"--bert_config_file={corpus}/bert_config.json",
+        "--train_batch_size=8", f"--max_seq_length={S}", f"--max_predictions_per_seq={P}",
+        "--num_train_steps=3", "--num_warmup_steps=1", "--learning_rate=2e-5"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    assert results["global_step"] == 3 and 0 <= results["masked_lm_accuracy"] <= 1
+
+
+def test_a_vocabulary_other_than_the_records_is_refused(tmp_path, corpus):
+    """Records whose index names their vocabulary: another --vocab_file (same size, so the
+    config check passes) is refused in one line; the right one trains."""
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(corpus / "train-0.tfrecord", data / "train.tfrecord")
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+    built = subprocess.run([sys.executable, str(REPO / "index_records.py"), "build",
+                            f"--input_file={data}/train.tfrecord",
+                            f"--vocab_file={corpus}/vocab.txt", "--noprogress"], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    other = tmp_path / "other_vocab.txt"
+    other.write_text((corpus / "vocab.txt").read_text().replace("w7\n", "w7b\n"))
+    common = [f"--input_file={data}/train.tfrecord", f"--bert_config_file={corpus}/bert_config.json",
+              f"--max_seq_length={S}", f"--max_predictions_per_seq={P}", "--do_train",
+              "--num_train_steps=2", "--train_batch_size=4"]
+    proc = run_script(common + [f"--vocab_file={other}", f"--output_dir={tmp_path / 'a'}"])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"run_pretraining.py: error: --vocab_file={other} is not the "
+                           "vocabulary --input_file was made with"), last
+    assert "Traceback" not in proc.stderr
+    ok = run_script(common + [f"--vocab_file={corpus}/vocab.txt", f"--output_dir={tmp_path / 'b'}"])
+    assert ok.returncode == 0, ok.stderr[-2000:]
+
+
+def test_a_corrupt_record_mid_run_is_one_line_or_skipped_and_counted(tmp_path, corpus):
+    from bert_tf.data import record_index
+
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(corpus / "train-0.tfrecord", data / "train.tfrecord")
+    record_index.build_index(str(data / "train.tfrecord"))
+    raw = bytearray((data / "train.tfrecord").read_bytes())
+    middle = len(raw) // 2
+    raw[middle] ^= 0x5A  # one flipped byte, after the index was made
+    (data / "train.tfrecord").write_bytes(bytes(raw))
+    offsets = record_index.load_index(str(data / "train.tfrecord")).offsets
+    start = int(offsets[np.searchsorted(offsets, middle, side="right") - 1])
+    common = [f"--input_file={data}/train.tfrecord", f"--bert_config_file={corpus}/bert_config.json",
+              f"--max_seq_length={S}", f"--max_predictions_per_seq={P}", "--do_train",
+              "--num_train_steps=15", "--train_batch_size=4", "--log_steps=5",
+              "--save_checkpoints_steps=5"]  # 15 steps: one epoch of the 60 records
+    proc = run_script(common + [f"--output_dir={tmp_path / 'stop'}"])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"run_pretraining.py: error: {data}/train.tfrecord: the record at "
+                           f"byte {start:,} is corrupt"), last
+    assert "--skip_corrupt_records" in last and "Traceback" not in proc.stderr
+    skip = run_script(common + ["--skip_corrupt_records", f"--output_dir={tmp_path / 'skip'}"])
+    assert skip.returncode == 0, skip.stderr[-2000:]
+    rows = [json.loads(l) for l in (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["split"] == "train"]
+    assert train[-1]["corrupt_records_skipped"] == 1
+    results = json.loads((tmp_path / "skip" / "eval_results.json").read_text())
+    assert results["corrupt_records_skipped"] == 1
+
+
 def test_a_glob_skips_the_summary_written_beside_the_records(tmp_path):
     """`out/train.tfrecord*` (run_pretraining.py's own example) also matches
     create_pretraining_data.py's train.tfrecord.summary.json."""
@@ -460,6 +559,73 @@ def test_two_horovod_ranks_match_one_process_with_the_same_global_batch(tmp_path
             # vs accumulation), so equal to float32 rounding.
             np.testing.assert_allclose(a.get_tensor(name), b.get_tensor(name), rtol=2e-4,
                                        atol=2e-5, err_msg=name)
+
+
+def _rank_pid(marker: str, rank: int):
+    """The pid of the Horovod rank whose command line holds `marker` (its output dir), or
+    None while it has not started."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
+            if marker not in cmdline or SCRIPT not in cmdline:
+                continue
+            environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if f"HOROVOD_RANK={rank}".encode() in environ:
+            return int(pid)
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_to_one_horovod_rank_stops_every_rank_at_the_same_step(tmp_path, corpus):
+    """SIGTERM to rank 1 only: both ranks stop at the same step (agreed over the allreduce),
+    the chief saves it, every rank exits 143; the same command then ends bit-identical to an
+    uninterrupted 2-rank run."""
+    pytest.importorskip("horovod.tensorflow", reason="Horovod not installed: run `make horovod`")
+    horovodrun = shutil.which("horovodrun") or os.path.join(os.path.dirname(sys.executable),
+                                                            "horovodrun")
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+
+    def command(out):
+        return [horovodrun, "--gloo", "-np", "2", "-H", "localhost:2", sys.executable, SCRIPT,
+                "--use_horovod", "--progress=false", *base_args(corpus, out), "--do_train",
+                "--num_train_steps=40", "--deterministic", "--log_steps=2",
+                "--save_checkpoints_steps=1000", "--global_batch_size=16"]
+
+    full = subprocess.run(command(tmp_path / "full"), env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert full.returncode == 0, (full.stdout + full.stderr)[-4000:]
+    out = tmp_path / "termed"
+    proc = subprocess.Popen(command(out), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not ((out / "metrics.jsonl").exists() and
+               len((out / "metrics.jsonl").read_text().splitlines()) >= 3):
+        assert proc.poll() is None, proc.stdout.read()[-4000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    pid = _rank_pid(str(out), 1)
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    stops = re.findall(r"run_pretraining.py: stopped by SIGTERM at step (\d+)", output)
+    assert len(stops) == 2 and stops[0] == stops[1], output[-4000:]  # both ranks, one step
+    stopped = int(stops[0])
+    assert stopped < 40 and (out / "checkpoints" / f"ckpt-{stopped}.index").exists()
+    # No traceback from a rank (horovodrun prints its own when a rank exits non-zero).
+    assert not re.search(r"\[\d\]<std(err|out)>:Traceback", output), output[-4000:]
+    assert "Process 1 exit with status code 143" in output, output[-2000:]
+    again = subprocess.run(command(out), env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+    import tensorflow as tf
+    a = tf.train.load_checkpoint(str(tmp_path / "full" / "checkpoints" / "ckpt-40"))
+    b = tf.train.load_checkpoint(str(out / "checkpoints" / "ckpt-40"))
+    for name in a.get_variable_to_shape_map():
+        if name != "_CHECKPOINTABLE_OBJECT_GRAPH" and not name.startswith("save_counter"):
+            np.testing.assert_array_equal(a.get_tensor(name), b.get_tensor(name), err_msg=name)
 
 
 # -- dynamic masking -------------------------------------------------------------------------------
@@ -569,3 +735,61 @@ def test_run_pretraining_masks_unmasked_records_in_the_pipeline(tmp_path, corpus
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "out" / "eval_results.json").read_text())
     assert results["global_step"] == 4 and 0 <= results["masked_lm_accuracy"] <= 1
+
+
+# -- records made by Google's own script -------------------------------------------------------------
+
+GOOGLE_BERT_DIR = os.environ.get("GOOGLE_BERT_DIR", "/tmp/google-bert")
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(GOOGLE_BERT_DIR,
+                                                    "create_pretraining_data.py")),
+                    reason=f"no google-research/bert checkout at {GOOGLE_BERT_DIR} (set "
+                           "GOOGLE_BERT_DIR; `git clone https://github.com/google-research/bert`)")
+def test_records_of_googles_script_train_after_their_index_is_built(tmp_path):
+    """Google's create_pretraining_data.py, unmodified (bench/peers runs it under TF 2), on
+    real text: index_records.py indexes its output (with the vocabulary it was made with) and
+    Google's README pre-training command trains on it."""
+    from tests.conftest import shared
+
+    vocab = shared("vocab", "uncased_vocab.txt")
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+    records = tmp_path / "google.tfrecord"
+    made = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "peers" / "google_create_pretraining_data.py"),
+         f"--google_bert_dir={GOOGLE_BERT_DIR}",
+         f"--input_file={shared('corpus', 'python_docs_heldout.txt')}",
+         f"--output_file={records}", f"--vocab_file={vocab}", "--do_lower_case=True",
+         "--max_seq_length=64", "--max_predictions_per_seq=10", "--masked_lm_prob=0.15",
+         "--random_seed=12345", "--dupe_factor=1"], env=env, capture_output=True, text=True,
+        timeout=900)
+    assert made.returncode == 0, made.stderr[-3000:]
+    built = subprocess.run([sys.executable, str(REPO / "index_records.py"), "build",
+                            f"--input_file={records}", f"--vocab_file={vocab}", "--noprogress"],
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-3000:]
+    count = int(re.search(r"([\d,]+) records", built.stdout).group(1).replace(",", ""))
+    import tensorflow as tf
+    assert count == sum(1 for _ in tf.data.TFRecordDataset(str(records)))
+    config = tiny_config(vocab_size=30522, max_position_embeddings=64)
+    config.to_json_file(str(tmp_path / "bert_config.json"))
+    proc = run_script([f"--input_file={records}", f"--output_dir={tmp_path / 'out'}",
+                       "--do_train=True", "--do_eval=True",
+                       f"--bert_config_file={tmp_path / 'bert_config.json'}",
+                       "--train_batch_size=8", "--max_seq_length=64",
+                       "--max_predictions_per_seq=10", "--num_train_steps=4",
+                       "--num_warmup_steps=1", "--learning_rate=2e-5", "--max_eval_steps=4"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    assert results["global_step"] == 4 and results["eval_examples"] == 32
+    # The vocabulary check now knows which vocabulary the records hold: another is refused.
+    # (One token changed: the same size, so only the fingerprint tells them apart.)
+    other = tmp_path / "other_vocab.txt"
+    other.write_text(vocab.read_text(encoding="utf-8").replace("\nthe\n", "\nthee\n", 1),
+                     encoding="utf-8")
+    refused = run_script([f"--input_file={records}", f"--output_dir={tmp_path / 'other'}",
+                          "--do_train", f"--bert_config_file={tmp_path / 'bert_config.json'}",
+                          f"--vocab_file={other}", "--max_seq_length=64",
+                          "--max_predictions_per_seq=10", "--num_train_steps=1"])
+    assert refused.returncode == 2
+    assert "is not the vocabulary --input_file was made with" in refused.stderr

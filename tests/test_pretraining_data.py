@@ -64,6 +64,8 @@ def test_cached_tokenizer_gives_full_tokenizers_ids(vocab, lower):
 def test_tf_free_modules_do_not_import_tensorflow():
     code = ("import sys\n"
             "import bert_tf.tokenization.cached, bert_tf.data.tfrecord, bert_tf.data.pretraining\n"
+            "import bert_tf.data.record_index, bert_tf.data.record_order\n"
+            "import bert_tf.data.pretraining_reader\n"
             "import bert_tf.cli\n"
             "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
@@ -402,8 +404,10 @@ def test_script_writes_shards_and_summary(tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads(output.with_name("data.tfrecord.summary.json").read_text())
     names = sorted(os.listdir(output.parent))
-    assert names == ["data.tfrecord-00000-of-00002", "data.tfrecord-00001-of-00002",
+    assert names == ["data.tfrecord-00000-of-00002", "data.tfrecord-00000-of-00002.idx",
+                     "data.tfrecord-00001-of-00002", "data.tfrecord-00001-of-00002.idx",
                      "data.tfrecord.summary.json"]
+    names = [n for n in names if not n.endswith(".idx")]
     assert summary["flags"]["do_whole_word_mask"] is True
     assert summary["flags"]["max_seq_length"] == 64
     data = _read([str(output.parent / n) for n in names[:2]], 64, 10)
@@ -498,7 +502,8 @@ def test_output_order_is_a_global_shuffle(tmp_path, vocab, shuffle_buffer):
         same = np.mean(np.asarray(docs[1:]) == np.asarray(docs[:-1]))
         assert same < 5 * 2 / len(doc_of), (path, same)
     assert sorted(os.listdir(tmp_path / "out")) == sorted(
-        [os.path.basename(f) for f in files] + ["out.tfrecord.summary.json"])
+        [os.path.basename(f) + e for f in files for e in ("", ".idx")] +
+        ["out.tfrecord.summary.json"])
 
 
 def test_waiting_documents_are_capped_by_wordpieces(tmp_path):
@@ -543,8 +548,10 @@ def test_leftovers_of_a_killed_run_are_removed_not_appended_to(tmp_path):
         (out / (stale.name + ".shuffle") / "00").write_bytes(junk)
     (out / "out.tfrecord-00003-of-00004.partial").write_bytes(b"a killed 4-shard run")
     summary, files = _create(tmp_path, "killed", **kwargs)
-    assert sorted(os.listdir(out)) == ["out.tfrecord-00000-of-00002",
-                                       "out.tfrecord-00001-of-00002", "out.tfrecord.summary.json"]
+    assert sorted(os.listdir(out)) == [
+        "out.tfrecord-00000-of-00002", "out.tfrecord-00000-of-00002.idx",
+        "out.tfrecord-00001-of-00002", "out.tfrecord-00001-of-00002.idx",
+        "out.tfrecord.summary.json"]
     assert sum(1 for f in files for _ in iter_framed(f)) == summary["instances"]
     for a, b in zip(clean, files):
         assert open(a, "rb").read() == open(b, "rb").read()
@@ -560,8 +567,10 @@ def test_shards_of_another_shard_count_are_refused_then_replaced(tmp_path):
         _create(tmp_path, "run", num_output_shards=2)
     assert all(os.path.exists(f) for f in four)  # refused: nothing lost
     _, two = _create(tmp_path, "run", num_output_shards=2, overwrite_output=True)
+    # The earlier run's shards went, their indexes with them.
     assert sorted(os.listdir(tmp_path / "run")) == sorted(
-        [os.path.basename(f) for f in two] + ["out.tfrecord.summary.json"])
+        [os.path.basename(f) + e for f in two for e in ("", ".idx")] +
+        ["out.tfrecord.summary.json"])
     # A look-alike no summary lists is refused, even with --overwrite_output, and kept.
     stray = tmp_path / "run" / "out.tfrecord-00007-of-00009"
     stray.write_bytes(b"not ours")

@@ -64,31 +64,34 @@ class CorruptRecordError(RecordError):
 
 # -- indexes ---------------------------------------------------------------------------------------
 
-def _build_one(path: str) -> tuple[str, str | None]:
+def _build_one(path: str, vocab: dict | None = None) -> tuple[str, str | None]:
     """Worker of ensure_indexes: (path, None) when built, (path, message) when it failed."""
     try:
-        record_index.build_index(path)
+        record_index.build_index(path, vocab=vocab)
         return path, None
     except (record_index.IndexError_, OSError) as e:
         return path, str(e)
 
 
-def ensure_indexes(files, progress: bool = True, threads: int | None = None) -> list[str]:
-    """Builds the index of every file that has none (or a stale one: another size, an older
-    format); returns the files it indexed. Files in parallel threads (the walk is ~1.4 GB/s on
+def ensure_indexes(files, progress: bool = True, threads: int | None = None,
+                   vocab: dict | None = None, rebuild: bool = False) -> list[str]:
+    """Builds the index of every file that has none, or of every file with rebuild=True;
+    returns the files it indexed. A stale index (made for a shard of another size, another
+    format) raises RecordError saying what to run: the shard may be cut short, and a rebuild
+    would drop the vocabulary fingerprint. vocab: the
+    `record_index.vocab_fingerprint` to record in the indexes it builds (the vocabulary the
+    records were made with, when the user knows it). Files in parallel threads (the walk is ~1.4 GB/s on
     one core from the page cache, so threads are for overlapping reads from cold or network
     storage, not for the CPU; no processes: nothing to spawn or fork under TensorFlow), with a
     progress bar over bytes. Raises RecordError naming the first file that is not a complete
     TFRecord file."""
-    todo = []
-    for path in files:
+    todo = list(files) if rebuild else []
+    for path in [] if rebuild else files:
         try:
             record_index.load_index(path)
-        except (record_index.MissingIndexError, record_index.StaleIndexError) as e:
-            if isinstance(e, record_index.StaleIndexError):
-                logger.warning("%s: building it again", e)
+        except record_index.MissingIndexError:
             todo.append(path)
-        except record_index.IndexError_ as e:
+        except record_index.IndexError_ as e:  # stale: never rebuilt behind the user's back
             raise RecordError(str(e)) from None
     if not todo:
         return []
@@ -102,7 +105,7 @@ def ensure_indexes(files, progress: bool = True, threads: int | None = None) -> 
     threads = threads or min(len(todo), 4)
     try:
         with concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="index") as pool:
-            for path, error in pool.map(_build_one, todo):
+            for path, error in pool.map(lambda p: _build_one(p, vocab), todo):
                 if error is not None:
                     pool.shutdown(cancel_futures=True)
                     raise RecordError(error)
@@ -379,8 +382,7 @@ def pretraining_batches(records: PretrainingRecords, batch_size: int, seed: int,
                           "--train_batch_size or write more records")
     order = EpochOrder(total, block_records, seed)
     parse = _parser(records.max_seq_length, records.max_predictions_per_seq, masker)
-    skipped = [0]
-    lock = threading.Lock()
+    skipped = [0]  # counted as batches are handed out, not as they are read ahead
 
     def micro_batch(micro_index: int):
         import tensorflow as tf
@@ -389,22 +391,22 @@ def pretraining_batches(records: PretrainingRecords, batch_size: int, seed: int,
         epoch, k = divmod(step, per_epoch)
         slice_index = a * num_workers + rank
         start = k * global_batch + slice_index * batch_size
-        serialized = []
+        serialized, bad = [], 0
         for first, stop in runs(order.records(epoch, start, start + batch_size)):
-            got, bad = records.read(first, stop, skip_corrupt)
+            got, n_bad = records.read(first, stop, skip_corrupt)
             serialized += got
-            if bad:
-                with lock:
-                    skipped[0] += bad
+            bad += n_bad
         key = step * accumulation * num_workers + slice_index
         return micro_index, parse(tf.constant(serialized, tf.string),
-                                  tf.constant(key, tf.int64))
+                                  tf.constant(key, tf.int64)), bad
 
     def batches(start_step: int):
         import itertools
 
-        return _prefetched(micro_batch, itertools.count(start_step * accumulation), threads,
-                           prefetch)
+        for micro_index, batch, bad in _prefetched(
+                micro_batch, itertools.count(start_step * accumulation), threads, prefetch):
+            skipped[0] += bad
+            yield micro_index, batch
 
     batches.records = total
     batches.steps_per_epoch = per_epoch

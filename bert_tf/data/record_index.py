@@ -72,11 +72,13 @@ def index_path(path: str) -> str:
     return path + INDEX_SUFFIX
 
 
-def build_command(paths) -> str:
-    """The command that (re)builds the index of `paths` (one file or a list), for messages."""
+def build_command(paths, rebuild: bool = False) -> str:
+    """The command that builds (rebuild: rebuilds) the index of `paths` (one file or a list),
+    for messages."""
     paths = [paths] if isinstance(paths, str) else list(paths)
     shown = paths[0] if len(paths) == 1 else os.path.join(os.path.dirname(paths[0]), "*")
-    return f"python index_records.py build --input_file='{shown}'"
+    flag = " --rebuild" if rebuild else ""
+    return f"python index_records.py build{flag} --input_file='{shown}'"
 
 
 # -- vocabulary fingerprint -----------------------------------------------------------------------
@@ -153,7 +155,7 @@ def load_index(path: str, check_size: bool = True) -> ShardIndex:
             head = f.read(16)
             if len(head) < 16 or head[:8] != MAGIC:
                 raise StaleIndexError(f"{ipath} is not a bert_tf record index: rebuild it with "
-                                      f"{build_command(path)}")
+                                      f"{build_command(path, True)}")
             (length,) = struct.unpack("<Q", head[8:])
             header = json.loads(f.read(length))
             index_size = os.fstat(f.fileno()).st_size
@@ -162,15 +164,15 @@ def load_index(path: str, check_size: bool = True) -> ShardIndex:
                                 f"{build_command(path)}") from None
     except (ValueError, UnicodeDecodeError):
         raise StaleIndexError(f"{ipath}: unreadable header; rebuild it with "
-                              f"{build_command(path)}") from None
+                              f"{build_command(path, True)}") from None
     if header.get("version") != VERSION:
         raise StaleIndexError(f"{ipath}: index version {header.get('version')}, this bert_tf "
-                              f"reads {VERSION}; rebuild it with {build_command(path)}")
+                              f"reads {VERSION}; rebuild it with {build_command(path, True)}")
     data_offset = 16 + length
     if index_size != data_offset + 8 * (header["records"] + 1):
         raise StaleIndexError(f"{ipath} is cut short ({index_size} bytes for "
                               f"{header['records']} records); rebuild it with "
-                              f"{build_command(path)}")
+                              f"{build_command(path, True)}")
     if check_size:
         try:
             size = os.path.getsize(path)
@@ -180,8 +182,8 @@ def load_index(path: str, check_size: bool = True) -> ShardIndex:
             raise StaleIndexError(
                 f"{path} has {size:,} bytes but its index {ipath} was made for "
                 f"{header['file_size']:,}: the shard was rewritten or cut short since. If it is "
-                f"complete, rebuild the index with {build_command(path)}; else recreate the "
-                "shard")
+                f"complete, rebuild the index with {build_command(path, True)} (add "
+                "--vocab_file=VOCAB to keep the vocabulary check); else recreate the shard")
     return ShardIndex(path, header, data_offset)
 
 

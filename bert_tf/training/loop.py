@@ -365,7 +365,8 @@ def _train(model, loss_fn, batches, settings, dist, progress, eval_fn, eval_ever
         bar.close()
     dist.barrier()
     return {"step": int(step), "loss": last_loss, "metrics": last_metrics,
-            "nonfinite_steps": int(nonfinite_total), "seconds": time.time() - t0, **stats}
+            "nonfinite_steps": int(nonfinite_total), "seconds": time.time() - t0,
+            "source_stats": stats}
 
 
 def _summed_over_workers(counters: dict, dist) -> dict:

@@ -329,11 +329,12 @@ def write_eval_results(output_dir: str, results: dict, name: str = "eval_results
 
 
 def training_results(summary: dict) -> dict:
-    """What a training run adds to eval_results: global_step, nonfinite_steps and train_loss
-    (left out when a rerun of a finished run took no step, so there is no loss to report)."""
+    """What a training run adds to eval_results: global_step, nonfinite_steps, the batch
+    source's counters (corrupt_records_skipped) and train_loss (left out when a rerun of a finished run took no step, so there is no loss to report)."""
     if not summary:
         return {}
     out = {"global_step": summary["step"], "nonfinite_steps": summary["nonfinite_steps"]}
+    out.update(summary.get("source_stats", {}))  # the batch source's counters, e.g. skipped
     if np.isfinite(summary["loss"]):
         out["train_loss"] = summary["loss"]
     return out
