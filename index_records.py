@@ -27,6 +27,9 @@ flags.DEFINE_string("vocab_file", None, "build: the vocabulary the records were 
                     "fingerprint goes into the index; training then refuses another one). "
                     "verify: ids must be below its size.")
 flags.DEFINE_bool("rebuild", False, "build: rebuild indexes that are up to date too.")
+flags.DEFINE_string("index_dir", None, "Where indexes go (and are looked for) when a record "
+                    "file's folder cannot be written, e.g. a read-only mount; run_pretraining.py "
+                    "looks in OUTPUT_DIR/record_index, so pass that.")
 flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
 FLAGS = flags.FLAGS
 
@@ -58,16 +61,21 @@ def main(argv):
     started = time.time()
     if command == "build":
         built = records.ensure_indexes(files, progress=FLAGS.progress, vocab=vocab,
-                                       rebuild=FLAGS.rebuild or vocab is not None)
+                                       rebuild=FLAGS.rebuild or vocab is not None,
+                                       index_dir=FLAGS.index_dir)
         seconds = time.time() - started
-        count = sum(record_index.load_index(f).records for f in files)
+        count = sum(record_index.load_index(f, index_dir=FLAGS.index_dir).records
+                    for f in files)
         built_bytes = sum(os.path.getsize(f) for f in built)
         print(f"{len(files)} file(s), {count:,} records, {size / 1e9:.2f} GB: indexed "
               f"{len(built)} in {seconds:.1f} s ({built_bytes / 1e6 / max(seconds, 1e-9):.0f} "
               f"MB/s), {len(files) - len(built)} already up to date")
         return
     result = records.verify_records(files, vocab_size=vocab["size"] if vocab else None,
-                                    progress=FLAGS.progress)
+                                    progress=FLAGS.progress, index_dir=FLAGS.index_dir,
+                                    # a process per core pays off once the read outlasts
+                                    # their start (each imports TensorFlow, ~3 s)
+                                    processes=(os.cpu_count() or 1) if size > 2e9 else 1)
     seconds = time.time() - started
     for p in result["problems"]:
         print(f"{p['file']}: byte {p['offset']:,}: {p['what']}")

@@ -493,6 +493,9 @@ class JobPlan:
     experiment_name: str
     display_name: str
     tags: dict
+    # A datastore folder for the job's output_dir (train --output_path): a resubmission with
+    # the same path finds the checkpoints of a preempted run and resumes. None: a fresh folder.
+    output_path: str | None = None
 
     def command(self, extra_words: tuple = ()) -> str:
         words = ["python", self.script, "--use_horovod",
@@ -519,6 +522,20 @@ def _trial_parts(plan: JobPlan) -> dict:
     )
 
 
+_DATASTORE_URI = re.compile(r"azureml://datastores/[^/]+/paths/.+")
+
+
+def check_output_path(value: str | None) -> str | None:
+    """train --output_path: a datastore folder URI, or None. Raises UsageError."""
+    if value is None:
+        return None
+    if not _DATASTORE_URI.fullmatch(value):
+        raise UsageError(f"--output_path={value}: give a datastore folder, "
+                         "azureml://datastores/NAME/paths/PATH (e.g. "
+                         "azureml://datastores/workspaceblobstore/paths/bert/phase1/)")
+    return value
+
+
 def build_command_job(plan: JobPlan):
     """The azure.ai.ml CommandJob of a plan (built directly: the command() builder's dump is not
     something load_job reads back). It is dumped (job_yaml), never submitted as it is:
@@ -527,9 +544,11 @@ def build_command_job(plan: JobPlan):
     from azure.ai.ml import Output
     from azure.ai.ml.entities import CommandJob
 
+    output = (Output(type="uri_folder", path=plan.output_path, mode="rw_mount")
+              if plan.output_path else Output(type="uri_folder"))
     return CommandJob(
         command=plan.command(), compute=plan.compute, inputs=_sdk_inputs(plan),
-        outputs={"output_dir": Output(type="uri_folder")},
+        outputs={"output_dir": output},
         experiment_name=plan.experiment_name, display_name=plan.display_name, tags=plan.tags,
         **_trial_parts(plan))
 
@@ -1019,7 +1038,8 @@ def cmd_train(args, extra: list[str], redact: Redactor) -> int:
                    instance_count=args.instance_count, gpus=gpus, vm_size=args.vm_size,
                    experiment_name=args.experiment_name,
                    display_name=args.display_name or Path(script).stem,
-                   tags={"bert_tf.script": script})
+                   tags={"bert_tf.script": script},
+                   output_path=check_output_path(args.output_path))
     _finish_plan(plan, args, redact, client)
     job = build_command_job(plan)
     summary = [f"compute {plan.compute}: {_describe_gpus(plan)}", f"command: {job.command}"]
@@ -1246,6 +1266,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--instance_count", type=int, required=True, help="nodes")
         if command == "train":
             p.add_argument("--script", required=True, help=" | ".join(SCRIPTS))
+            p.add_argument("--output_path", metavar="URI",
+                           help="a datastore folder (azureml://datastores/NAME/paths/PATH) for "
+                                "the job's --output_dir, mounted read-write: checkpoints land "
+                                "there as they are written, and the same command resubmitted "
+                                "with the same path resumes a preempted run (default: a new "
+                                "folder per job)")
         else:
             p.add_argument("--sweep", required=True, metavar="YAML",
                            help="search-space file (configs/sweeps/*.yaml)")

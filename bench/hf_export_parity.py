@@ -67,9 +67,11 @@ def main():
     worst = {"hf_vs_trained_mlm": 0.0, "hf_vs_trained_nsp": 0.0,
              "roundtrip_vs_trained_mlm": 0.0, "roundtrip_vs_trained_nsp": 0.0}
     agree = n_pred = 0
-    for batch in records.eval_pretraining_batches(
-            records.expand_files(args.eval_input_file), args.batch_size, args.max_seq_length,
-            args.max_predictions_per_seq, max_steps=args.num_batches):
+    held_out = records.open_pretraining_records(records.expand_files(args.eval_input_file),
+                                                args.max_seq_length,
+                                                args.max_predictions_per_seq)
+    for batch in records.eval_pretraining_batches(held_out, args.batch_size,
+                                                  max_steps=args.num_batches):
         out = trained(batch, training=False)
         tf_mlm, tf_nsp = np.asarray(out["mlm_logits"]), np.asarray(out["nsp_logits"])  # [B,P,V]
         out = round_trip(batch, training=False)

@@ -12,11 +12,10 @@ held-out masked-LM accuracy curve written to JSON.
 
 What is the same as bert_tf's run_pretraining.py (same flag names and defaults where they exist):
 - Data: the batches come from bert_tf.data.records.pretraining_batches with run_pretraining.py's
-  arguments (seed, batch, shuffle buffer 10000, records per file), so step k trains on exactly
-  the records bert_tf's step k does; held-out batches from eval_pretraining_batches (file order,
-  every record). tf.data reads them; each batch is turned into torch tensors. TensorFlow's
-  global seed is set as bert_tf sets it (keras.utils.set_random_seed(--seed)): the tf.data
-  shuffle depends on it too, not only on the seed passed to pretraining_batches.
+  arguments (seed, batch, --shuffle_block_records 64), so step k trains on exactly the records
+  bert_tf's step k does (the order is a function of the seed and the step alone); held-out
+  batches from eval_pretraining_batches (file order, every record). Each batch is turned into
+  torch tensors. (Runs before the record index landed used a tf.data shuffle buffer of 10000.)
 - Model: BertForPreTraining.from_pretrained(--init_checkpoint). A checkpoint without heads
   (all-MiniLM-L6-v2) gets fresh masked-LM transform/bias and next-sentence classifier, the
   decoder tied to the word embeddings, as bert_tf; the keys transformers reports missing are
@@ -161,7 +160,7 @@ def pretraining_loss(model, batch, autocast):
                                  "nsp_accuracy": nsp_hit.mean().item()}
 
 
-def evaluate(model, files, args, autocast):
+def evaluate(model, files, args, autocast):  # files: records.PretrainingRecords
     """Held-out metrics over every record (or --max_eval_steps batches), dropout off."""
     sums = dict.fromkeys(("masked_lm_loss", "masked_lm_accuracy", "next_sentence_loss",
                           "next_sentence_accuracy"), 0.0)
@@ -170,8 +169,7 @@ def evaluate(model, files, args, autocast):
     model.eval()
     with torch.no_grad():
         for tf_batch in records.eval_pretraining_batches(
-                files, args.eval_batch_size, args.max_seq_length, args.max_predictions_per_seq,
-                max_steps=args.max_eval_steps or None):
+                files, args.eval_batch_size, max_steps=args.max_eval_steps or None):
             mlm_ce, mlm_hit, w, nsp_ce, nsp_hit = pretraining_terms(model, to_torch(tf_batch),
                                                                     autocast)
             sums["masked_lm_loss"] += float((mlm_ce * w).sum())
@@ -201,7 +199,7 @@ def main():
                    help="overrides --warmup_proportion")
     p.add_argument("--max_seq_length", type=int, default=128)
     p.add_argument("--max_predictions_per_seq", type=int, default=20)
-    p.add_argument("--shuffle_buffer_size", type=int, default=10000)
+    p.add_argument("--shuffle_block_records", type=int, default=64)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--eval_every_steps", type=int, default=0)
     p.add_argument("--max_eval_steps", type=int, default=0, help="0: every held-out record")
@@ -221,9 +219,7 @@ def main():
     p.add_argument("--output_dir", default=None, help="save_pretrained the trained model here")
     args = p.parse_args()
 
-    # As bert_tf's setup_runtime: keras.utils.set_random_seed sets TensorFlow's global seed,
-    # and the tf.data shuffle of pretraining_batches draws from (global seed, op seed): without
-    # this call the same records come in another order.
+    # As bert_tf's setup_runtime (the record order itself is a function of --seed alone).
     import keras
     keras.utils.set_random_seed(args.seed)
     torch.manual_seed(args.seed)  # the fresh heads' initial values, the dropout masks
@@ -235,16 +231,15 @@ def main():
 
     train_files = records.expand_files(args.input_file)
     eval_files = records.expand_files(args.eval_input_file)
-    train_info = records.inspect_records(train_files, args.max_seq_length,
-                                         args.max_predictions_per_seq)
-    records.inspect_records(eval_files, args.max_seq_length, args.max_predictions_per_seq)
-    if not train_info["masked"]:
+    train_records = records.open_pretraining_records(train_files, args.max_seq_length,
+                                                     args.max_predictions_per_seq)
+    eval_records = records.open_pretraining_records(eval_files, args.max_seq_length,
+                                                    args.max_predictions_per_seq)
+    if not train_records.masked:
         sys.exit("the training records carry no masks (--dynamic_masking): this peer reads "
                  "static masks only")
-    source = records.pretraining_batches(
-        train_files, args.train_batch_size, args.max_seq_length, args.max_predictions_per_seq,
-        args.seed, records_per_file=train_info["records"],
-        shuffle_buffer=args.shuffle_buffer_size)
+    source = records.pretraining_batches(train_records, args.train_batch_size, args.seed,
+                                         block_records=args.shuffle_block_records)
 
     overrides = {k: getattr(args, k) for k in ("hidden_dropout_prob",
                                                "attention_probs_dropout_prob")
@@ -284,7 +279,7 @@ def main():
 
     def run_eval(step):
         t = time.time()
-        result = evaluate(model, eval_files, args, autocast)
+        result = evaluate(model, eval_records, args, autocast)
         result.update(step=step, seconds=time.time() - t)
         curve.append(result)
         print(f"step {step}: held-out masked-LM accuracy {result['masked_lm_accuracy']:.4f}, "

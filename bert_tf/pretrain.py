@@ -246,14 +246,18 @@ def run_pretraining(args: PretrainArgs) -> dict:
 def _open_records(files, flag: str, args: PretrainArgs, dist):
     """The records of `files` through their indexes. The chief builds missing indexes first
     while the other workers wait at a barrier; a worker that still finds none (records on a
-    node-local disk) builds its own. Raises UsageError naming the flag."""
+    node-local disk) builds its own. Indexes of shards in a folder that cannot be written go to
+    OUTPUT_DIR/record_index. Raises UsageError naming the flag."""
+    # Records on a read-only mount (an Azure ML input) get their index under output_dir.
+    index_dir = os.path.join(args.output_dir, "record_index")
     try:
         if dist.is_chief:
-            records.ensure_indexes(files, progress=args.progress)
+            records.ensure_indexes(files, progress=args.progress, index_dir=index_dir)
         dist.barrier()
         return records.open_pretraining_records(files, args.max_seq_length,
                                                 args.max_predictions_per_seq,
-                                                progress=args.progress and dist.is_chief)
+                                                progress=args.progress and dist.is_chief,
+                                                index_dir=index_dir)
     except records.RecordError as e:
         raise UsageError(f"{flag}: {e}") from None
 

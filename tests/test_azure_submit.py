@@ -921,3 +921,24 @@ def test_amlignore_keeps_the_code_and_drops_the_rest():
                     "bert_tf/__pycache__/x.pyc", "config.json", ".azureml/config.json",
                     "mlruns/0/meta.yaml"):
         assert ignore.is_file_excluded(REPO / dropped), dropped
+
+
+def test_train_output_path_is_a_read_write_datastore_folder(submit, sdk, tmp_path, capsys):
+    """--output_path: the job's output_dir on a fixed datastore folder, mounted read-write, so
+    a resubmitted preempted run finds its checkpoints; anything but a datastore URI is one
+    line."""
+    out = tmp_path / "job.yaml"
+    uri = "azureml://datastores/workspaceblobstore/paths/bert/phase1/"
+    status = submit.main([
+        "train", "--compute", "gpu-a100", "--instance_count", "1", "--vm_size",
+        "Standard_ND96amsr_A100_v4", "--script", "run_pretraining.py", "--dry-run", str(out),
+        "--output_path", uri, "--",
+        "--input_file=azureml://datastores/blob/paths/seq128/", "--do_train"])
+    assert status == 0, capsys.readouterr().err
+    raw = yaml.safe_load(out.read_text())
+    assert raw["outputs"]["output_dir"] == {"type": "uri_folder", "path": uri,
+                                            "mode": "rw_mount"}
+    job = sdk.load_job(str(out))
+    assert job.outputs["output_dir"].path == uri and job.outputs["output_dir"].mode == "rw_mount"
+    with pytest.raises(submit.UsageError, match="--output_path=/tmp/x: give a datastore folder"):
+        submit.check_output_path("/tmp/x")

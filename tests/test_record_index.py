@@ -297,3 +297,38 @@ def test_index_records_script(tmp_path):
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert proc.stderr.strip().splitlines()[-1].startswith("index_records.py: error: ")
         assert message in proc.stderr
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_records_in_a_read_only_folder_get_their_index_under_index_dir(tmp_path):
+    _read_only_case(tmp_path)
+
+
+def test_read_only_folder_simulated(tmp_path, monkeypatch):
+    """As above, for root (which os.access reports every folder writable to): the folder's
+    writability is what decides."""
+    from bert_tf.data import record_index
+
+    real = os.access
+    monkeypatch.setattr(record_index.os, "access",
+                        lambda p, mode: False if str(p).endswith("ro") else real(p, mode))
+    _read_only_case(tmp_path)
+
+
+def _read_only_case(tmp_path):
+    from bert_tf.data import record_index, records
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    files = [write_uid_records(ro / "a.tfrecord", 20), write_uid_records(ro / "b.tfrecord", 20)]
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(records.RecordError, match="cannot be written: pass --index_dir"):
+            records.open_pretraining_records(files, S, P, progress=False)
+        recs = records.open_pretraining_records(files, S, P, progress=False,
+                                                index_dir=str(tmp_path / "idx"))
+        assert recs.records == 40 and recs.read(0, 40)[0] == tf_records(files)
+        assert not os.path.exists(record_index.index_path(files[0]))
+        assert os.path.exists(record_index.fallback_index_path(files[0], str(tmp_path / "idx")))
+    finally:
+        ro.chmod(0o755)

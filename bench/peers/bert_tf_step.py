@@ -10,7 +10,7 @@ AdamW (`optimizer="adamw"`), the batch source and loss a script hands it:
 - pretrain: a `BertPretrainer` of --bert_config_file's dimensions (random weights),
   `tasks.pretraining_loss` (masked-LM on the masked positions + next sentence, with its
   accuracies, as run_pretraining.py), and a source yielding one fixed batch in Google's
-  pre-training schema, as tensors (what records.pretraining_batches' tf.data pipeline yields).
+  pre-training schema, as tensors (what records.pretraining_batches yields).
 Nothing is re-implemented: the number is what a run_classifier.py / run_pretraining.py user gets.
 
 Protocol: bench/peers/worker.py. A round is one call of train() (a fresh

@@ -72,6 +72,38 @@ def index_path(path: str) -> str:
     return path + INDEX_SUFFIX
 
 
+def fallback_index_path(path: str, index_dir: str) -> str:
+    """Where the index of a shard in a folder that cannot be written (a read-only mount, such
+    as an Azure ML input) goes: `index_dir/<hash of the shard's folder>/<name>.idx`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    digest = hashlib.sha256(folder.encode("utf-8")).hexdigest()[:16]
+    return os.path.join(index_dir, digest, os.path.basename(path) + INDEX_SUFFIX)
+
+
+def find_index(path: str, index_dir: str | None = None) -> str | None:
+    """The index file of the shard at `path`: beside it, else under `index_dir`; None if
+    neither exists."""
+    for candidate in [index_path(path)] + ([fallback_index_path(path, index_dir)]
+                                           if index_dir else []):
+        if os.path.exists(candidate):
+            return candidate
+    return None
+
+
+def writable_index_path(path: str, index_dir: str | None = None) -> str:
+    """Where to write the index of the shard at `path`: beside it when its folder can be
+    written, else under `index_dir`. Raises MissingIndexError when neither can."""
+    if os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
+        return index_path(path)
+    if index_dir:
+        target = fallback_index_path(path, index_dir)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        return target
+    raise MissingIndexError(f"{path} has no index and its folder cannot be written: pass "
+                            "--index_dir=A_WRITABLE_FOLDER (run_pretraining.py uses "
+                            "OUTPUT_DIR/record_index)")
+
+
 def build_command(paths, rebuild: bool = False) -> str:
     """The command that builds (rebuild: rebuilds) the index of `paths` (one file or a list),
     for messages."""
@@ -99,8 +131,9 @@ def vocab_fingerprint(vocab_file: str) -> dict:
 
 # -- the index file -------------------------------------------------------------------------------
 
-def write_index(path: str, offsets: np.ndarray, header: dict) -> str:
-    """Writes the index of the shard at `path` (atomically: a `.tmp` file renamed).
+def write_index(path: str, offsets: np.ndarray, header: dict, target: str | None = None) -> str:
+    """Writes the index of the shard at `path` to `target` (default: beside it), atomically
+    (a `.tmp` file renamed).
 
     offsets: int [count + 1], record starts then the file size. header: the JSON fields
     (`describe_schema`, `vocab`, ...); count, file_size and version are filled in here.
@@ -110,7 +143,7 @@ def write_index(path: str, offsets: np.ndarray, header: dict) -> str:
                   file_size=int(offsets[-1]))
     text = json.dumps(header, sort_keys=True).encode("utf-8")
     text += b" " * (-(len(MAGIC) + 8 + len(text)) % 8)
-    target = index_path(path)
+    target = target or index_path(path)
     tmp = target + ".tmp"
     with open(tmp, "wb") as f:
         f.write(MAGIC + struct.pack("<Q", len(text)) + text)
@@ -129,6 +162,7 @@ class ShardIndex:
     path: str
     header: dict
     data_offset: int
+    index_file: str = ""
     _offsets: np.ndarray | None = None
 
     @property
@@ -138,18 +172,20 @@ class ShardIndex:
     @property
     def offsets(self) -> np.ndarray:
         if self._offsets is None:
-            self._offsets = np.memmap(index_path(self.path), dtype="<u8", mode="r",
+            self._offsets = np.memmap(self.index_file or index_path(self.path), dtype="<u8",
+                                      mode="r",
                                       offset=self.data_offset, shape=(self.records + 1,))
         return self._offsets
 
 
-def load_index(path: str, check_size: bool = True) -> ShardIndex:
-    """Reads the index header of the shard at `path`.
+def load_index(path: str, check_size: bool = True, index_dir: str | None = None) -> ShardIndex:
+    """Reads the index header of the shard at `path` (its index beside it, else under
+    `index_dir`: see `fallback_index_path`).
 
     Raises MissingIndexError when there is none, StaleIndexError when it is not an index of
     this format or was made for a shard of another size (the shard was rewritten, truncated or
     copied incompletely)."""
-    ipath = index_path(path)
+    ipath = find_index(path, index_dir) or index_path(path)
     try:
         with open(ipath, "rb") as f:
             head = f.read(16)
@@ -184,7 +220,7 @@ def load_index(path: str, check_size: bool = True) -> ShardIndex:
                 f"{header['file_size']:,}: the shard was rewritten or cut short since. If it is "
                 f"complete, rebuild the index with {build_command(path, True)} (add "
                 "--vocab_file=VOCAB to keep the vocabulary check); else recreate the shard")
-    return ShardIndex(path, header, data_offset)
+    return ShardIndex(path, header, data_offset, ipath)
 
 
 # -- building -------------------------------------------------------------------------------------
@@ -276,12 +312,15 @@ def describe_schema(features: dict) -> dict:
             "max_seq_length": seq, "max_predictions_per_seq": preds}
 
 
-def build_index(path: str, vocab: dict | None = None, created_by: str = "index_records.py") -> \
-        ShardIndex:
-    """Scans the shard at `path` and writes its index; returns it loaded.
+def build_index(path: str, vocab: dict | None = None, created_by: str = "index_records.py",
+                index_dir: str | None = None) -> ShardIndex:
+    """Scans the shard at `path` and writes its index (beside it, or under `index_dir` when
+    its folder cannot be written); returns it loaded.
 
     vocab: `vocab_fingerprint(...)` of the vocabulary the records were made with, if known.
-    Raises NotRecordsError (not a complete TFRecord file, no records, not Examples)."""
+    Raises NotRecordsError (not a complete TFRecord file, no records, not Examples),
+    MissingIndexError (nowhere to write the index)."""
+    target = writable_index_path(path, index_dir)
     offsets = scan_offsets(path)
     with open(path, "rb") as f:
         f.seek(12)
@@ -293,8 +332,8 @@ def build_index(path: str, vocab: dict | None = None, created_by: str = "index_r
                               "a pre-training record file") from None
     header = describe_schema(features)
     header.update(vocab=vocab, created_by=created_by)
-    write_index(path, offsets, header)
-    return load_index(path)
+    write_index(path, offsets, header, target)
+    return load_index(path, index_dir=index_dir)
 
 
 class OffsetRecorder:
