@@ -332,3 +332,30 @@ def _read_only_case(tmp_path):
         assert os.path.exists(record_index.fallback_index_path(files[0], str(tmp_path / "idx")))
     finally:
         ro.chmod(0o755)
+
+
+def test_more_files_than_kept_open_are_read_and_closed(tmp_path, monkeypatch):
+    """Beyond the descriptors it keeps open, a read opens and closes its own (threads may be
+    reading through the kept ones, so they are never closed under them)."""
+    from bert_tf.data import pretraining_reader, records
+
+    monkeypatch.setattr(pretraining_reader, "_MAX_OPEN", 1)
+    files = uid_files(str(tmp_path), files=4, per_file=16)
+    recs = records.open_pretraining_records(files, S, P, progress=False)
+    stream = records.pretraining_batches(recs, 8, seed=1, block_records=4, threads=2)(0)
+    seen = sorted(u for _ in range(8) for u in uids(next(stream)[1]))
+    assert seen == list(range(64))
+    stream.close()
+
+    def open_record_files():
+        out = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                out.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:
+                pass
+        return [p for p in out if p in files]
+
+    assert len(recs._fds) == 1 and len(open_record_files()) == 1
+    recs.close()
+    assert open_record_files() == []

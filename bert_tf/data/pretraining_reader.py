@@ -156,19 +156,22 @@ class PretrainingRecords:
     def __len__(self):
         return self.records
 
-    def _fd(self, f: int) -> int:
+    def _fd(self, f: int) -> tuple[int, bool]:
+        """(file descriptor of file f, whether the caller closes it after use). Descriptors
+        are kept open up to half the process's open-file limit, never closed while the set is
+        in use (another thread may be reading through one); beyond that, a read opens its own."""
         fd = self._fds.get(f)
-        if fd is None:
-            with self._lock:
-                fd = self._fds.get(f)
-                if fd is None:
-                    if len(self._fds) >= 256:  # bound open files: close them all, reopen
-                        for old in self._fds.values():
-                            os.close(old)
-                        self._fds.clear()
-                    fd = os.open(self.files[f], os.O_RDONLY)
-                    self._fds[f] = fd
-        return fd
+        if fd is not None:
+            return fd, False
+        with self._lock:
+            fd = self._fds.get(f)
+            if fd is not None:
+                return fd, False
+            fd = os.open(self.files[f], os.O_RDONLY)
+            if len(self._fds) < _max_open_files():
+                self._fds[f] = fd
+                return fd, False
+            return fd, True
 
     def close(self) -> None:
         with self._lock:
@@ -197,7 +200,12 @@ class PretrainingRecords:
             offsets = self.indexes[f].offsets[a:b + 1].astype(np.int64)
             base = int(offsets[0])
             length = int(offsets[-1]) - base
-            data = os.pread(self._fd(f), length, base)
+            fd, owned = self._fd(f)
+            try:
+                data = os.pread(fd, length, base)
+            finally:
+                if owned:
+                    os.close(fd)
             with self._lock:
                 self.bytes_read += len(data)
             if len(data) < length:
@@ -214,6 +222,27 @@ class PretrainingRecords:
             skipped += len(bad)
             out += got
         return out, skipped
+
+
+def _max_open_files() -> int:
+    """How many record files a PretrainingRecords keeps open: half the soft limit on open
+    files (raised to the hard limit first, once), at least 64."""
+    global _MAX_OPEN
+    if _MAX_OPEN is None:
+        try:
+            import resource
+
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            if hard != resource.RLIM_INFINITY and soft < hard:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+                soft = hard
+            _MAX_OPEN = max(64, min(soft, 1 << 16) // 2)
+        except (ImportError, ValueError, OSError):
+            _MAX_OPEN = 64
+    return _MAX_OPEN
+
+
+_MAX_OPEN = None
 
 
 def _split_records(data: bytes, offsets: np.ndarray) -> tuple[list, list]:
