@@ -39,7 +39,7 @@ COMMANDS = ("build", "verify")
 def main(argv):
     from bert_tf import cli
     from bert_tf.assets import UsageError
-    from bert_tf.data import record_index, records
+    from bert_tf.data import pretraining_reader as records, record_index
 
     cli.setup_logging()
     command = argv[1] if len(argv) > 1 else None

@@ -16,7 +16,7 @@ import os
 import shutil
 
 from bert_tf.assets import UsageError, resolve_model_assets
-from bert_tf.data import records  # TF-free at import: it imports TensorFlow lazily
+from bert_tf.data import pretraining_reader as records  # TF-free at import
 from bert_tf.training.run import (EngineArgs, check_engine_args, guard_output_dir,
                                   init_model, open_tracking, restore_trained, setup_runtime,
                                   train_settings, training_results, write_eval_results)

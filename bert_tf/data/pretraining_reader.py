@@ -62,6 +62,40 @@ class CorruptRecordError(RecordError):
                          "`python index_records.py verify` lists every bad record")
 
 
+# What create_pretraining_data.py and the index command write beside the records; a glob over
+# the records skips them.
+_NOT_RECORDS = (".summary.json", ".partial", ".idx", ".idx.tmp")
+
+
+def expand_files(patterns) -> list[str]:
+    """Comma-separated globs (or a list of them) -> sorted existing files. Raises RecordError
+    naming a pattern that matches nothing.
+
+    A glob skips what create_pretraining_data.py writes beside its records, the
+    `*.summary.json` files, the `*.idx` record indexes and an unfinished run's `*.partial`
+    files and folders (`out/train.tfrecord*` means the records); a file named exactly is
+    kept."""
+    import glob
+
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    files = []
+    for pattern in (p.strip() for item in patterns for p in item.split(",")):
+        if not pattern:
+            continue
+        matched = sorted(glob.glob(pattern))
+        if glob.has_magic(pattern):
+            matched = [f for f in matched if not f.endswith(_NOT_RECORDS)
+                       and not os.path.isdir(f)]
+        if not matched:
+            raise RecordError(f"{pattern}: no file matches (check the path; globs and comma "
+                              "lists are accepted)")
+        files += matched
+    if not files:
+        raise RecordError("no input files given")
+    return sorted(dict.fromkeys(files))
+
+
 # -- indexes ---------------------------------------------------------------------------------------
 
 def _build_one(path: str, vocab: dict | None = None,

@@ -153,42 +153,9 @@ def table_batches(table: FeatureTable, batch_size: int, seed: int, rank: int = 0
 
 # -- pre-training records ---------------------------------------------------------------------------
 # The reader lives in bert_tf.data.pretraining_reader (indexed shards, per-worker reads,
-# constant-time resume); its names are re-exported here, where the scripts and tests look.
+# constant-time resume); its names are re-exported here, where scripts and tests look.
 
 from bert_tf.data.pretraining_reader import (  # noqa: E402,F401  (TF-free at import)
     CorruptRecordError, PretrainingRecords, RecordError, ensure_indexes,
-    eval_pretraining_batches, open_pretraining_records, parse_pretraining, pretraining_batches,
-    verify_records)
-
-# What create_pretraining_data.py and the index command write beside the records; a glob over
-# the records skips them.
-_NOT_RECORDS = (".summary.json", ".partial", ".idx", ".idx.tmp")
-
-
-def expand_files(patterns) -> list[str]:
-    """Comma-separated globs (or a list of them) -> sorted existing files. Raises RecordError
-    naming a pattern that matches nothing.
-
-    A glob skips what create_pretraining_data.py writes beside its records, the
-    `*.summary.json` files, the `*.idx` record indexes and an unfinished run's `*.partial`
-    files and folders (`out/train.tfrecord*` means the records); a file named exactly is
-    kept."""
-    import glob
-
-    if isinstance(patterns, str):
-        patterns = [patterns]
-    files = []
-    for pattern in (p.strip() for item in patterns for p in item.split(",")):
-        if not pattern:
-            continue
-        matched = sorted(glob.glob(pattern))
-        if glob.has_magic(pattern):
-            matched = [f for f in matched if not f.endswith(_NOT_RECORDS)
-                       and not os.path.isdir(f)]
-        if not matched:
-            raise RecordError(f"{pattern}: no file matches (check the path; globs and comma "
-                              "lists are accepted)")
-        files += matched
-    if not files:
-        raise RecordError("no input files given")
-    return sorted(dict.fromkeys(files))
+    eval_pretraining_batches, expand_files, open_pretraining_records, parse_pretraining,
+    pretraining_batches, verify_records)
