@@ -159,7 +159,7 @@ def test_every_record_once_per_epoch_and_random_access(n, block):
     assert sorted(perm.tolist()) == list(range(1000)) and not np.array_equal(perm, np.arange(1000))
 
 
-# -- workers, resume ---------------------------------------------------------------------------------
+# -- workers, resume -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("block", [4, 64])
 def test_eight_simulated_workers_read_an_eighth_each_and_cover_every_record_once(tmp_path,
@@ -209,7 +209,7 @@ def test_resume_reads_only_the_batch_it_resumes_at(tmp_path):
         assert recs.bytes_read < 2 * 8 * record_bytes * 1.5, (start, recs.bytes_read)
 
 
-# -- corruption --------------------------------------------------------------------------------------
+# -- corruption ------------------------------------------------------------------------------------
 
 def _flip_middle_byte(path):
     data = bytearray(open(path, "rb").read())
@@ -262,7 +262,7 @@ def test_verify_lists_bad_crcs_and_ids_outside_the_vocabulary(tmp_path):
     assert all("input_ids outside the vocabulary" in p["what"] for p in result["problems"])
 
 
-# -- index_records.py --------------------------------------------------------------------------------
+# -- index_records.py ------------------------------------------------------------------------------
 
 def run_index(*args):
     env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")

@@ -112,16 +112,17 @@ def ensure_indexes(files, progress: bool = True, threads: int | None = None,
                    vocab: dict | None = None, rebuild: bool = False,
                    index_dir: str | None = None) -> list[str]:
     """Builds the index of every file that has none, or of every file with rebuild=True;
-    returns the files it indexed. A stale index (made for a shard of another size, another
-    format) raises RecordError saying what to run: the shard may be cut short, and a rebuild
-    would drop the vocabulary fingerprint. vocab: the
-    `record_index.vocab_fingerprint` to record in the indexes it builds (the vocabulary the
-    records were made with, when the user knows it). index_dir: where indexes go (and are
-    looked for) when a shard's folder cannot be written (a read-only mount). Files in parallel threads (the walk is ~1.4 GB/s on
-    one core from the page cache, so threads are for overlapping reads from cold or network
-    storage, not for the CPU; no processes: nothing to spawn or fork under TensorFlow), with a
-    progress bar over bytes. Raises RecordError naming the first file that is not a complete
-    TFRecord file."""
+    returns the files it indexed.
+
+    A stale index (made for a shard of another size, or of another format) raises RecordError
+    saying what to run: the shard may be cut short, and a silent rebuild would drop the
+    vocabulary fingerprint. vocab: the `record_index.vocab_fingerprint` to record in the
+    indexes built (the vocabulary the records were made with, when the user knows it).
+    index_dir: where indexes go (and are looked for) when a shard's folder cannot be written
+    (a read-only mount). Files are indexed in parallel threads, with a progress bar over bytes:
+    the walk runs at ~1.4 GB/s on one core from the page cache, so threads overlap reads from
+    cold or network storage; no processes (nothing to spawn or fork under TensorFlow).
+    Raises RecordError naming the first file that is not a complete TFRecord file."""
     todo = list(files) if rebuild else []
     for path in [] if rebuild else files:
         try:

@@ -10,7 +10,6 @@ would, and every Horovod rank takes its own slice of the same global batch.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import numpy as np
 
@@ -151,7 +150,7 @@ def table_batches(table: FeatureTable, batch_size: int, seed: int, rank: int = 0
     return batches
 
 
-# -- pre-training records ---------------------------------------------------------------------------
+# -- pre-training records --------------------------------------------------------------------------
 # The reader lives in bert_tf.data.pretraining_reader (indexed shards, per-worker reads,
 # constant-time resume); its names are re-exported here, where scripts and tests look.
 

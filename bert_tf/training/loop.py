@@ -314,10 +314,11 @@ def _train(model, loss_fn, batches, settings, dist, progress, eval_fn, eval_ever
             done = current + 1
             if int(consecutive_bad) > s.max_consecutive_nonfinite:
                 raise TrainingError(
-                    f"{int(consecutive_bad)} consecutive steps with non-finite gradients up to step "
-                    f"{done}: the run is diverging. Try a lower --learning_rate, more warm-up, "
-                    "--dtype=bf16 or fp32 instead of fp16, and check the inputs (label ids in "
-                    "range, vocab matching the checkpoint). The limit is --max_consecutive_nonfinite")
+                    f"{int(consecutive_bad)} consecutive steps with non-finite gradients up to "
+                    f"step {done}: the run is diverging. Try a lower --learning_rate, more "
+                    "warm-up, --dtype=bf16 or fp32 instead of fp16, and check the inputs (label "
+                    "ids in range, vocab matching the checkpoint). The limit is "
+                    "--max_consecutive_nonfinite")
             if done % s.log_steps == 0 or done == s.num_train_steps:
                 elapsed = max(time.time() - window_start, 1e-9)
                 means = np.mean([[float(x) for x in row] for row in window], axis=0)
