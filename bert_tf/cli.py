@@ -126,8 +126,13 @@ def run_main(main, argv, tensorflow: bool = True) -> None:
         main(argv)
     except known_errors() as e:
         hint = ""
-        record_error = sys.modules.get("bert_tf.data.pretraining_reader")
-        if record_error is not None and isinstance(e, record_error.RecordError):
+        reader = sys.modules.get("bert_tf.data.pretraining_reader")
+        if reader is not None and isinstance(e, reader.CorruptRecordError):
+            # The same command would stop at the same record again.
+            hint = _resume_hint().replace("run the same command to resume",
+                                          "the same command with --skip_corrupt_records "
+                                          "resumes")
+        elif reader is not None and isinstance(e, reader.RecordError):
             hint = _resume_hint()
         print(f"{script}: error: {e}{hint}", file=sys.stderr)
         sys.exit(EXIT_USAGE)

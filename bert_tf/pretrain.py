@@ -41,7 +41,9 @@ class PretrainArgs(EngineArgs):
     masked_lm_prob: float = 0.15
     do_whole_word_mask: bool = False
 
-    identity_flags = ("input_file", "max_predictions_per_seq", "num_train_steps",
+    # The training records are identified by content (guard_output_dir's input_data), not by
+    # the --input_file path, which an Azure ML job mounts under a path of its own.
+    identity_flags = ("max_predictions_per_seq", "num_train_steps",
                       "shuffle_block_records", "masked_lm_prob",
                       "do_whole_word_mask") + EngineArgs.identity_flags
 
@@ -175,7 +177,8 @@ def run_pretraining(args: PretrainArgs) -> dict:
     args.num_accumulation_steps = accumulation_steps(args, dist.size)
     model = BertPretrainer(assets.config)
     report = init_model(model, assets, args, dist, what="pre-training")
-    record = guard_output_dir(args, assets.config, dist.is_chief, dist.size)
+    record = guard_output_dir(args, assets.config, dist.is_chief, dist.size,
+                              input_data=_data_key(train_records))
     if report is not None and dist.is_chief:
         fresh = [n for n in report.missing if "cls" in n or "seq_relationship" in n]
         if fresh:
@@ -260,6 +263,19 @@ def _open_records(files, flag: str, args: PretrainArgs, dist):
                                                 index_dir=index_dir)
     except records.RecordError as e:
         raise UsageError(f"{flag}: {e}") from None
+
+
+def _data_key(recs) -> str | None:
+    """The training records by content for run_config.json: shard count, record count and a
+    hash of the shards' names and sizes, wherever they are mounted."""
+    if recs is None:
+        return None
+    import hashlib
+    import json
+
+    entries = [(os.path.basename(ix.path), ix.header["file_size"]) for ix in recs.indexes]
+    digest = hashlib.sha256(json.dumps(entries).encode("utf-8")).hexdigest()[:16]
+    return f"{len(entries)} files, {recs.records} records, {digest}"
 
 
 def _check_vocab(recs, assets, args: PretrainArgs, flag: str) -> None:

@@ -511,6 +511,8 @@ def test_a_corrupt_record_mid_run_is_one_line_or_skipped_and_counted(tmp_path, c
     assert last.startswith(f"run_pretraining.py: error: {data}/train.tfrecord: the record at "
                            f"byte {start:,} is corrupt"), last
     assert "--skip_corrupt_records" in last and "Traceback" not in proc.stderr
+    if "checkpoints so far" in last:  # the same command would stop at the same record
+        assert "the same command with --skip_corrupt_records resumes" in last, last
     skip = run_script(common + ["--skip_corrupt_records", f"--output_dir={tmp_path / 'skip'}"])
     assert skip.returncode == 0, skip.stderr[-2000:]
     rows = [json.loads(l) for l in (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()]
@@ -618,6 +620,9 @@ def test_sigterm_to_one_horovod_rank_stops_every_rank_at_the_same_step(tmp_path,
     # No traceback from a rank (horovodrun prints its own when a rank exits non-zero).
     assert not re.search(r"\[\d\]<std(err|out)>:Traceback", output), output[-4000:]
     assert "Process 1 exit with status code 143" in output, output[-2000:]
+    # Rank 0 stopped by itself too (exit 143), unless horovodrun's clean-up got there first
+    # once rank 1 had exited: then it printed its stop line above all the same.
+    assert re.search(r"Process 0 exit with status code 143", output), output[-2000:]
     again = subprocess.run(command(out), env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
     import tensorflow as tf
@@ -793,3 +798,33 @@ def test_records_of_googles_script_train_after_their_index_is_built(tmp_path):
                           "--max_predictions_per_seq=10", "--num_train_steps=1"])
     assert refused.returncode == 2
     assert "is not the vocabulary --input_file was made with" in refused.stderr
+
+
+def test_records_moved_elsewhere_resume_the_same_run(tmp_path, corpus):
+    """A rerun that finds the same records under another path (an Azure ML job mounts its
+    inputs under a path of its own) resumes; other records are refused, named by content."""
+    first = tmp_path / "jobA"
+    first.mkdir()
+    for name in ("train-0.tfrecord", "train-1.tfrecord"):
+        shutil.copy(corpus / name, first / name)
+    out = tmp_path / "out"
+
+    def args(data, steps):
+        return [f"--input_file={data}/*.tfrecord", f"--bert_config_file={corpus}/bert_config.json",
+                f"--max_seq_length={S}", f"--max_predictions_per_seq={P}", "--do_train",
+                f"--num_train_steps={steps}", "--train_batch_size=4", f"--output_dir={out}",
+                "--save_checkpoints_steps=2"]
+
+    assert run_script(args(first, 4)).returncode == 0
+    moved = tmp_path / "jobB"
+    first.rename(moved)  # the index (written beside them) moves with them
+    again = run_script(args(moved, 4))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from" in again.stderr and "(step 4)" in again.stderr
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(corpus / "train-2.tfrecord", other / "train-0.tfrecord")
+    refused = run_script(args(other, 4))
+    assert refused.returncode == 2
+    last = refused.stderr.strip().splitlines()[-1]
+    assert "holds checkpoints of another run (input_data: '2 files, 120 records" in last, last

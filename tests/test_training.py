@@ -135,7 +135,7 @@ def test_epoch_covers_every_row_once_and_buckets_pad_little():
 # -- the loop -------------------------------------------------------------------------------------
 
 def _run(tmp_path, name, table, config=None, steps=6, dtype="fp32", batch=8, accum=1,
-         init_weights=None, **overrides):
+         init_weights=None, eval_fn_and_every=(None, 0), **overrides):
     set_dtype(dtype)
     try:
         keras.utils.set_random_seed(0)
@@ -149,7 +149,8 @@ def _run(tmp_path, name, table, config=None, steps=6, dtype="fp32", batch=8, acc
         source = records.table_batches(table, batch, settings.seed, accumulation=accum,
                                        max_seq_length=64)
         summary = train(model, classification_loss, source, settings, Distributed(False),
-                        progress=False)
+                        progress=False, eval_fn=eval_fn_and_every[0],
+                        eval_every_steps=eval_fn_and_every[1])
     finally:
         set_dtype("fp32")
     return model, summary
@@ -293,3 +294,122 @@ def test_resume_from_checkpoint_matches_uninterrupted(tmp_path):
     assert summary["step"] == 10
     for a, b in zip(full.weights, resumed.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+# -- stopping on a signal ----------------------------------------------------------------------------
+
+def _stop_script(tmp_path, body: str) -> str:
+    import textwrap
+
+    path = tmp_path / "stop.py"
+    path.write_text("import os, signal, sys, time\n"
+                    "from bert_tf.training.preemption import StopRequest\n"
+                    + textwrap.dedent(body))
+    return str(path)
+
+
+def _run_and_signal(script, delay, signum):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, script], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(delay)
+    sent = time.monotonic()
+    proc.send_signal(signum)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, time.monotonic() - sent, out, err
+
+
+def test_the_grace_period_counts_from_the_signal_even_inside_a_long_tensorflow_call(tmp_path):
+    """The main thread is inside one TensorFlow call of a minute (Python runs no signal
+    handler until it returns; a hung allreduce looks the same): the watchdog still sees SIGTERM
+    at once, and the process exits 143 when the grace runs out, long before the call ends."""
+    import signal
+
+    script = _stop_script(tmp_path, """
+        import tensorflow as tf
+
+        @tf.function
+        def long_call():
+            def body(i, x):
+                return i + 1, tf.matmul(x, x) / 256.0
+            return tf.while_loop(lambda i, x: i < 200000, body,
+                                 (tf.constant(0), tf.ones([256, 256])))
+
+        with StopRequest(grace_seconds=1.0):
+            long_call.get_concrete_function()
+            print("ready", flush=True)
+            long_call()
+        print("the call ended", flush=True)
+    """)
+    code, seconds, out, err = _run_and_signal(script, 0.3, signal.SIGTERM)
+    assert code == 143 and "the call ended" not in out, (code, out, err)
+    assert 0.9 < seconds < 10, seconds
+    assert "SIGTERM: stopping at the end of this step" in err
+    assert "no step boundary within 1 s of SIGTERM" in err
+
+
+def test_the_first_ctrl_c_is_a_request_and_the_second_interrupts(tmp_path):
+    import signal
+
+    script = _stop_script(tmp_path, """
+        with StopRequest(grace_seconds=0) as request:
+            print("ready", flush=True)
+            while not request.requested:
+                time.sleep(0.01)
+            print("requested", request.signum, flush=True)
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+            except KeyboardInterrupt:
+                print("interrupted", flush=True)
+    """)
+    code, _, out, err = _run_and_signal(script, 0.2, signal.SIGINT)
+    assert code == 0, err
+    assert out.split("\n")[:2] == [f"requested {int(signal.SIGINT)}", "interrupted"], out
+
+
+def test_a_stop_during_evaluation_cuts_it_short_and_stops_at_the_next_step(tmp_path):
+    """A stop requested while the chief evaluates: the evaluation ends at its next batch
+    instead of running on (the grace would run out), and the run stops at the next step
+    boundary with a checkpoint of it."""
+    import signal
+
+    from bert_tf.training import loop
+    from bert_tf.training.preemption import Preempted
+
+    table = _table()
+    seen = []
+
+    def eval_fn(step):
+        def endless():
+            os_kill_sent = False
+            while True:
+                if not os_kill_sent:
+                    import os
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    os_kill_sent = True
+                seen.append(step)
+                yield {"x": tf.zeros([1])}
+
+        return loop.evaluate(None, lambda model, batch: {"n": (tf.constant(1.0),
+                                                                tf.constant(1.0))}, endless())
+
+    with pytest.raises(Preempted) as err:
+        _run(tmp_path, "eval", table, steps=10, save_checkpoints_steps=100,
+             eval_fn_and_every=(eval_fn, 3))
+    assert err.value.signum == signal.SIGTERM and err.value.step == 4
+    assert len(seen) < 5  # cut short at once, not run for ever
+    assert (tmp_path / "eval" / "checkpoints" / "ckpt-4.index").exists()

@@ -64,7 +64,7 @@ class CorruptRecordError(RecordError):
 
 # What create_pretraining_data.py and the index command write beside the records; a glob over
 # the records skips them.
-_NOT_RECORDS = (".summary.json", ".partial", ".idx", ".idx.tmp")
+_NOT_RECORDS = (".summary.json", ".partial", ".idx", ".tmp")
 
 
 def expand_files(patterns) -> list[str]:
@@ -84,6 +84,9 @@ def expand_files(patterns) -> list[str]:
         if not pattern:
             continue
         matched = sorted(glob.glob(pattern))
+        if not glob.has_magic(pattern) and os.path.isdir(pattern):
+            raise RecordError(f"{pattern} is a folder: pass the files in it, e.g. "
+                              f"'{os.path.join(pattern, '*.tfrecord*')}' (quoted)")
         if glob.has_magic(pattern):
             matched = [f for f in matched if not f.endswith(_NOT_RECORDS)
                        and not os.path.isdir(f)]
@@ -234,6 +237,7 @@ class PretrainingRecords:
         out, skipped = [], 0
         for f, a, b in self.locate(first, stop):
             offsets = self.indexes[f].offsets[a:b + 1].astype(np.int64)
+            _check_offsets(self.indexes[f], offsets, a)
             base = int(offsets[0])
             length = int(offsets[-1]) - base
             fd, owned = self._fd(f)
@@ -258,6 +262,18 @@ class PretrainingRecords:
             skipped += len(bad)
             out += got
         return out, skipped
+
+
+def _check_offsets(ix, offsets: np.ndarray, first: int) -> None:
+    """The index's offsets of records [first, first + len - 1) must be increasing by at least a
+    frame (16 bytes) and end inside the file; else the INDEX is damaged (the shard may be
+    fine): RecordError naming it and the rebuild command."""
+    if len(offsets) and (np.any(np.diff(offsets) < 16) or offsets[0] < 0 or
+                         offsets[-1] > ix.header["file_size"]):
+        raise RecordError(
+            f"{ix.index_file}: the offsets of records {first:,} to {first + len(offsets) - 2:,} "
+            f"of {ix.path} are damaged (not increasing, or past its end): rebuild the index "
+            f"with {record_index.build_command(ix.path, True)}")
 
 
 def _max_open_files() -> int:
@@ -293,8 +309,12 @@ def _split_records(data: bytes, offsets: np.ndarray) -> tuple[list, list]:
     starts = offsets[:-1].tolist()
     ends = offsets[1:].tolist()
     for i, (s, e) in enumerate(zip(starts, ends)):
+        if masked_crc32c(data[s:s + 8]) != unpack_crc(view, s + 8)[0]:
+            bad.append((i, "frame header CRC mismatch"))
+            continue
         if unpack_len(view, s)[0] != e - s - 16:
-            bad.append((i, "its length disagrees with the index"))
+            bad.append((i, "its frame length disagrees with the index: the shard or its "
+                           "index is damaged"))
             continue
         payload = data[s + 12:e - 4]
         if masked_crc32c(payload) != unpack_crc(view, e - 4)[0]:
@@ -304,8 +324,10 @@ def _split_records(data: bytes, offsets: np.ndarray) -> tuple[list, list]:
     return good, bad
 
 
-def _check_schema(ix, max_seq_length: int, max_predictions_per_seq: int | None) -> None:
-    """Google's schema with the flags' lengths, from the index header. Raises RecordError."""
+def _check_schema(ix, max_seq_length: int, max_predictions_per_seq: int | None,
+                  reference: str | None = None) -> None:
+    """Google's schema with the flags' lengths, from the index header. Raises RecordError.
+    reference: the file the lengths come from when they are not flags (verify)."""
     path, found = ix.path, ix.header["features"]
     file_masked = "masked_lm_positions" in found
     names = set(PRETRAINING_SCHEMA if file_masked else DYNAMIC_MASKING_FEATURES)
@@ -326,6 +348,9 @@ def _check_schema(ix, max_seq_length: int, max_predictions_per_seq: int | None) 
             continue
         want = {"max_seq_length": max_seq_length,
                 "max_predictions_per_seq": max_predictions_per_seq}.get(length_kind, length_kind)
+        if length != want and reference is not None:
+            raise RecordError(f"{path}: {name} has length {length} but {reference} has {want}: "
+                              "records of one length per command (check each kind apart)")
         if length != want:
             flag = _FLAG_OF_LENGTH.get(length_kind, name)
             raise RecordError(
@@ -336,7 +361,8 @@ def _check_schema(ix, max_seq_length: int, max_predictions_per_seq: int | None) 
 def open_pretraining_records(files, max_seq_length: int,
                              max_predictions_per_seq: int | None = None,
                              build_missing: bool = True, progress: bool = True,
-                             index_dir: str | None = None) -> PretrainingRecords:
+                             index_dir: str | None = None,
+                             reference: str | None = None) -> PretrainingRecords:
     """The records of `files` through their indexes, checked against the flags.
 
     Reads one index header per file (and builds the missing indexes first when build_missing;
@@ -356,7 +382,7 @@ def open_pretraining_records(files, max_seq_length: int,
             raise RecordError(str(e)) from None
         if ix.records == 0:
             raise RecordError(f"{path}: holds no records; recreate it or leave it out")
-        _check_schema(ix, max_seq_length, max_predictions_per_seq)
+        _check_schema(ix, max_seq_length, max_predictions_per_seq, reference)
         if masked is not None and ix.header["masked"] != masked:
             raise RecordError(f"{path}: mixes records with and without masks among the input "
                               "files; use one kind")
@@ -522,7 +548,8 @@ def verify_records(files, vocab_size: int | None = None, chunk_records: int = 40
     if vocab_size is None and first.header.get("vocab"):
         vocab_size = first.header["vocab"]["size"]
     records = open_pretraining_records(files, seq, preds, build_missing=False,
-                                       index_dir=index_dir)  # the schema of every file
+                                       index_dir=index_dir,
+                                       reference=files[0])  # the schema of every file
     records.close()
     jobs = [(path, seq, preds, vocab_size, chunk_records, max_reported, index_dir)
             for path in files]

@@ -75,9 +75,17 @@ def index_path(path: str) -> str:
 
 def fallback_index_path(path: str, index_dir: str) -> str:
     """Where the index of a shard in a folder that cannot be written (a read-only mount, such
-    as an Azure ML input) goes: `index_dir/<hash of the shard's folder>/<name>.idx`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    digest = hashlib.sha256(folder.encode("utf-8")).hexdigest()[:16]
+    as an Azure ML input) goes: `index_dir/<key>/<name>.idx`, the key a hash of the folder's
+    NAME, the shard's name and its size, not of the full path: Azure ML mounts a job's inputs
+    under a path holding the job's id, and the next job on the same data must find the same
+    index."""
+    folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        size = -1
+    key = f"{folder}/{os.path.basename(path)}:{size}"
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
     return os.path.join(index_dir, digest, os.path.basename(path) + INDEX_SUFFIX)
 
 
@@ -120,7 +128,7 @@ def vocab_fingerprint(vocab_file: str) -> dict:
     """{"sha256": hex digest over the tokens joined by newlines, "size": token count}.
 
     The tokens are read as the tokenizer reads them (`wordpiece.vocab_tokens`: one id a line,
-    trailing whitespace stripped), so the same vocabulary with CRLF line ends or another final
+    surrounding whitespace stripped), so the same vocabulary with CRLF line ends or another final
     newline has the same fingerprint, and a vocabulary that gives any token another id does
     not."""
     from bert_tf.tokenization.wordpiece import vocab_tokens
@@ -145,12 +153,32 @@ def write_index(path: str, offsets: np.ndarray, header: dict, target: str | None
     text = json.dumps(header, sort_keys=True).encode("utf-8")
     text += b" " * (-(len(MAGIC) + 8 + len(text)) % 8)
     target = target or index_path(path)
-    tmp = target + ".tmp"
+    # One temporary name per writer: ranks or jobs indexing the same shard at once each write
+    # their own and rename it (the same bytes) into place.
+    import threading
+    tmp = f"{target}.{os.getpid()}-{threading.get_ident()}.tmp"
     with open(tmp, "wb") as f:
         f.write(MAGIC + struct.pack("<Q", len(text)) + text)
         f.write(offsets.tobytes())
     os.replace(tmp, target)
     return target
+
+
+_MAX_HEADER = 1 << 20  # bytes: a header is a few hundred
+
+
+def _check_header(header) -> None:
+    """Raises ValueError/TypeError/KeyError unless `header` has the fields of this format."""
+    if not isinstance(header, dict):
+        raise TypeError("not an object")
+    if header.get("version") != VERSION:  # reported as another version by the caller
+        return
+    for key, kind in (("records", int), ("file_size", int), ("features", dict),
+                      ("masked", bool)):
+        if not isinstance(header[key], kind):
+            raise TypeError(key)
+    if header["records"] < 0 or header["file_size"] < 16 * header["records"]:
+        raise ValueError("counts")
 
 
 @dataclasses.dataclass
@@ -194,13 +222,16 @@ def load_index(path: str, check_size: bool = True, index_dir: str | None = None)
                 raise StaleIndexError(f"{ipath} is not a bert_tf record index: rebuild it with "
                                       f"{build_command(path, True)}")
             (length,) = struct.unpack("<Q", head[8:])
-            header = json.loads(f.read(length))
             index_size = os.fstat(f.fileno()).st_size
+            if length > min(index_size, _MAX_HEADER):
+                raise ValueError("header length")
+            header = json.loads(f.read(length))
+            _check_header(header)
     except FileNotFoundError:
         raise MissingIndexError(f"{path} has no index ({ipath}); build it with "
                                 f"{build_command(path)}") from None
-    except (ValueError, UnicodeDecodeError):
-        raise StaleIndexError(f"{ipath}: unreadable header; rebuild it with "
+    except (ValueError, UnicodeDecodeError, TypeError, KeyError):
+        raise StaleIndexError(f"{ipath}: unreadable or damaged header; rebuild it with "
                               f"{build_command(path, True)}") from None
     if header.get("version") != VERSION:
         raise StaleIndexError(f"{ipath}: index version {header.get('version')}, this bert_tf "

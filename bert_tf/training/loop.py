@@ -37,7 +37,9 @@ import numpy as np
 import tensorflow as tf
 
 from bert_tf.training.optimization import create_optimizer
-from bert_tf.training.preemption import DEFAULT_GRACE_SECONDS, Preempted, StopRequest
+from bert_tf.training import preemption
+from bert_tf.training.preemption import (DEFAULT_GRACE_SECONDS, EvaluationInterrupted,
+                                         Preempted, StopRequest)
 from bert_tf.training.tracking import TrackingLog, flatten_params
 
 logger = logging.getLogger("bert_tf.training")
@@ -274,7 +276,8 @@ def _train(model, loss_fn, batches, settings, dist, progress, eval_fn, eval_ever
     window_start, window_steps, window = time.time(), 0, []
     last_loss, last_metrics = float("nan"), {}
     stop_request = StopRequest(s.preemption_grace_seconds)
-    with stop_request:
+    saved = None
+    with stop_request, _active(stop_request):
         for current in range(start, s.num_train_steps):
             sums = None
             for _ in range(accum):
@@ -345,29 +348,60 @@ def _train(model, loss_fn, batches, settings, dist, progress, eval_fn, eval_ever
             if bar is not None:
                 bar.update(1)
             saved = None
+            if stop:
+                stop_request.cancel_timer()  # every rank: the boundary came, let the save end
             if dist.is_chief and (done % s.save_checkpoints_steps == 0 or
                                   done == s.num_train_steps or stop):
-                stop_request.cancel_timer()  # the boundary came: let the save finish
                 saved = manager.save(checkpoint_number=done)
                 log.flush()
             if stop:
-                if bar is not None:
-                    bar.close()
-                dist.barrier()
-                signum = stop_request.signum or signal.SIGTERM
-                if dist.is_chief:
-                    logger.info("stopped by %s at step %d: checkpoint %s",
-                                signal.Signals(signum).name, done, saved)
-                raise Preempted(signum, done, saved)
+                _stop(bar, dist, stop_request, done, saved)
             if (eval_fn is not None and dist.is_chief and eval_every_steps and
                     done % eval_every_steps == 0 and done < s.num_train_steps):
-                log.write(done, eval_fn(done), "eval")
+                try:
+                    log.write(done, eval_fn(done), "eval")
+                except EvaluationInterrupted:  # a stop request: the next step boundary stops
+                    logger.info("evaluation at step %d cut short by the stop request", done)
+        # A signal that came after the last step's request was read: the ranks agree on it
+        # once more, and the run (its final checkpoint saved) stops instead of going on to
+        # evaluate and export.
+        if start < s.num_train_steps:
+            late = dist.average([tf.constant(1.0 if stop_request.requested else 0.0)])[0]
+            if float(late) > 0:
+                _stop(bar, dist, stop_request, s.num_train_steps, saved)
     if bar is not None:
         bar.close()
     dist.barrier()
     return {"step": int(step), "loss": last_loss, "metrics": last_metrics,
             "nonfinite_steps": int(nonfinite_total), "seconds": time.time() - t0,
             "source_stats": stats}
+
+
+def _stop(bar, dist, stop_request, step: int, saved) -> None:
+    """Every rank at the agreed step, the chief's checkpoint saved: raise Preempted."""
+    stop_request.cancel_timer()
+    if bar is not None:
+        bar.close()
+    dist.barrier()
+    signum = stop_request.signum or signal.SIGTERM
+    if dist.is_chief:
+        logger.info("stopped by %s at step %d: checkpoint %s", signal.Signals(signum).name,
+                    step, saved)
+    raise Preempted(signum, step, saved)
+
+
+class _active:
+    """preemption.active = the loop's request while it runs, so evaluations inside it stop
+    early on a stop request."""
+
+    def __init__(self, request):
+        self.request = request
+
+    def __enter__(self):
+        self.previous, preemption.active = preemption.active, self.request
+
+    def __exit__(self, *exc):
+        preemption.active = self.previous
 
 
 def _summed_over_workers(counters: dict, dist) -> dict:
@@ -399,6 +433,8 @@ def evaluate(model, metrics_fn, batches, use_xla: bool = False, progress: bool =
         from tqdm import tqdm
         it = tqdm(it, unit="batch", desc=desc, dynamic_ncols=True)
     for batch in it:
+        if preemption.active is not None:
+            preemption.active.check()  # raises EvaluationInterrupted on a stop request
         for name, (total, count) in step(batch).items():
             sums[name] = sums.get(name, 0.0) + float(total)
             counts[name] = counts.get(name, 0.0) + float(count)
@@ -424,6 +460,8 @@ def predict(model, table, batch_size: int, output_key: str = "logits",
         from tqdm import tqdm
         it = tqdm(it, total=-(-len(table) // batch_size), unit="batch", desc="predict")
     for rows, batch in it:
+        if preemption.active is not None:
+            preemption.active.check()  # raises EvaluationInterrupted on a stop request
         out = forward({k: tf.constant(v) for k, v in batch.items() if k != "label_ids"})
         out = np.asarray(out, np.float32)
         if out.ndim == 3 and out.shape[1] < max_seq_length:  # token outputs: pad back to S

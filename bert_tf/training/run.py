@@ -63,11 +63,38 @@ class EngineArgs:
     # add their own.
     identity_flags = ("max_seq_length", "train_batch_size", "learning_rate",
                       "warmup_proportion", "num_warmup_steps", "optimizer",
-                      "num_accumulation_steps", "seed", "init_checkpoint", "dtype",
-                      "adam_bias_correction")
+                      "num_accumulation_steps", "seed", "dtype", "adam_bias_correction")
 
     def identity(self) -> dict:
-        return {k: getattr(self, k) for k in self.identity_flags}
+        """The flags that make a run what it is, plus the init checkpoint by content: a rerun
+        on another machine or in another Azure ML job (which mounts inputs under a path of its
+        own) is the same run."""
+        out = {k: getattr(self, k) for k in self.identity_flags}
+        out["init_checkpoint_data"] = path_key(self.init_checkpoint)
+        return out
+
+
+def path_key(path: str | None) -> str | None:
+    """What a checkpoint or data path is, independent of where it is mounted: for a file, its
+    name and size; for a folder, the names and sizes of the files in it; for a checkpoint
+    prefix (`.../bert_model.ckpt`), those of the files it names; anything else (a preset name)
+    as given. A sha256 of that, prefixed with the base name."""
+    if not path:
+        return None
+    import glob as globlib
+
+    if os.path.isfile(path):
+        entries = [(os.path.basename(path), os.path.getsize(path))]
+    elif os.path.isdir(path):
+        entries = sorted((n, os.path.getsize(os.path.join(path, n))) for n in os.listdir(path)
+                         if os.path.isfile(os.path.join(path, n)))
+    else:
+        files = sorted(globlib.glob(globlib.escape(path) + ".*"))
+        if not files:
+            return path
+        entries = [(os.path.basename(f), os.path.getsize(f)) for f in files]
+    digest = hashlib.sha256(json.dumps(entries).encode("utf-8")).hexdigest()[:16]
+    return f"{os.path.basename(os.path.normpath(path))}:{digest}"
 
 
 def check_engine_args(args: EngineArgs) -> None:
@@ -159,7 +186,13 @@ def guard_output_dir(args: EngineArgs, config, is_chief: bool, num_workers: int 
             previous = json.load(f).get("identity", {})
         if resuming:
             previous.setdefault("num_workers", 1)  # run_config.json of earlier versions
-            diff = sorted(k for k in set(previous) | set(current)
+            # A key only one side has was added or renamed by another bert_tf version: not
+            # comparable, so not a difference (logged).
+            unknown = sorted(set(previous) ^ set(current))
+            if unknown and is_chief:
+                logger.info("run_config.json of another bert_tf version: not compared: %s",
+                            ", ".join(unknown))
+            diff = sorted(k for k in set(previous) & set(current)
                           if previous.get(k) != current.get(k))
             if diff:
                 details = "; ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}"
@@ -330,7 +363,8 @@ def write_eval_results(output_dir: str, results: dict, name: str = "eval_results
 
 def training_results(summary: dict) -> dict:
     """What a training run adds to eval_results: global_step, nonfinite_steps, the batch
-    source's counters (corrupt_records_skipped) and train_loss (left out when a rerun of a finished run took no step, so there is no loss to report)."""
+    source's counters (corrupt_records_skipped) and train_loss (left out when a rerun of a
+    finished run took no step, so there is no loss to report)."""
     if not summary:
         return {}
     out = {"global_step": summary["step"], "nonfinite_steps": summary["nonfinite_steps"]}
