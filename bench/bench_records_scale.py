@@ -408,25 +408,33 @@ def worker_rate(a: dict) -> dict:
     from bert_tf.data.pretraining_reader import pretraining_batches
 
     files = sorted(glob.glob(a["pattern"]))
-    seq, batch, n = a["seq"], a["batch"], a["batches"]
+    seq, batch = a["seq"], a["batch"]
     records = _open(files, seq)
     batches = pretraining_batches(records, batch, seed=1, threads=a["threads"])
     it = batches(0)
+    result = _timed_rounds(lambda: next(it)[1], a)
+    it.close()
+    return dict(result, records=records.records,
+                shape=list(result.pop("last")["input_ids"].shape))
+
+
+def _timed_rounds(next_batch, a: dict) -> dict:
+    """a["warmup"] batches, then a["rounds"] rounds of a["batches"] batches of a["batch"]:
+    records/s and CPU/wall of each round and their medians; "last" is the last batch."""
+    n, batch = a["batches"], a["batch"]
     for _ in range(a["warmup"]):
-        next(it)
+        next_batch()
     rounds = []
     for _ in range(a["rounds"]):
         c0, t0 = time.process_time(), time.perf_counter()
         for _ in range(n):
-            _, x = next(it)
+            x = next_batch()
         dt = time.perf_counter() - t0
         rounds.append({"records_s": n * batch / dt,
                        "cpu_per_wall": (time.process_time() - c0) / dt})
-    it.close()
     return {"rounds": rounds, "records_s": median([r["records_s"] for r in rounds]),
             "cpu_per_wall": median([r["cpu_per_wall"] for r in rounds]),
-            "affinity": sorted(os.sched_getaffinity(0)), "records": records.records,
-            "shape": list(x["input_ids"].shape)}
+            "affinity": sorted(os.sched_getaffinity(0)), "last": x}
 
 
 def peer_dataset(files, seq: int, batch: int, variant: str, seed: int = 1, workers: int = 1,
@@ -487,24 +495,14 @@ def peer_dataset(files, seq: int, batch: int, variant: str, seed: int = 1, worke
 
 def worker_peer_rate(a: dict) -> dict:
     files = sorted(glob.glob(a["pattern"]))
-    seq, batch, n = a["seq"], a["batch"], a["batches"]
+    seq, batch = a["seq"], a["batch"]
     t0 = time.perf_counter()
     it = iter(peer_dataset(files, seq, batch, a["variant"]))
-    x = next(it)
+    next(it)
     first = time.perf_counter() - t0
-    for _ in range(a["warmup"]):
-        next(it)
-    rounds = []
-    for _ in range(a["rounds"]):
-        c0, t0 = time.process_time(), time.perf_counter()
-        for _ in range(n):
-            x = next(it)
-        dt = time.perf_counter() - t0
-        rounds.append({"records_s": n * batch / dt,
-                       "cpu_per_wall": (time.process_time() - c0) / dt})
-    return {"rounds": rounds, "records_s": median([r["records_s"] for r in rounds]),
-            "cpu_per_wall": median([r["cpu_per_wall"] for r in rounds]), "first_batch_s": first,
-            "affinity": sorted(os.sched_getaffinity(0)), "shape": list(x["input_word_ids"].shape)}
+    result = _timed_rounds(lambda: next(it), a)
+    return dict(result, first_batch_s=first,
+                shape=list(result.pop("last")["input_word_ids"].shape))
 
 
 def worker_peer_resume(a: dict) -> dict:
