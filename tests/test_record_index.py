@@ -421,6 +421,8 @@ def test_a_damaged_index_is_named_not_the_shard(tmp_path):
     assert str(err.value).startswith(f"{ipath}: the offsets of records")
     assert not isinstance(err.value, records.CorruptRecordError)
     assert "index_records.py build --rebuild" in str(err.value)
+    with pytest.raises(records.RecordError, match="the offsets of records"):  # verify too
+        records.verify_records([path], progress=False)
 
 
 def test_indexing_one_shard_from_several_processes_at_once(tmp_path):

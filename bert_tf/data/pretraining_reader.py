@@ -57,9 +57,11 @@ class CorruptRecordError(RecordError):
     def __init__(self, path: str, offset: int, why: str):
         self.path, self.offset = path, int(offset)
         super().__init__(f"{path}: the record at byte {offset:,} is corrupt ({why}). Restore "
-                         "or recreate the file, or pass --skip_corrupt_records to leave such "
-                         "records out (they are counted in metrics.jsonl); "
-                         "`python index_records.py verify` lists every bad record")
+                         "or recreate the file (if `python index_records.py build --rebuild` "
+                         "on it succeeds, its index was damaged, not the file), or pass "
+                         "--skip_corrupt_records to leave such records out (they are counted "
+                         "in metrics.jsonl); `python index_records.py verify` lists every bad "
+                         "record")
 
 
 # What create_pretraining_data.py and the index command write beside the records; a glob over
@@ -600,6 +602,7 @@ def _verify_file(job) -> tuple[list, int]:
     spec = {name: tf.io.FixedLenFeature([length], tf.as_dtype(dtype)) for name, (length, dtype)
             in feature_lengths(seq, preds or 0, dynamic_masking=preds is None).items()}
     offsets = ix.offsets
+    _check_offsets(ix, np.asarray(offsets, np.int64), 0)  # a damaged index: one clear line
     fd = os.open(path, os.O_RDONLY)
     try:
         for a in range(0, ix.records, chunk_records):
