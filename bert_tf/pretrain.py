@@ -17,7 +17,8 @@ import shutil
 
 from bert_tf.assets import UsageError, resolve_model_assets
 from bert_tf.data import pretraining_reader as records  # TF-free at import
-from bert_tf.training.run import (EngineArgs, check_engine_args, guard_output_dir,
+from bert_tf.training.run import (EngineArgs, check_engine_args, entries_digest,
+                                  guard_output_dir,
                                   init_model, open_tracking, restore_trained, setup_runtime,
                                   train_settings, training_results, write_eval_results)
 
@@ -253,14 +254,17 @@ def _open_records(files, flag: str, args: PretrainArgs, dist):
     OUTPUT_DIR/record_index. Raises UsageError naming the flag."""
     # Records on a read-only mount (an Azure ML input) get their index under output_dir.
     index_dir = os.path.join(args.output_dir, "record_index")
-    try:
-        if dist.is_chief:
-            records.ensure_indexes(files, progress=args.progress, index_dir=index_dir)
-        dist.barrier()
+
+    def open_them():
         return records.open_pretraining_records(files, args.max_seq_length,
                                                 args.max_predictions_per_seq,
                                                 progress=args.progress and dist.is_chief,
                                                 index_dir=index_dir)
+
+    try:
+        opened = open_them() if dist.is_chief else None  # builds what is missing
+        dist.barrier()
+        return opened or open_them()
     except records.RecordError as e:
         raise UsageError(f"{flag}: {e}") from None
 
@@ -270,12 +274,8 @@ def _data_key(recs) -> str | None:
     hash of the shards' names and sizes, wherever they are mounted."""
     if recs is None:
         return None
-    import hashlib
-    import json
-
     entries = [(os.path.basename(ix.path), ix.header["file_size"]) for ix in recs.indexes]
-    digest = hashlib.sha256(json.dumps(entries).encode("utf-8")).hexdigest()[:16]
-    return f"{len(entries)} files, {recs.records} records, {digest}"
+    return f"{len(entries)} files, {recs.records} records, {entries_digest(entries)}"
 
 
 def _check_vocab(recs, assets, args: PretrainArgs, flag: str) -> None:

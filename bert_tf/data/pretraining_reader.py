@@ -373,15 +373,24 @@ def open_pretraining_records(files, max_seq_length: int,
     TFRecord file, another schema or length, records with and without masks mixed, no records,
     records of two vocabularies."""
     files = list(files)
-    if build_missing:
-        ensure_indexes(files, progress=progress, index_dir=index_dir)
+    loaded, missing = {}, []
+    for path in files:  # each index header is read once
+        try:
+            loaded[path] = record_index.load_index(path, index_dir=index_dir)
+        except record_index.MissingIndexError as e:
+            if not build_missing:
+                raise RecordError(str(e)) from None
+            missing.append(path)
+        except record_index.IndexError_ as e:
+            raise RecordError(str(e)) from None
+    if missing:
+        ensure_indexes(missing, progress=progress, index_dir=index_dir)
+        for path in missing:
+            loaded[path] = record_index.load_index(path, index_dir=index_dir)
     indexes = []
     masked = None
     for path in files:
-        try:
-            ix = record_index.load_index(path, index_dir=index_dir)
-        except record_index.IndexError_ as e:
-            raise RecordError(str(e)) from None
+        ix = loaded[path]
         if ix.records == 0:
             raise RecordError(f"{path}: holds no records; recreate it or leave it out")
         _check_schema(ix, max_seq_length, max_predictions_per_seq, reference)

@@ -93,8 +93,13 @@ def path_key(path: str | None) -> str | None:
         if not files:
             return path
         entries = [(os.path.basename(f), os.path.getsize(f)) for f in files]
-    digest = hashlib.sha256(json.dumps(entries).encode("utf-8")).hexdigest()[:16]
-    return f"{os.path.basename(os.path.normpath(path))}:{digest}"
+    return f"{os.path.basename(os.path.normpath(path))}:{entries_digest(entries)}"
+
+
+def entries_digest(entries) -> str:
+    """16 hex digits of sha256 over [(file name, size), ...]: files by what they are, not by
+    where they are mounted."""
+    return hashlib.sha256(json.dumps(entries).encode("utf-8")).hexdigest()[:16]
 
 
 def check_engine_args(args: EngineArgs) -> None:
