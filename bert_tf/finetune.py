@@ -70,11 +70,14 @@ def train_steps(num_examples: int, args: RunArgs, num_workers: int) -> tuple[int
     return steps, warmup_steps(args, steps)
 
 
-def _train(model, loss_fn, table, args, dist, use_xla, log, eval_fn=None):
+def _train(model, loss_fn, table, args, dist, use_xla, log, eval_fn=None, num_examples=None):
+    """Train on `table` for args.num_train_epochs over num_examples (default: its rows; SQuAD
+    counts questions, as Google's run_squad.py, while the batches are its windows)."""
     from bert_tf.data import records
     from bert_tf.training.loop import train
 
-    steps, warmup = train_steps(len(table), args, dist.size)
+    steps, warmup = train_steps(len(table) if num_examples is None else num_examples, args,
+                                dist.size)
     settings = train_settings(args, steps, use_xla)
     source = records.table_batches(
         table, args.train_batch_size, args.seed, rank=dist.rank, num_workers=dist.size,

@@ -36,6 +36,41 @@ def define_finetune_flags(default_task: str, flag_values=None) -> None:
     f.DEFINE_alias("task", "task_name")
 
 
+def define_squad_flags(flag_values=None) -> None:
+    """run_squad.py: the engine flags (Google's run_squad.py defaults: max_seq_length 384, lr
+    5e-5, batch 32) plus Google's SQuAD flags and the feature conversion's."""
+    f = _Into(flag_values)
+    define_engine_flags(max_seq_length=384, flag_values=flag_values)
+    f.DEFINE_string("train_file", None, "SQuAD JSON for training, e.g. train-v1.1.json.")
+    f.DEFINE_string("predict_file", None, "SQuAD JSON to predict, e.g. dev-v1.1.json; scored "
+                    "(eval_results.txt) when its questions carry answers.")
+    f.DEFINE_bool("version_2_with_negative", False, "SQuAD 2.0: some questions have no answer "
+                  "(is_impossible); predicts \"\" when the null score wins.")
+    f.DEFINE_integer("doc_stride", 128, "Pieces between the starts of consecutive windows over "
+                     "a long document (a step, as in Google's script, not an overlap).")
+    f.DEFINE_integer("max_query_length", 64, "Question pieces kept (the rest is cut).")
+    f.DEFINE_integer("n_best_size", 20, "Answers per question in nbest_predictions.json; also "
+                     "the start and end positions considered per window.")
+    f.DEFINE_integer("max_answer_length", 30, "Longest answer, in word pieces.")
+    f.DEFINE_float("null_score_diff_threshold", 0.0, "SQuAD 2.0: predict \"\" when the null "
+                   "score minus the best answer's exceeds this (null_odds.json holds the "
+                   "difference; eval_results' best_f1_thresh is the best value on the predict "
+                   "file).")
+    f.DEFINE_bool("do_predict", False, "Predict --predict_file: predictions.json, "
+                  "nbest_predictions.json (and null_odds.json for 2.0).")
+    f.DEFINE_integer("predict_batch_size", 8, "Windows per prediction batch (chief only).")
+    f.DEFINE_float("num_train_epochs", 3.0, "Epochs over the training questions (the step "
+                   "count is questions / batch x epochs, as Google's; batches are windows).")
+    f.DEFINE_integer("max_train_examples", 0, "Train on the first N questions only (quick runs, "
+                     "sweeps on a slice); 0: all of them.")
+    f.DEFINE_integer("preprocess_workers", 0, "Processes that turn questions into features "
+                     "(0: one per core, at most 8).")
+    f.DEFINE_string("feature_cache_dir", None, "Where converted features are kept, keyed by the "
+                    "file's sha256 and the settings (default OUTPUT_DIR/cache; share one "
+                    "folder between runs to convert a training set once).")
+    define_tokenizer_flag(flag_values)
+
+
 def define_tokenizer_flag(flag_values=None) -> None:
     _Into(flag_values).DEFINE_bool("reference_tokenizer", False,
                       "Tokenize with the pure-Python FullTokenizer (Google's code, line for line) "
@@ -156,7 +191,7 @@ def define_engine_flags(learning_rate: float = 5e-5, train_batch_size: int = 32,
                     "CoNLL-2003, pretraining).")
 
 
-SCRIPTS = ("run_classifier.py", "run_ner.py", "run_pretraining.py")
+SCRIPTS = ("run_classifier.py", "run_ner.py", "run_squad.py", "run_pretraining.py")
 
 
 def script_flags(script: str):
@@ -169,6 +204,8 @@ def script_flags(script: str):
         define_finetune_flags("MRPC", fv)
     elif name == "run_ner.py":
         define_finetune_flags("conll2003", fv)
+    elif name == "run_squad.py":
+        define_squad_flags(fv)
     elif name == "run_pretraining.py":
         define_pretraining_flags(fv)
     else:

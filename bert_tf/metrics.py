@@ -178,3 +178,100 @@ def compute_metrics(names: Iterable[str], y_true, y_pred) -> dict[str, float]:
             raise ValueError(f"unknown metric {name!r}; known: {', '.join(METRICS)}")
         result[name] = METRICS[name](y_true, y_pred)
     return result
+
+
+# -- SQuAD ------------------------------------------------------------------------------------------
+# Written here: the `evaluate` package's "squad" / "squad_v2" metrics are scripts it fetches from
+# the Hugging Face Hub at run time (its wheel holds none), which fails offline and inside locked-down
+# jobs, and torchmetrics' copy needs PyTorch. The definitions are those of the official scripts
+# (evaluate-v1.1.py, evaluate-v2.0.py, Rajpurkar et al.); tests/test_squad.py checks the numbers
+# against both scripts on real predictions. Scores here are percentages, as the scripts print them.
+
+_SQUAD_PUNCTUATION = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")  # string.punctuation
+_SQUAD_ARTICLES = None
+
+
+def squad_normalize(text: str) -> str:
+    """The official normalisation: lower case, ASCII punctuation removed, the articles a/an/the
+    removed as whole words, whitespace collapsed."""
+    import re
+
+    global _SQUAD_ARTICLES
+    if _SQUAD_ARTICLES is None:
+        _SQUAD_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+    text = "".join(c for c in text.lower() if c not in _SQUAD_PUNCTUATION)
+    return " ".join(_SQUAD_ARTICLES.sub(" ", text).split())
+
+
+def squad_f1(prediction: str, gold: str, version_2: bool = False) -> float:
+    """Token F1 (0..1) of normalised prediction against one gold answer. version_2: an empty
+    side scores 1 when both are empty, else 0 (evaluate-v2.0.py; v1.1 gives 0)."""
+    pred, ref = squad_normalize(prediction).split(), squad_normalize(gold).split()
+    if version_2 and (not pred or not ref):
+        return float(pred == ref)
+    same = sum((Counter(pred) & Counter(ref)).values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred), same / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_scores(examples, predictions: dict, null_odds: dict | None = None,
+                 version_2: bool = False) -> dict:
+    """EM and F1 of `predictions` ({question id: text}) over `examples` (squad.SquadExample with
+    answers; an unanswerable one has none), in percent, the best over each question's reference
+    answers; a question without a prediction scores 0.
+
+    1.1: {"exact_match", "f1"} (evaluate-v1.1.py). 2.0 (evaluate-v2.0.py): {"exact", "f1",
+    "total", "HasAns_exact", "HasAns_f1", "HasAns_total", "NoAns_exact", "NoAns_f1",
+    "NoAns_total"} for the predictions as given (the threshold the run used), and with
+    null_odds ({id: null score minus best non-null score}) also "best_exact", "best_f1" and
+    their thresholds "best_exact_thresh", "best_f1_thresh": the scores had every question whose
+    null odds exceed the threshold been answered "" (the official best-threshold search)."""
+    exact, f1, has_answer, ids = [], [], [], []
+    for ex in examples:
+        golds = [a["text"] for a in ex.answers]
+        if version_2:
+            golds = [g for g in golds if squad_normalize(g)] or [""]
+        pred = predictions.get(ex.qas_id)
+        if pred is None:
+            exact.append(0.0)
+            f1.append(0.0)
+        else:
+            exact.append(max(float(squad_normalize(pred) == squad_normalize(g)) for g in golds))
+            f1.append(max(squad_f1(pred, g, version_2) for g in golds))
+        has_answer.append(golds != [""])
+        ids.append(ex.qas_id)
+    exact, f1, has_answer = np.array(exact), np.array(f1), np.array(has_answer, bool)
+    if not version_2:
+        return {"exact_match": 100.0 * exact.mean(), "f1": 100.0 * f1.mean()}
+    out = {"exact": 100.0 * exact.mean(), "f1": 100.0 * f1.mean(), "total": len(ids)}
+    for name, subset in (("HasAns", has_answer), ("NoAns", ~has_answer)):
+        if subset.any():
+            out.update({f"{name}_exact": 100.0 * exact[subset].mean(),
+                        f"{name}_f1": 100.0 * f1[subset].mean(),
+                        f"{name}_total": int(subset.sum())})
+    if null_odds is not None:
+        answered = np.array([bool(predictions.get(q)) for q in ids])
+        odds = [null_odds.get(q) for q in ids]
+        for metric, raw in (("exact", exact), ("f1", f1)):
+            score, thresh = _best_threshold(raw, has_answer, answered, odds)
+            out[f"best_{metric}"], out[f"best_{metric}_thresh"] = score, thresh
+    return out
+
+
+def _best_threshold(raw, has_answer, answered, odds):
+    """The official search: walk the questions by increasing null odds (stable), as if every
+    question up to here kept its answer and every later one were answered ""; the best total
+    and the odds where it was reached. Questions without odds are left out of the walk."""
+    score = best = float((~has_answer).sum())  # all answered "": right on every NoAns question
+    thresh = 0.0
+    known = [i for i, o in enumerate(odds) if o is not None]
+    for i in sorted(known, key=lambda i: odds[i]):
+        if has_answer[i]:
+            score += raw[i]
+        elif answered[i]:
+            score -= 1
+        if score > best:
+            best, thresh = score, odds[i]
+    return 100.0 * best / len(raw), float(thresh)

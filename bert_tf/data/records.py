@@ -57,6 +57,10 @@ class FeatureTable:
             out[k] = v[rows, :width] if v.ndim == 2 else v[rows]
         return out
 
+    def batch_spec(self) -> dict:
+        """{name: (ndim, numpy dtype)} of what `batch` returns (tf.data's signature)."""
+        return {k: (v.ndim, v.dtype) for k, v in self.arrays.items()}
+
 
 def bucket(length: int, bucket_width: int, max_seq_length: int) -> int:
     return min(max_seq_length, -(-int(length) // bucket_width) * bucket_width)
@@ -125,10 +129,8 @@ def to_dataset(generator_fn, table: FeatureTable, with_index: bool = True):
     """Wrap a batch generator in tf.data with prefetch, so batching overlaps the train step."""
     import tensorflow as tf
 
-    spec = {}
-    for k, v in table.arrays.items():
-        shape = (None, None) if v.ndim == 2 else (None,)
-        spec[k] = tf.TensorSpec(shape, tf.as_dtype(v.dtype))
+    spec = {k: tf.TensorSpec((None,) * ndim, tf.as_dtype(dtype))
+            for k, (ndim, dtype) in table.batch_spec().items()}
     signature = (tf.TensorSpec((), tf.int64), spec) if with_index else spec
     ds = tf.data.Dataset.from_generator(generator_fn, output_signature=signature)
     return ds.prefetch(tf.data.AUTOTUNE)

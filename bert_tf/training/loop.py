@@ -444,17 +444,24 @@ def evaluate(model, metrics_fn, batches, use_xla: bool = False, progress: bool =
     return out
 
 
-def predict(model, table, batch_size: int, output_key: str = "logits",
+def predict(model, table, batch_size: int, output_key="logits",
             use_xla: bool = False, bucket_width: int = 32, max_seq_length: int = 128,
-            progress: bool = False) -> np.ndarray:
-    """Model outputs for every row of `table` (a records.FeatureTable), in order (float32)."""
+            progress: bool = False, pad_sequence: bool = False):
+    """Model outputs for every row of `table` (a records.FeatureTable or anything with its
+    `lengths` / `batch`), in order, float32 numpy. output_key: one output name (returns its
+    array) or a tuple of names (returns {name: array}). Batches are cut to their bucket's
+    width; per-position outputs are padded back to max_seq_length along axis 1: 3-D ones
+    ([B,W,L]) always, and with pad_sequence=True any ([B,W] span logits)."""
     from bert_tf.data import records
+
+    keys = (output_key,) if isinstance(output_key, str) else tuple(output_key)
 
     @tf.function(jit_compile=use_xla, reduce_retracing=True)
     def forward(batch):
-        return model(batch, training=False)[output_key]
+        out = model(batch, training=False)
+        return {k: out[k] for k in keys}
 
-    outputs = []
+    outputs = {k: [] for k in keys}
     it = records.eval_batches(table, batch_size, bucket_width, max_seq_length)
     if progress:
         from tqdm import tqdm
@@ -462,9 +469,14 @@ def predict(model, table, batch_size: int, output_key: str = "logits",
     for rows, batch in it:
         if preemption.active is not None:
             preemption.active.check()  # raises EvaluationInterrupted on a stop request
-        out = forward({k: tf.constant(v) for k, v in batch.items() if k != "label_ids"})
-        out = np.asarray(out, np.float32)
-        if out.ndim == 3 and out.shape[1] < max_seq_length:  # token outputs: pad back to S
-            out = np.pad(out, ((0, 0), (0, max_seq_length - out.shape[1]), (0, 0)))
-        outputs.append(out)
-    return np.concatenate(outputs)
+        out = forward({k: tf.constant(batch[k]) for k in records.SEQUENCE_FEATURES})
+        for k in keys:
+            value = np.asarray(out[k], np.float32)
+            if (value.ndim == 3 or (pad_sequence and value.ndim >= 2)) and \
+                    value.shape[1] < max_seq_length:  # per-position outputs: pad back to S
+                pad = [(0, 0)] * value.ndim
+                pad[1] = (0, max_seq_length - value.shape[1])
+                value = np.pad(value, pad)
+            outputs[k].append(value)
+    result = {k: np.concatenate(v) for k, v in outputs.items()}
+    return result[output_key] if isinstance(output_key, str) else result

@@ -69,6 +69,24 @@ def token_classification_loss(model, batch):
     return tf.reduce_sum(per_token * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
 
 
+def span_loss(model, batch):
+    """SQuAD's loss (Google's run_squad.py): the mean of the start and end positions' softmax
+    cross-entropies over each window's positions, float32. start_logits / end_logits [B,W]
+    against start_positions / end_positions [B] (0, [CLS], for a window without the answer).
+    Padding positions (input_mask 0) are left out of the softmax, so a batch's padded width
+    does not change the loss."""
+    out = model(batch, training=True)
+    padding = (1.0 - tf.cast(batch["input_mask"], tf.float32)) * -10000.0  # [B,W]
+
+    def cross_entropy(logits, positions):
+        logits = tf.cast(logits, tf.float32) + padding
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=tf.cast(positions, tf.int32), logits=logits))
+
+    return 0.5 * (cross_entropy(out["start_logits"], batch["start_positions"]) +
+                  cross_entropy(out["end_logits"], batch["end_positions"]))
+
+
 def _pretraining_terms(model, batch, training):
     """Per-prediction and per-example terms of Google's pre-training loss, float32.
 

@@ -1,0 +1,215 @@
+"""Question answering behind run_squad.py: SQuAD 1.1 / 2.0 fine-tuning and prediction, flags in,
+Google's files out (predictions.json, nbest_predictions.json, null_odds.json), scored with the
+official definitions when the predict file carries answers (eval_results.txt / .json, MLflow).
+
+The path is the other fine-tuning scripts': check the flags together, read and check every file
+before anything is written, resolve the checkpoint, guard output_dir, convert features once
+(bert_tf.data.squad: stored on disk, keyed by the file's sha256 and the settings), train with
+the one loop, predict on the chief (bert_tf.data.squad_answers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+
+from bert_tf.assets import UsageError, resolve_model_assets
+from bert_tf.training.run import (EngineArgs, check_engine_args, guard_output_dir, init_model,
+                                  open_tracking, restore_trained, setup_runtime,
+                                  training_results, write_eval_results)
+
+logger = logging.getLogger("bert_tf")
+
+
+@dataclasses.dataclass
+class SquadArgs(EngineArgs):
+    """The flags of run_squad.py: the engine's plus Google's SQuAD flags."""
+    max_seq_length: int = 384
+    train_batch_size: int = 32
+    train_file: str | None = None
+    predict_file: str | None = None
+    version_2_with_negative: bool = False
+    doc_stride: int = 128
+    max_query_length: int = 64
+    n_best_size: int = 20
+    max_answer_length: int = 30
+    null_score_diff_threshold: float = 0.0
+    do_predict: bool = False
+    predict_batch_size: int = 8
+    num_train_epochs: float = 3.0
+    max_train_examples: int = 0
+    preprocess_workers: int = 0
+    feature_cache_dir: str | None = None
+    reference_tokenizer: bool = False
+
+    identity_flags = ("num_train_epochs", "max_train_examples", "doc_stride",
+                      "max_query_length", "version_2_with_negative") + EngineArgs.identity_flags
+
+
+def check_args(args: SquadArgs) -> None:
+    """The flags together, before any file is read. Raises UsageError naming the flag."""
+    if not (args.do_train or args.do_eval or args.do_predict):
+        raise UsageError("nothing to do: pass at least one of --do_train, --do_predict, "
+                         "--do_eval")
+    if args.do_train and not args.train_file:
+        raise UsageError("--do_train needs --train_file (a SQuAD JSON file, e.g. "
+                         "train-v1.1.json)")
+    if (args.do_predict or args.do_eval) and not args.predict_file:
+        raise UsageError("--do_predict / --do_eval need --predict_file (a SQuAD JSON file, "
+                         "e.g. dev-v1.1.json)")
+    check_engine_args(args)
+    if args.max_query_length < 1:
+        raise UsageError(f"--max_query_length={args.max_query_length} must be at least 1")
+    if args.max_seq_length <= args.max_query_length + 3:
+        raise UsageError(
+            f"--max_seq_length={args.max_seq_length} leaves no room for the document: it must "
+            f"exceed --max_query_length + 3 = {args.max_query_length + 3} ([CLS], the question, "
+            "two [SEP]); raise --max_seq_length (384) or lower --max_query_length (64)")
+    room = args.max_seq_length - args.max_query_length - 3
+    if not 1 <= args.doc_stride <= room:
+        raise UsageError(
+            f"--doc_stride={args.doc_stride} must be between 1 and {room}, the room for the "
+            f"document in a window (max_seq_length {args.max_seq_length} - max_query_length "
+            f"{args.max_query_length} - 3); a stride beyond it would skip text. Google's "
+            "default is 128 at 384")
+    for flag in ("n_best_size", "max_answer_length", "predict_batch_size"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag}={getattr(args, flag)} must be at least 1")
+    if args.do_train and args.num_train_epochs <= 0:
+        raise UsageError(f"--num_train_epochs={args.num_train_epochs} must be positive")
+    if args.max_train_examples < 0:
+        raise UsageError(f"--max_train_examples={args.max_train_examples} must be >= 0 (0: all)")
+    if args.preprocess_workers < 0:
+        raise UsageError(f"--preprocess_workers={args.preprocess_workers} must be >= 0 (0: one "
+                         "per core, at most 8)")
+
+
+def _workers(args: SquadArgs) -> int:
+    return args.preprocess_workers or min(8, os.cpu_count() or 1)
+
+
+def run_squad(args: SquadArgs) -> dict:
+    """Fine-tune on --train_file and/or predict --predict_file. Returns the scores (empty when
+    nothing was scored)."""
+    from bert_tf.data import squad, squad_answers
+    from bert_tf.finetune import train_steps, _train, _scores
+    from bert_tf.metrics import squad_scores
+    from bert_tf.modeling import BertSpanExtractor
+    from bert_tf.tokenization import make_tokenizer
+    from bert_tf.training import loop, tasks
+
+    check_args(args)
+    assets = resolve_model_assets(args.init_checkpoint, args.bert_config_file, args.vocab_file,
+                                  args.do_lower_case, args.do_lower_case_given,
+                                  args.max_seq_length)
+    if args.init_checkpoint is None and not args.bert_config_file:
+        raise UsageError("pass --init_checkpoint (or --bert_config_file to train from scratch)")
+    # Both files are read and checked before anything is written.
+    version_2 = args.version_2_with_negative
+    train_data = (squad.read_squad(args.train_file, version_2, for_training=True)
+                  if args.do_train else None)
+    if train_data is not None and args.max_train_examples:
+        train_data.examples = train_data.examples[:args.max_train_examples]
+    predict_data = (squad.read_squad(args.predict_file, version_2)
+                    if args.do_predict or args.do_eval else None)
+    if args.do_eval and not predict_data.has_answers:
+        raise UsageError(f"--do_eval scores --predict_file={args.predict_file}, but some of its "
+                         "questions carry no answers: use --do_predict alone to only predict")
+    dist, use_xla = setup_runtime(args)
+    if args.do_train:  # at least one step, before anything is written (Google counts questions)
+        train_steps(len(train_data.examples), args, dist.size)
+    model = BertSpanExtractor(assets.config)
+    init_model(model, assets, args, dist)
+    identity = {}
+    if train_data is not None:
+        identity["train_data"] = squad.file_sha256(args.train_file)[:16]
+    record = guard_output_dir(args, assets.config, dist.is_chief, dist.size, **identity)
+    tokenizer = make_tokenizer(assets.vocab_file, assets.do_lower_case,
+                               reference=args.reference_tokenizer)
+    cache_dir = args.feature_cache_dir or os.path.join(args.output_dir, "cache")
+
+    def features_of(data, for_training):
+        """The chief converts (worker processes); the other ranks wait and read its store."""
+        settings = squad.FeatureSettings(args.max_seq_length, args.doc_stride,
+                                         args.max_query_length, for_training)
+
+        def convert():
+            return squad.convert_to_store(data, assets.vocab_file, assets.do_lower_case,
+                                          settings, cache_dir, _workers(args),
+                                          args.reference_tokenizer,
+                                          args.progress and dist.is_chief)
+        if dist.size == 1:
+            return convert()
+        features = convert() if dist.is_chief else None
+        dist.barrier()
+        return features or convert()
+
+    answer_settings = squad_answers.AnswerSettings(
+        args.n_best_size, args.max_answer_length, assets.do_lower_case, version_2,
+        args.null_score_diff_threshold)
+
+    def predict(features, progress):
+        started = time.perf_counter()
+        logits = loop.predict(model, features, args.predict_batch_size, use_xla=use_xla,
+                              output_key=("start_logits", "end_logits"),
+                              max_seq_length=args.max_seq_length, progress=progress,
+                              pad_sequence=True)
+        answers = squad_answers.predict_answers(predict_data, features,
+                                                logits["start_logits"], logits["end_logits"],
+                                                tokenizer, answer_settings)
+        logger.info("predicted %d questions (%d windows) in %.1f s", len(predict_data.examples),
+                    len(features), time.perf_counter() - started)
+        return answers
+
+    def score(predictions, null_odds):
+        results = squad_scores(predict_data.examples, predictions,
+                               null_odds if version_2 else None, version_2)
+        results = {k: (int(v) if k.endswith("_total") or k == "total" else float(v))
+                   for k, v in results.items()}
+        results["eval_examples"] = len(predict_data.examples)
+        if version_2:
+            results["null_score_diff_threshold"] = args.null_score_diff_threshold
+        return results
+
+    def evaluate_dev(step):
+        predictions, _, null_odds = predict(features_of(predict_data, False), progress=False)
+        results = score(predictions, null_odds)
+        logger.info("step %d: F1 %.2f, EM %.2f", step, results["f1"],
+                    results.get("exact_match", results.get("exact")))
+        return results
+
+    with open_tracking(args, record, dist.is_chief, "SQuAD2.0" if version_2 else "SQuAD1.1") \
+            as log:
+        summary = {}
+        if args.do_train:
+            features = features_of(train_data, True)
+            kept = len(train_data.examples) - features.meta["skipped"]
+            if dist.is_chief and features.meta["skipped"]:
+                logger.warning("%d training question(s) skipped: their answer text cannot be "
+                               "recovered from the context's whitespace tokens (Google's rule)",
+                               features.meta["skipped"])
+            summary = _train(model, tasks.span_loss, features, args, dist, use_xla, log,
+                             eval_fn=evaluate_dev if args.eval_every_steps else None,
+                             num_examples=kept)
+        elif not restore_trained(model, args.output_dir) and dist.is_chief:
+            logger.warning("no fine-tuned checkpoint in %s: predicting with --init_checkpoint as "
+                           "is (its span head is untrained unless it was fine-tuned for SQuAD)",
+                           args.output_dir)
+        results = {}
+        if predict_data is not None and dist.is_chief:
+            features = features_of(predict_data, False)
+            predictions, nbest, null_odds = predict(features, args.progress)
+            if args.do_predict:
+                for path in squad_answers.write_predictions(args.output_dir, predictions, nbest,
+                                                            null_odds):
+                    logger.info("wrote %s", path)
+            if predict_data.has_answers:
+                results.update(score(predictions, null_odds))
+        if dist.is_chief:
+            results.update(training_results(summary))
+            if results:
+                write_eval_results(args.output_dir, results)
+                log.write(results.get("global_step", 0), _scores(results), "eval")
+        return results
