@@ -46,6 +46,9 @@ setup(
             "pytest",
             "torch==2.13.0",  # CPU build; the machine image ships this wheel
             "transformers<5",
+            # Google's own BERT scripts (run_squad.py, ...) as the parity oracle, pure Python;
+            # the tests run them in a subprocess.
+            "bert-tensorflow==1.0.4",
             # azure/submit.py's --dry-run is tested offline against the SDK itself.
             "azure-ai-ml",
             "azure-identity",

@@ -68,12 +68,16 @@ def check_args(args: SquadArgs) -> None:
             f"exceed --max_query_length + 3 = {args.max_query_length + 3} ([CLS], the question, "
             "two [SEP]); raise --max_seq_length (384) or lower --max_query_length (64)")
     room = args.max_seq_length - args.max_query_length - 3
-    if not 1 <= args.doc_stride <= room:
+    if args.doc_stride < 1:
+        raise UsageError(f"--doc_stride={args.doc_stride} must be at least 1 (the step between "
+                         "windows over a long document; Google's default is 128 at 384)")
+    if args.doc_stride > room:
         raise UsageError(
-            f"--doc_stride={args.doc_stride} must be between 1 and {room}, the room for the "
-            f"document in a window (max_seq_length {args.max_seq_length} - max_query_length "
-            f"{args.max_query_length} - 3); a stride beyond it would skip text. Google's "
-            "default is 128 at 384")
+            f"--doc_stride={args.doc_stride} exceeds {room}, the room for the document in a "
+            f"window (max_seq_length {args.max_seq_length} - max_query_length "
+            f"{args.max_query_length} - 3): windows would not overlap, so an answer cut by a "
+            "window's edge could be found in neither. Lower --doc_stride (to about half the "
+            "room) or raise --max_seq_length")
     for flag in ("n_best_size", "max_answer_length", "predict_batch_size"):
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag}={getattr(args, flag)} must be at least 1")

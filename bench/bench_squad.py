@@ -1,0 +1,217 @@
+"""SQuAD side by side: bert_tf's run_squad.py against Hugging Face PyTorch (bench/hf_squad_reference.py,
+run_qa's recipe) on the same checkpoint, slice and recipe, and feature conversion against
+Google's original run_squad.py.
+
+  .venv/bin/python bench/bench_squad.py accuracy --output bench/squad_results.json
+  .venv/bin/python bench/bench_squad.py convert             # needs $GOOGLE_BERT_DIR (a checkout)
+
+accuracy: fine-tunes all-MiniLM-L6-v2 on the answerable questions of the train-v2.0 slice
+(4,371) and scores the full dev-v1.1 with the official evaluate-v1.1.py (bert_tf in bf16 and
+fp32, HF in its fastest setting on this CPU: bf16 autocast, batches padded to their longest
+window); then trains on the whole slice with --version_2_with_negative and scores the dev-v2.0
+slice with evaluate-v2.0.py and null_odds.json. Both sides take the same optimizer steps (bert_tf
+counts them from questions, as Google's script: questions / batch x epochs), lr, batch, warm-up
+and sequence settings. One JSON line per run.
+
+convert: the time to turn dev-v1.1 into features, bert_tf (1 and 2 processes) against Google's
+convert_examples_to_features (its read_squad_examples + conversion, run in a subprocess with
+a stand-in for TF1's logging and gfile so TensorFlow 1 is not needed), medians of --rounds.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+SQUAD = os.path.join(ROOT, "..", "shared", "data", "squad")
+MODEL = os.path.join(ROOT, "..", "shared", "data", "models", "all-MiniLM-L6-v2")
+TRAIN = os.path.join(SQUAD, "slices", "train-v2.0-first10articles.json")
+DEV1 = os.path.join(SQUAD, "dev-v1.1.json")
+DEV2 = os.path.join(SQUAD, "slices", "dev-v2.0-first5articles.json")
+
+
+def answerable_copy(path, out):
+    """The slice's answerable questions as a v1.1 file (is_impossible dropped)."""
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    count = 0
+    for article in data["data"]:
+        for paragraph in article["paragraphs"]:
+            paragraph["qas"] = [{k: v for k, v in q.items()
+                                 if k not in ("is_impossible", "plausible_answers")}
+                                for q in paragraph["qas"] if not q.get("is_impossible")]
+            count += len(paragraph["qas"])
+    data["version"] = "1.1"
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump(data, f)
+    return count
+
+
+def official(version_2, data, output_dir):
+    script = os.path.join(SQUAD, f"evaluate-v{'2.0' if version_2 else '1.1'}.py")
+    cmd = [sys.executable, script, data, os.path.join(output_dir, "predictions.json")]
+    if version_2:
+        # -t: the headline at the run's own threshold (already in predictions.json), not the
+        # script's default na_prob_thresh of 1.0 applied on top
+        cmd += ["-n", os.path.join(output_dir, "null_odds.json"), "-t", "1e30"]
+    return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+
+
+def run_bert_tf(train, dev, version_2, dtype, a, work):
+    out = os.path.join(work, f"bert_tf-{'v2' if version_2 else 'v1'}-{dtype}")
+    cmd = [sys.executable, os.path.join(ROOT, "run_squad.py"), f"--init_checkpoint={MODEL}",
+           "--do_train", f"--train_file={train}", "--do_predict", f"--predict_file={dev}",
+           f"--output_dir={out}", f"--dtype={dtype}", f"--learning_rate={a.learning_rate}",
+           f"--train_batch_size={a.batch_size}", f"--num_train_epochs={a.epochs}",
+           f"--predict_batch_size=64", f"--seed={a.seed}", "--noprogress",
+           f"--feature_cache_dir={os.path.join(work, 'cache')}", "--tracking_uri=none",
+           "--log_steps=20"] + (["--version_2_with_negative"] if version_2 else [])
+    t0 = time.time()
+    subprocess.run(cmd, check=True)
+    seconds = time.time() - t0
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        train_rows = [json.loads(l) for l in f if '"train"' in l]
+    speeds = [r["examples_per_second"] for r in train_rows[1:] if "examples_per_second" in r]
+    result = {"peer": "bert_tf", "dtype": dtype, "version_2": version_2,
+              "steps": train_rows[-1]["step"], "wall_seconds": seconds,
+              "train_examples_per_second": statistics.median(speeds) if speeds else None,
+              **official(version_2, dev, out)}
+    with open(os.path.join(out, "eval_results.json")) as f:
+        mine = json.load(f)
+    result["bert_tf_f1"] = mine["f1"]  # its own scorer, next to the official script's
+    return result
+
+
+def run_hf(train, dev, version_2, steps, a, answerable_only):
+    cmd = [sys.executable, os.path.join(HERE, "hf_squad_reference.py"), f"--model={MODEL}",
+           f"--train_file={train}", f"--predict_file={dev}", f"--max_steps={steps}",
+           f"--learning_rate={a.learning_rate}", f"--batch_size={a.batch_size}",
+           f"--seed={a.seed}", "--bf16"] + (["--version_2"] if version_2 else []) + \
+        (["--answerable_only"] if answerable_only else [])
+    t0 = time.time()
+    proc = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result.update(version_2=version_2, wall_seconds=time.time() - t0)
+    return result
+
+
+def accuracy(a):
+    work = a.work_dir or tempfile.mkdtemp(prefix="bench_squad_")
+    os.makedirs(work, exist_ok=True)
+    train1 = os.path.join(work, "train-answerable.json")
+    answerable_copy(TRAIN, train1)
+
+    def emit(result):
+        result.update(learning_rate=a.learning_rate, batch_size=a.batch_size, epochs=a.epochs,
+                      seed=a.seed)
+        print(json.dumps(result), flush=True)
+        if a.output:
+            with open(a.output, "a") as f:
+                f.write(json.dumps(result) + "\n")
+
+    runs = a.runs.split(",")
+    steps = None
+    for dtype in ("bf16", "fp32"):
+        if f"v1-{dtype}" in runs:
+            r = run_bert_tf(train1, DEV1, False, dtype, a, work)
+            steps = r["steps"]
+            emit(r)
+    if "v1-hf" in runs:
+        with open(train1) as f:
+            questions = sum(len(p["qas"]) for d in json.load(f)["data"] for p in d["paragraphs"])
+        emit(run_hf(TRAIN, DEV1, False, steps or int(questions / a.batch_size * a.epochs), a,
+                    True))
+    if "v2-bf16" in runs:
+        r = run_bert_tf(TRAIN, DEV2, True, "bf16", a, work)
+        emit(r)
+        steps = r["steps"]
+    if "v2-hf" in runs:
+        emit(run_hf(TRAIN, DEV2, True, steps or int(4719 / a.batch_size * a.epochs), a, False))
+
+
+GOOGLE_CONVERT = r"""
+import sys, time, types, json
+sys.path.insert(0, sys.argv[1])
+# Google's run_squad.py imports TF1 (tf.flags, tf.gfile, tf.logging): a stand-in for what its
+# reader and converter touch, so the timing is of its Python alone.
+tf = types.ModuleType("tensorflow")
+class _Flags:
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+tf.flags = _Flags(); tf.flags.FLAGS = types.SimpleNamespace(version_2_with_negative=False)
+tf.gfile = types.SimpleNamespace(Open=open, GFile=open)
+tf.logging = types.SimpleNamespace(info=lambda *a, **k: None, warning=lambda *a, **k: None)
+sys.modules["tensorflow"] = tf
+import tokenization, run_squad
+run_squad.FLAGS = tf.flags.FLAGS
+tok = tokenization.FullTokenizer(sys.argv[3], do_lower_case=True)
+t0 = time.time()
+examples = run_squad.read_squad_examples(sys.argv[2], is_training=False)
+n = [0]
+run_squad.convert_examples_to_features(examples, tok, 384, 128, 64, False,
+                                       lambda f: n.__setitem__(0, n[0] + 1))
+print(json.dumps({"seconds": time.time() - t0, "features": n[0]}))
+"""
+
+BERT_TF_CONVERT = r"""
+import sys, time, json, tempfile
+sys.path.insert(0, sys.argv[1])
+from bert_tf.data import squad
+t0 = time.time()
+data = squad.read_squad(sys.argv[2], False)
+with tempfile.TemporaryDirectory() as cache:
+    f = squad.convert_to_store(data, sys.argv[3], True, squad.FeatureSettings(), cache,
+                               num_workers=int(sys.argv[4]))
+    print(json.dumps({"seconds": time.time() - t0, "features": len(f)}))
+"""
+
+
+def convert(a):
+    vocab = os.path.join(ROOT, "..", "shared", "data", "vocab", "uncased_vocab.txt")
+    google = os.environ.get("GOOGLE_BERT_DIR", "/tmp/google-bert")
+    if not os.path.exists(os.path.join(google, "run_squad.py")):
+        sys.exit(f"no Google checkout at {google}: set GOOGLE_BERT_DIR")
+    sides = {"google": [sys.executable, "-c", GOOGLE_CONVERT, google, DEV1, vocab],
+             "bert_tf_1proc": [sys.executable, "-c", BERT_TF_CONVERT, ROOT, DEV1, vocab, "1"],
+             "bert_tf_2proc": [sys.executable, "-c", BERT_TF_CONVERT, ROOT, DEV1, vocab, "2"]}
+    times = {k: [] for k in sides}
+    for _ in range(a.rounds):  # alternating, so drift hits every side alike
+        for name, cmd in sides.items():
+            out = json.loads(subprocess.run(cmd, capture_output=True, text=True,
+                                            check=True).stdout.strip().splitlines()[-1])
+            times[name].append(out["seconds"])
+            assert out["features"] == 10833, out
+    med = {k: statistics.median(v) for k, v in times.items()}
+    result = {"bench": "squad_convert", "file": "dev-v1.1.json", "rounds": a.rounds,
+              "median_seconds": med,
+              "speedup_vs_google": {k: med["google"] / v for k, v in med.items()
+                                    if k != "google"}}
+    print(json.dumps(result))
+    if a.output:
+        with open(a.output, "a") as f:
+            f.write(json.dumps(result) + "\n")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("what", choices=["accuracy", "convert"])
+    p.add_argument("--runs", default="v1-bf16,v1-fp32,v1-hf,v2-bf16,v2-hf")
+    p.add_argument("--learning_rate", type=float, default=1e-4)
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--work_dir", default=None)
+    p.add_argument("--output", default=None, help="append the JSON lines here")
+    a = p.parse_args()
+    accuracy(a) if a.what == "accuracy" else convert(a)
+
+
+if __name__ == "__main__":
+    main()
