@@ -21,8 +21,8 @@ ${{outputs.output_dir}}` with `MpiDistribution(process_count_per_instance=<GPUs 
 `--instance_count` nodes: Azure ML starts MPI itself (never horovodrun). The code is the
 repository root (minus what .amlignore lists); the image is built from azure/environment/
 (Dockerfile: CUDA 12.5, TF 2.18, Horovod 0.28.1 with NCCL and MPI, azureml-mlflow). Flags naming
-data (--data_dir, --input_file, --eval_input_file, --init_checkpoint, --vocab_file,
---bert_config_file) become job inputs: a local path is uploaded, a datastore URI
+data (--data_dir, --input_file, --eval_input_file, --train_file, --predict_file,
+--init_checkpoint, --vocab_file, --bert_config_file) become job inputs: a local path is uploaded, a datastore URI
 (azureml://datastores/NAME/paths/PATH) is mounted; a preset name stays a flag. The GPUs per node
 come from the VM size (a table below; `--gpus_per_node` for sizes it does not know).
 
@@ -194,6 +194,7 @@ def gpus_per_node(vm_size: str | None, gpus: int | None, what: str = "an MPI job
 # comma list of files; checkpoint: a folder, a file, a TF checkpoint prefix or a preset name;
 # file: one file.
 DATA_FLAGS = {"data_dir": "folder", "input_file": "files", "eval_input_file": "files",
+              "train_file": "file", "predict_file": "file",
               "init_checkpoint": "checkpoint", "vocab_file": "file", "bert_config_file": "file"}
 RESERVED = {
     "use_horovod": "is set by submit.py (Azure ML starts one MPI worker per GPU): leave it out",

@@ -3,7 +3,8 @@ run_qa's recipe) on the same checkpoint, slice and recipe, and feature conversio
 Google's original run_squad.py.
 
   .venv/bin/python bench/bench_squad.py accuracy --output bench/squad_results.json
-  .venv/bin/python bench/bench_squad.py convert             # needs $GOOGLE_BERT_DIR (a checkout)
+  .venv/bin/python bench/bench_squad.py convert
+  .venv/bin/python bench/bench_squad.py latency --checkpoint_dir OUTPUT_DIR_OF_A_RUN
 
 accuracy: fine-tunes all-MiniLM-L6-v2 on the answerable questions of the train-v2.0 slice
 (4,371) and scores the full dev-v1.1 with the official evaluate-v1.1.py (bert_tf in bf16 and
@@ -14,8 +15,12 @@ counts them from questions, as Google's script: questions / batch x epochs), lr,
 and sequence settings. One JSON line per run.
 
 convert: the time to turn dev-v1.1 into features, bert_tf (1 and 2 processes) against Google's
-convert_examples_to_features (its read_squad_examples + conversion, run in a subprocess with
-a stand-in for TF1's logging and gfile so TensorFlow 1 is not needed), medians of --rounds.
+read_squad_examples + convert_examples_to_features (the bert-tensorflow wheel, run by
+bench/peers/google_squad.py without TensorFlow 1), medians of --rounds, alternating.
+
+latency: one question at a time through a fine-tuned model already in memory (the SQuAD file
+read and checked, features, the forward pass, the n-best and the answer text): medians over
+--questions single-question files from dev-v1.1, after one warm-up.
 """
 
 import argparse
@@ -135,30 +140,6 @@ def accuracy(a):
         emit(run_hf(TRAIN, DEV2, True, steps or int(4719 / a.batch_size * a.epochs), a, False))
 
 
-GOOGLE_CONVERT = r"""
-import sys, time, types, json
-sys.path.insert(0, sys.argv[1])
-# Google's run_squad.py imports TF1 (tf.flags, tf.gfile, tf.logging): a stand-in for what its
-# reader and converter touch, so the timing is of its Python alone.
-tf = types.ModuleType("tensorflow")
-class _Flags:
-    def __getattr__(self, name):
-        return lambda *a, **k: None
-tf.flags = _Flags(); tf.flags.FLAGS = types.SimpleNamespace(version_2_with_negative=False)
-tf.gfile = types.SimpleNamespace(Open=open, GFile=open)
-tf.logging = types.SimpleNamespace(info=lambda *a, **k: None, warning=lambda *a, **k: None)
-sys.modules["tensorflow"] = tf
-import tokenization, run_squad
-run_squad.FLAGS = tf.flags.FLAGS
-tok = tokenization.FullTokenizer(sys.argv[3], do_lower_case=True)
-t0 = time.time()
-examples = run_squad.read_squad_examples(sys.argv[2], is_training=False)
-n = [0]
-run_squad.convert_examples_to_features(examples, tok, 384, 128, 64, False,
-                                       lambda f: n.__setitem__(0, n[0] + 1))
-print(json.dumps({"seconds": time.time() - t0, "features": n[0]}))
-"""
-
 BERT_TF_CONVERT = r"""
 import sys, time, json, tempfile
 sys.path.insert(0, sys.argv[1])
@@ -174,10 +155,8 @@ with tempfile.TemporaryDirectory() as cache:
 
 def convert(a):
     vocab = os.path.join(ROOT, "..", "shared", "data", "vocab", "uncased_vocab.txt")
-    google = os.environ.get("GOOGLE_BERT_DIR", "/tmp/google-bert")
-    if not os.path.exists(os.path.join(google, "run_squad.py")):
-        sys.exit(f"no Google checkout at {google}: set GOOGLE_BERT_DIR")
-    sides = {"google": [sys.executable, "-c", GOOGLE_CONVERT, google, DEV1, vocab],
+    sides = {"google": [sys.executable, os.path.join(HERE, "peers", "google_squad.py"), "time",
+                        DEV1, vocab],
              "bert_tf_1proc": [sys.executable, "-c", BERT_TF_CONVERT, ROOT, DEV1, vocab, "1"],
              "bert_tf_2proc": [sys.executable, "-c", BERT_TF_CONVERT, ROOT, DEV1, vocab, "2"]}
     times = {k: [] for k in sides}
@@ -198,9 +177,59 @@ def convert(a):
             f.write(json.dumps(result) + "\n")
 
 
+def latency(a):
+    sys.path.insert(0, ROOT)
+    import numpy as np
+
+    from bert_tf import BertConfig
+    from bert_tf.data import squad, squad_answers
+    from bert_tf.modeling import BertSpanExtractor
+    from bert_tf.tokenization import make_tokenizer
+    from bert_tf.training import loop
+    from bert_tf.training.run import restore_trained
+
+    model = BertSpanExtractor(BertConfig.from_json_file(
+        os.path.join(a.checkpoint_dir, "bert_config.json")))
+    assert restore_trained(model, a.checkpoint_dir), a.checkpoint_dir
+    vocab = os.path.join(MODEL, "vocab.txt")
+    tokenizer = make_tokenizer(vocab, True)
+    with open(DEV1, encoding="utf-8") as f:
+        raw = json.load(f)
+    paragraphs = [p for article in raw["data"] for p in article["paragraphs"]]
+    rng = np.random.default_rng(0)
+    times, windows = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, i in enumerate(rng.choice(len(paragraphs), a.questions + 1, replace=False)):
+            paragraph = dict(paragraphs[i], qas=paragraphs[i]["qas"][:1])
+            path = os.path.join(tmp, f"q{k}.json")
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump({"data": [{"title": "t", "paragraphs": [paragraph]}]}, f)
+            t0 = time.perf_counter()
+            data = squad.read_squad(path, False)
+            features = squad.convert_to_store(data, vocab, True, squad.FeatureSettings(),
+                                              os.path.join(tmp, "cache"))
+            logits = loop.predict(model, features, 8, output_key=("start_logits", "end_logits"),
+                                  max_seq_length=384, pad_sequence=True)
+            predictions, _, _ = squad_answers.predict_answers(
+                data, features, logits["start_logits"], logits["end_logits"], tokenizer,
+                squad_answers.AnswerSettings())
+            if k:  # the first call traces the forward pass
+                times.append(time.perf_counter() - t0)
+                windows.append(len(features))
+    result = {"bench": "squad_latency", "questions": a.questions,
+              "median_seconds": statistics.median(times), "max_seconds": max(times),
+              "windows_per_question": statistics.mean(windows)}
+    print(json.dumps(result))
+    if a.output:
+        with open(a.output, "a") as f:
+            f.write(json.dumps(result) + "\n")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["accuracy", "convert"])
+    p.add_argument("what", choices=["accuracy", "convert", "latency"])
+    p.add_argument("--checkpoint_dir", help="latency: the --output_dir of a run_squad.py run")
+    p.add_argument("--questions", type=int, default=20)
     p.add_argument("--runs", default="v1-bf16,v1-fp32,v1-hf,v2-bf16,v2-hf")
     p.add_argument("--learning_rate", type=float, default=1e-4)
     p.add_argument("--batch_size", type=int, default=32)
@@ -210,7 +239,7 @@ def main():
     p.add_argument("--work_dir", default=None)
     p.add_argument("--output", default=None, help="append the JSON lines here")
     a = p.parse_args()
-    accuracy(a) if a.what == "accuracy" else convert(a)
+    {"accuracy": accuracy, "convert": convert, "latency": latency}[a.what](a)
 
 
 if __name__ == "__main__":

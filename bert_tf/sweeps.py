@@ -1,7 +1,8 @@
 """Search-space files (configs/sweeps/*.yaml): one description of a hyperparameter sweep that
 drives both an Azure ML sweep job (azure/submit.py) and a local Optuna sweep (bert_tf.tune).
 
-    script: run_classifier.py              # run_classifier.py, run_ner.py or run_pretraining.py
+    script: run_classifier.py              # run_classifier.py, run_ner.py, run_squad.py or
+                                           # run_pretraining.py
     primary_metric: eval/eval_accuracy      # exactly as the script logs it (MLflow / TensorBoard)
     goal: maximize                          # or minimize
     search_space:                           # each key a flag of the script
@@ -211,6 +212,8 @@ def check_script_args(script: str, flag_values) -> None:
     name = os.path.basename(script)
     if name == "run_pretraining.py":
         from bert_tf.pretrain import PretrainArgs as cls, check_args
+    elif name == "run_squad.py":
+        from bert_tf.qa import SquadArgs as cls, check_args
     else:
         from bert_tf.finetune import RunArgs as cls, check_args
     args = run_args(flag_values, cls)
@@ -242,6 +245,13 @@ def logged_metrics(script: str, flags: dict) -> set[str]:
         out |= {f"eval/{s}eval_{m}" for s in splits for m in processor.metric_names}
     elif name == "run_ner.py":
         out |= {f"eval/{s}_{m}" for s in ("dev", "test") for m in ("precision", "recall", "f1")}
+    elif name == "run_squad.py":
+        if flags.get("version_2_with_negative"):
+            out |= {f"eval/{m}" for m in ("exact", "f1", "HasAns_exact", "HasAns_f1",
+                                          "NoAns_exact", "NoAns_f1", "best_exact", "best_f1",
+                                          "best_exact_thresh", "best_f1_thresh")}
+        else:
+            out |= {"eval/exact_match", "eval/f1"}
     elif name == "run_pretraining.py":
         out |= {f"train/{m}" for m in ("mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy")}
         out |= {f"eval/{m}" for m in ("masked_lm_loss", "masked_lm_accuracy",

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, shared
 
 SUBMIT = REPO / "azure" / "submit.py"
 SWEEP = REPO / "configs" / "sweeps" / "mrpc_lr.yaml"
@@ -942,3 +942,58 @@ def test_train_output_path_is_a_read_write_datastore_folder(submit, sdk, tmp_pat
     assert job.outputs["output_dir"].path == uri and job.outputs["output_dir"].mode == "rw_mount"
     with pytest.raises(submit.UsageError, match="--output_path=/tmp/x: give a datastore folder"):
         submit.check_output_path("/tmp/x")
+
+
+# -- SQuAD ------------------------------------------------------------------------------------------
+
+def test_train_dry_run_run_squad_with_squad_files_as_inputs(submit, sdk, tmp_path, capsys):
+    """run_squad.py as a job: the local SQuAD files are uploaded as uri_file inputs and the
+    command points at them; Google's flags pass through checked."""
+    train = shared("squad", "slices", "train-v2.0-first10articles.json")
+    dev = shared("squad", "slices", "dev-v2.0-first5articles.json")
+    out = tmp_path / "squad.yaml"
+    status = submit.main([
+        "train", "--compute", "gpu-a100x1", "--instance_count", "1", "--vm_size",
+        "Standard_NC24ads_A100_v4", "--script", "run_squad.py", "--dry-run", str(out), "--",
+        "--init_checkpoint=bert-base-uncased", "--do_train", f"--train_file={train}",
+        "--do_predict", f"--predict_file={dev}", "--version_2_with_negative",
+        "--train_batch_size=24", "--learning_rate=3e-5", "--num_train_epochs=2.0",
+        "--max_seq_length=384", "--doc_stride=128"])
+    assert status == 0, capsys.readouterr().err
+    job = sdk.load_job(str(out))
+    raw = yaml.safe_load(out.read_text())
+    assert job.command.startswith("python run_squad.py ")
+    for word in ("--train_file=${{inputs.train_file}}", "--predict_file=${{inputs.predict_file}}",
+                 "--version_2_with_negative", "--doc_stride=128"):
+        assert f" {word} " in f" {job.command} ", word
+    for flag, path in (("train_file", train), ("predict_file", dev)):
+        assert raw["inputs"][flag]["type"] == "uri_file"
+        assert (out.parent / raw["inputs"][flag]["path"]).resolve() == path.resolve()
+
+    status = submit.main(["train", "--compute", "c", "--instance_count", "1", "--vm_size",
+                          "Standard_NC24ads_A100_v4",
+                          "--script", "run_squad.py", "--dry-run", str(tmp_path / "bad.yaml"),
+                          "--", "--init_checkpoint=bert-base-uncased", "--do_train",
+                          f"--train_file={train}", "--doc_stride=0"])
+    assert status == 2 and "--doc_stride=0" in capsys.readouterr().err  # the script's check
+    assert not (tmp_path / "bad.yaml").exists()
+
+
+def test_squad_sweep_dry_run_yaml_loads_back(submit, sdk, tmp_path, capsys):
+    from azure.ai.ml.sweep import LogUniform
+
+    out = tmp_path / "sweep.yaml"
+    status = submit.main(["sweep", "--compute", "gpu-a100x1", "--instance_count", "1",
+                          "--vm_size", "Standard_NC24ads_A100_v4", "--sweep",
+                          str(REPO / "configs" / "sweeps" / "squad_lr.yaml"), "--dry-run",
+                          str(out)])
+    assert status == 0, capsys.readouterr().err
+    job = sdk.load_job(str(out))
+    raw = yaml.safe_load(out.read_text())
+    assert (job.objective.goal, job.objective.primary_metric) == ("maximize", "eval/f1")
+    assert isinstance(job.search_space["learning_rate"], LogUniform)
+    assert job.trial.command.startswith("python run_squad.py ")
+    assert raw["inputs"]["train_file"] == {
+        "type": "uri_file",
+        "path": "https://rajpurkar.github.io/SQuAD-explorer/dataset/train-v1.1.json"}
+    assert "--predict_file=${{inputs.predict_file}}" in job.trial.command

@@ -280,7 +280,10 @@ _WORKER = {}
 def _init_worker(vocab_file, do_lower_case, settings, reference):
     from bert_tf.tokenization import make_tokenizer
 
-    _WORKER["tokenizer"] = make_tokenizer(vocab_file, do_lower_case, reference=reference)
+    key = (os.path.abspath(vocab_file), do_lower_case, reference)
+    if _WORKER.get("key") != key:  # in-process conversions reuse the tokenizer and its memo
+        _WORKER["tokenizer"] = make_tokenizer(vocab_file, do_lower_case, reference=reference)
+        _WORKER["key"] = key
     _WORKER["settings"] = settings
 
 
@@ -308,7 +311,19 @@ def _chunks(data: SquadData, for_training: bool, paragraphs_per_chunk: int):
 
 # -- the feature store ------------------------------------------------------------------------------
 
+_DIGESTS: dict = {}
+
+
 def file_sha256(path: str) -> str:
+    """sha256 of a file's bytes, remembered per (path, size, mtime) for this process."""
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = _sha256(path)
+    return _DIGESTS[key]
+
+
+def _sha256(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -444,6 +444,19 @@ def evaluate(model, metrics_fn, batches, use_xla: bool = False, progress: bool =
     return out
 
 
+def _forward_fn(model, keys: tuple, use_xla: bool):
+    """The traced inference function of `model` for these outputs, made once per model: a
+    server answering one question at a time would otherwise trace it again on every call."""
+    cache = model.__dict__.setdefault("_bert_tf_forward", {})
+    if (keys, use_xla) not in cache:
+        @tf.function(jit_compile=use_xla, reduce_retracing=True)
+        def forward(batch):
+            out = model(batch, training=False)
+            return {k: out[k] for k in keys}
+        cache[(keys, use_xla)] = forward
+    return cache[(keys, use_xla)]
+
+
 def predict(model, table, batch_size: int, output_key="logits",
             use_xla: bool = False, bucket_width: int = 32, max_seq_length: int = 128,
             progress: bool = False, pad_sequence: bool = False):
@@ -455,11 +468,7 @@ def predict(model, table, batch_size: int, output_key="logits",
     from bert_tf.data import records
 
     keys = (output_key,) if isinstance(output_key, str) else tuple(output_key)
-
-    @tf.function(jit_compile=use_xla, reduce_retracing=True)
-    def forward(batch):
-        out = model(batch, training=False)
-        return {k: out[k] for k in keys}
+    forward = _forward_fn(model, keys, use_xla)
 
     outputs = {k: [] for k in keys}
     it = records.eval_batches(table, batch_size, bucket_width, max_seq_length)
