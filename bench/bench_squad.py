@@ -4,6 +4,7 @@ Google's original run_squad.py.
 
   .venv/bin/python bench/bench_squad.py accuracy --output bench/squad_results.json
   .venv/bin/python bench/bench_squad.py convert
+  .venv/bin/python bench/bench_squad.py speed --rounds 2
   .venv/bin/python bench/bench_squad.py latency --checkpoint_dir OUTPUT_DIR_OF_A_RUN
 
 accuracy: fine-tunes all-MiniLM-L6-v2 on the answerable questions of the train-v2.0 slice
@@ -17,6 +18,9 @@ and sequence settings. One JSON line per run.
 convert: the time to turn dev-v1.1 into features, bert_tf (1 and 2 processes) against Google's
 read_squad_examples + convert_examples_to_features (the bert-tensorflow wheel, run by
 bench/peers/google_squad.py without TensorFlow 1), medians of --rounds, alternating.
+
+speed: training examples/s side by side, alternating bert_tf (bf16, fp32) and HF (bf16, fp32),
+short runs of --steps steps, --rounds rounds, medians.
 
 latency: one question at a time through a fine-tuned model already in memory (the SQuAD file
 read and checked, features, the forward pass, the n-best and the answer text): medians over
@@ -177,6 +181,56 @@ def convert(a):
             f.write(json.dumps(result) + "\n")
 
 
+def speed(a):
+    """Training examples/s at 384/128 on the same answerable train slice, alternating bert_tf
+    (bf16, fp32) and HF (bf16 autocast and fp32, batches padded to their longest window, its
+    fastest settings here) for --steps steps each, --rounds rounds; bert_tf's rate is the median
+    of its logged intervals after the first (tracing), HF's over its timed steps."""
+    work = a.work_dir or tempfile.mkdtemp(prefix="bench_squad_speed_")
+    os.makedirs(work, exist_ok=True)
+    train = os.path.join(work, "train-answerable.json")
+    questions = answerable_copy(TRAIN, train)
+    rates = {"bert_tf_bf16": [], "bert_tf_fp32": [], "hf_bf16": [], "hf_fp32": []}
+    for r in range(a.rounds):
+        for name in rates:
+            if name.startswith("bert_tf"):
+                out = os.path.join(work, f"{name}-{r}")
+                epochs = a.steps * a.batch_size / questions
+                subprocess.run([sys.executable, os.path.join(ROOT, "run_squad.py"),
+                                f"--init_checkpoint={MODEL}", "--do_train",
+                                f"--train_file={train}", f"--output_dir={out}",
+                                f"--dtype={name.rsplit('_', 1)[1]}", "--noprogress",
+                                f"--train_batch_size={a.batch_size}", "--log_steps=4",
+                                f"--num_train_epochs={epochs}", "--tracking_uri=none",
+                                f"--feature_cache_dir={os.path.join(work, 'cache')}"],
+                               check=True, capture_output=True)
+                with open(os.path.join(out, "metrics.jsonl")) as f:
+                    rows = [json.loads(l) for l in f]
+                logged = [x["examples_per_second"] for x in rows
+                          if x.get("split") == "train" and "examples_per_second" in x]
+                rates[name].append(statistics.median(logged[1:]))
+            else:
+                proc = subprocess.run(
+                    [sys.executable, os.path.join(HERE, "hf_squad_reference.py"),
+                     f"--model={MODEL}", f"--train_file={TRAIN}", "--answerable_only",
+                     f"--predict_file={DEV1}", f"--max_steps={a.steps}", "--no-predict",
+                     f"--batch_size={a.batch_size}"] + (["--bf16"] if "bf16" in name else []),
+                    check=True, capture_output=True, text=True)
+                rates[name].append(json.loads(proc.stdout.strip().splitlines()[-1])
+                                   ["train_examples_per_second"])
+            print(name, rates[name][-1], flush=True)
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    fastest_hf = max(med["hf_bf16"], med["hf_fp32"])
+    result = {"bench": "squad_train_speed", "steps": a.steps, "rounds": a.rounds,
+              "batch_size": a.batch_size, "examples_per_second": med,
+              "bert_tf_bf16_vs_fastest_hf": med["bert_tf_bf16"] / fastest_hf,
+              "bert_tf_fp32_vs_fastest_hf": med["bert_tf_fp32"] / fastest_hf}
+    print(json.dumps(result))
+    if a.output:
+        with open(a.output, "a") as f:
+            f.write(json.dumps(result) + "\n")
+
+
 def latency(a):
     sys.path.insert(0, ROOT)
     import numpy as np
@@ -227,7 +281,8 @@ def latency(a):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["accuracy", "convert", "latency"])
+    p.add_argument("what", choices=["accuracy", "convert", "latency", "speed"])
+    p.add_argument("--steps", type=int, default=24, help="speed: optimizer steps per run")
     p.add_argument("--checkpoint_dir", help="latency: the --output_dir of a run_squad.py run")
     p.add_argument("--questions", type=int, default=20)
     p.add_argument("--runs", default="v1-bf16,v1-fp32,v1-hf,v2-bf16,v2-hf")
@@ -239,7 +294,7 @@ def main():
     p.add_argument("--work_dir", default=None)
     p.add_argument("--output", default=None, help="append the JSON lines here")
     a = p.parse_args()
-    {"accuracy": accuracy, "convert": convert, "latency": latency}[a.what](a)
+    {"accuracy": accuracy, "convert": convert, "latency": latency, "speed": speed}[a.what](a)
 
 
 if __name__ == "__main__":

@@ -110,14 +110,22 @@ def run_squad(args: SquadArgs) -> dict:
                                   args.max_seq_length)
     if args.init_checkpoint is None and not args.bert_config_file:
         raise UsageError("pass --init_checkpoint (or --bert_config_file to train from scratch)")
-    # Both files are read and checked before anything is written.
+    # Both files are read and checked before anything is written; an official name that is
+    # not here (train-v1.1.json, ...) or a URL is downloaded into the cache first.
+    from bert_tf.data.download import ensure_squad_file
+
     version_2 = args.version_2_with_negative
-    train_data = (squad.read_squad(args.train_file, version_2, for_training=True)
-                  if args.do_train else None)
+    train_file = predict_file = None
+    if args.do_train:
+        train_file = ensure_squad_file(args.train_file, "train_file", progress=args.progress)
+    if args.do_predict or args.do_eval:
+        predict_file = ensure_squad_file(args.predict_file, "predict_file",
+                                         progress=args.progress)
+    train_data = (squad.read_squad(train_file, version_2, for_training=True)
+                  if train_file else None)
     if train_data is not None and args.max_train_examples:
         train_data.examples = train_data.examples[:args.max_train_examples]
-    predict_data = (squad.read_squad(args.predict_file, version_2)
-                    if args.do_predict or args.do_eval else None)
+    predict_data = squad.read_squad(predict_file, version_2) if predict_file else None
     if args.do_eval and not predict_data.has_answers:
         raise UsageError(f"--do_eval scores --predict_file={args.predict_file}, but some of its "
                          "questions carry no answers: use --do_predict alone to only predict")
@@ -128,7 +136,7 @@ def run_squad(args: SquadArgs) -> dict:
     init_model(model, assets, args, dist)
     identity = {}
     if train_data is not None:
-        identity["train_data"] = squad.file_sha256(args.train_file)[:16]
+        identity["train_data"] = squad.file_sha256(train_file)[:16]
     record = guard_output_dir(args, assets.config, dist.is_chief, dist.size, **identity)
     tokenizer = make_tokenizer(assets.vocab_file, assets.do_lower_case,
                                reference=args.reference_tokenizer)

@@ -269,3 +269,37 @@ def test_run_classifier_failed_download_is_one_line(server, tmp_path, shared_dat
     assert "--data_dir" in last and "BERT_TF_GLUE_BASE_URL" in last
     assert requests == ["/RTE.zip"]
     assert leftovers(tmp_path / "cache") == [] and not (tmp_path / "out").exists()
+
+
+# -- SQuAD ------------------------------------------------------------------------------------------
+
+def test_squad_official_file_is_downloaded_once_and_checked(server, tmp_path):
+    """An official name that is not here is fetched from the mirror into the cache, checked
+    against its SHA-256, and found there the next time without a request; a file whose bytes
+    are not the official ones is refused and nothing is left under its name."""
+    import shutil
+
+    from tests.conftest import shared
+
+    root, url, requests = server
+    shutil.copy(shared("squad", "dev-v1.1.json"), root / "dev-v1.1.json")
+    cache = tmp_path / "cache"
+    path = download.ensure_squad_file("data/dev-v1.1.json", "predict_file", cache_dir=str(cache),
+                                      base_url=url, progress=False)
+    assert pathlib.Path(path).read_bytes() == shared("squad", "dev-v1.1.json").read_bytes()
+    assert requests == ["/dev-v1.1.json"]
+    assert download.ensure_squad_file("dev-v1.1.json", cache_dir=str(cache), base_url=url,
+                                      progress=False) == path
+    assert requests == ["/dev-v1.1.json"]
+
+    (root / "train-v1.1.json").write_text('{"data": []}')  # not the official bytes
+    with pytest.raises(DownloadError, match="SHA-256") as e:
+        download.ensure_squad_file("train-v1.1.json", cache_dir=str(cache), base_url=url,
+                                   progress=False)
+    assert "--train_file" in str(e.value)
+    assert not list((cache / "squad").glob("train-v1.1*/train-v1.1.json"))
+
+    with pytest.raises(FileNotFoundError, match="--train_file=mine.json: no such file"):
+        download.ensure_squad_file("mine.json", cache_dir=str(cache))
+    local = shared("squad", "dev-v1.1.json")
+    assert download.ensure_squad_file(str(local)) == str(local)  # a path that exists: as is

@@ -1,4 +1,5 @@
-"""Download a GLUE task's data into the cache (when --data_dir is not given).
+"""Download a GLUE task's data into the cache (when --data_dir is not given), and SQuAD's files
+(when --train_file / --predict_file name an official file that is not here, or a URL).
 
 Sources are GLUE's own download script's: the task zips (each with a <TASK>/ folder) and AX.tsv
 under https://dl.fbaipublicfiles.com/glue/data/; for MRPC, SentEval's copies of the MSR paraphrase
@@ -115,6 +116,55 @@ def ensure_glue_data(task: str, data_dir: str | None = None, cache_dir: str | No
                      base_url: str | None = None) -> str:
     """data_dir when given (no download), else the cached download of the task."""
     return data_dir or download_glue(task, cache_dir=cache_dir, base_url=base_url)
+
+
+# -- SQuAD -----------------------------------------------------------------------------------------
+# The official files (rajpurkar.github.io/SQuAD-explorer), with the sizes and SHA-256 of
+# tensorflow/datasets' squad checksums.tsv.
+SQUAD_BASE_URL = "https://rajpurkar.github.io/SQuAD-explorer/dataset"
+SQUAD_BASE_URL_ENV = "BERT_TF_SQUAD_BASE_URL"
+SQUAD_FILES = {
+    "train-v1.1.json": "3527663986b8295af4f7fcdff1ba1ff3f72d07d61a20f487cb238a6ef92fd955",
+    "dev-v1.1.json": "95aa6a52d5d6a735563366753ca50492a658031da74f301ac5238b03966972c9",
+    "train-v2.0.json": "68dcfbb971bd3e96d5b46c7177b16c1a4e7d4bdef19fb204502738552dede002",
+    "dev-v2.0.json": "80a5225e94905956a6446d296ca1093975c4d3b3260f1d6c8f68bc2ab77182d8",
+}
+
+
+def ensure_squad_file(value: str, flag: str = "train_file", cache_dir: str | None = None,
+                      base_url: str | None = None, progress: bool = True) -> str:
+    """A SQuAD file to read: `value` itself when it exists; an http(s) URL or one of the
+    official names (train-v1.1.json, dev-v1.1.json, train-v2.0.json, dev-v2.0.json, with or
+    without a folder in front) downloaded once into <cache>/squad/ (official files checked
+    against their SHA-256; a mirror: base_url or $BERT_TF_SQUAD_BASE_URL). Raises
+    FileNotFoundError naming the flag for anything else, DownloadError when a download fails."""
+    if os.path.exists(value):
+        return value
+    name = os.path.basename(value.split("?", 1)[0])
+    is_url = value.startswith(("http://", "https://", "file://"))
+    if not is_url and name not in SQUAD_FILES:
+        raise FileNotFoundError(f"--{flag}={value}: no such file (the official "
+                                f"{', '.join(SQUAD_FILES)} are downloaded when named)")
+    base = (base_url or os.environ.get(SQUAD_BASE_URL_ENV) or SQUAD_BASE_URL).rstrip("/")
+    url = value if is_url else f"{base}/{name}"
+    sha256 = SQUAD_FILES.get(name)
+    if is_url and sha256 is None:  # not an official file: no checksum, a folder per URL
+        import hashlib
+
+        folder_name = f"{name}-{hashlib.sha256(url.encode()).hexdigest()[:12]}"
+    else:
+        folder_name = name.rsplit(".", 1)[0]
+    advice = (f"Download {name} yourself and pass its path to --{flag}, or set "
+              f"{SQUAD_BASE_URL_ENV} to a mirror that serves the SQuAD files.")
+
+    def build(tmp):
+        downloads.fetch(url, tmp, sha256=sha256, advice=advice, progress=progress)
+        return tmp
+
+    # One folder per file (cached() publishes a whole folder): <cache>/squad/train-v1.1/...
+    folder = downloads.cached(Path(cache_dir or downloads.cache_dir(), "squad", folder_name),
+                              lambda f: (f / name).is_file(), build)
+    return str(folder / name)
 
 
 if __name__ == "__main__":
