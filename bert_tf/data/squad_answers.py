@@ -43,31 +43,35 @@ class AnswerSettings:
     null_score_diff_threshold: float = 0.0
 
 
-def _strip_spaces(text: str) -> tuple[str, list[int]]:
-    """text without its " " characters, and for each kept character its index in text."""
-    kept = [i for i, c in enumerate(text) if c != " "]
-    return "".join(text[i] for i in kept), kept
+def _non_space_positions(text: str) -> np.ndarray:
+    """Indexes of text's characters other than " " (int64 [len(text) - text.count(" ")])."""
+    codes = np.frombuffer(text.encode("utf-32-le"), np.uint32)
+    return np.flatnonzero(codes != 32)
 
 
 def final_text(pred_text: str, orig_text: str, words) -> str:
     """The part of orig_text (the context's words under the predicted pieces, e.g. "Smith's")
     that the detokenized prediction pred_text ("smith") spells, with the context's case and
     accents: "Smith". Google's get_final_text: `words(orig_text)` (the basic tokenizer) is
-    aligned to orig_text character by character once spaces are removed; when the two do not
-    align (normalisation changed the length) or pred_text is not found, orig_text itself."""
+    aligned to orig_text character by character once " " characters are removed from both; when
+    the two do not align (normalisation changed the length), pred_text is not found, or it
+    starts or ends on a space, orig_text itself."""
     tok_text = " ".join(words(orig_text))
     start = tok_text.find(pred_text)
     if start == -1:
         return orig_text
     end = start + len(pred_text) - 1
-    orig_ns, orig_index = _strip_spaces(orig_text)
-    tok_ns, tok_index = _strip_spaces(tok_text)
-    if len(orig_ns) != len(tok_ns):
+    if len(orig_text) - orig_text.count(" ") != len(tok_text) - tok_text.count(" "):
         return orig_text
-    tok_to_ns = {position: n for n, position in enumerate(tok_index)}
-    if start not in tok_to_ns or end not in tok_to_ns:
+    if tok_text[start] == " " or tok_text[end] == " ":
         return orig_text
-    return orig_text[orig_index[tok_to_ns[start]]:orig_index[tok_to_ns[end]] + 1]
+    # The n-th non-space character of tok_text is the n-th of orig_text.
+    ns_start = start - tok_text.count(" ", 0, start)
+    ns_end = end - tok_text.count(" ", 0, end)
+    if " " not in orig_text:
+        return orig_text[ns_start:ns_end + 1]
+    positions = _non_space_positions(orig_text)
+    return orig_text[positions[ns_start]:positions[ns_end] + 1]
 
 
 def max_context(span_starts: np.ndarray, span_lengths: np.ndarray, window: int) -> np.ndarray:
@@ -92,15 +96,18 @@ def _top(logits: np.ndarray, allowed: np.ndarray, n: int) -> np.ndarray:
 
 def example_candidates(rows: np.ndarray, features, start_logits, end_logits,
                        settings: AnswerSettings):
-    """The ranked span candidates of one question and its null score.
+    """The ranked candidates of one question: (candidates, null).
 
-    rows: the question's feature rows (its windows, in order); start_logits / end_logits
-    float32 [N,S]. Returns (candidates, null) where candidates is a list of (score, start_logit,
-    end_logit, row, start, end) best first and null is (score, start_logit, end_logit) at the
-    window with the smallest [CLS] score (None for 1.1)."""
+    rows: the question's feature rows (its windows, in order); features: the store's (or its
+    columns as arrays) span_start, span_length, query_length; start_logits / end_logits
+    float32 [N,S]. `null` is (score, start_logit, end_logit) at the window with the smallest
+    [CLS] score (None for 1.1). `candidates` yields (score, start_logit, end_logit, row, start,
+    end) best first, made one at a time as the n-best walk asks for them, with the null answer
+    (row -1) after every span of its score or more, as Google ranks it (it appends the null
+    before a stable sort)."""
     span_starts = np.asarray(features["span_start"][rows], np.int64)
     span_lengths = np.asarray(features["span_length"][rows], np.int64)
-    found = []
+    parts = []
     null = None
     for w, row in enumerate(rows):
         s = start_logits[row].astype(np.float64)
@@ -120,12 +127,24 @@ def example_candidates(rows: np.ndarray, features, start_logits, end_logits,
         si, ei = np.meshgrid(starts, ends, indexing="ij")  # [n,n], start-major as Google loops
         si, ei = si.ravel(), ei.ravel()
         keep = (ei >= si) & (ei - si + 1 <= settings.max_answer_length)
-        for a, b in zip(si[keep], ei[keep]):
-            found.append((s[a] + e[b], s[a], e[b], int(row), int(a), int(b)))
-    if not found:
-        return [], null
-    order = np.argsort(-np.array([c[0] for c in found]), kind="stable")
-    return [found[i] for i in order], null
+        si, ei = si[keep], ei[keep]
+        parts.append((s[si] + e[ei], s[si], e[ei], np.full(len(si), int(row)), si, ei))
+    return _ranked(parts, null), null
+
+
+def _ranked(parts, null):
+    columns = [np.concatenate(c) for c in zip(*parts)] if parts else [np.zeros(0)] * 6
+    order = np.argsort(-columns[0], kind="stable")
+    pending_null = null
+    for i in order:
+        score = columns[0][i]
+        if pending_null is not None and score < pending_null[0]:
+            yield (*pending_null, -1, 0, 0)
+            pending_null = None
+        yield (score, columns[1][i], columns[2][i], int(columns[3][i]), int(columns[4][i]),
+               int(columns[5][i]))
+    if pending_null is not None:
+        yield (*pending_null, -1, 0, 0)
 
 
 def _softmax(scores: list[float]) -> list[float]:
@@ -148,13 +167,17 @@ def predict_answers(data, features, start_logits: np.ndarray, end_logits: np.nda
     words = getattr(tokenizer, "words", None) or \
         BasicTokenizer(do_lower_case=settings.do_lower_case).tokenize
     inv_vocab = tokenizer.inv_vocab
-    example_index = np.asarray(features["example_index"])
+    # Plain arrays: element access on the store's memory maps costs microseconds a call.
+    columns = {k: np.asarray(features[k]) for k in ("example_index", "span_start",
+                                                     "span_length", "query_length")}
+    input_ids, splits = np.asarray(features["input_ids"]), np.asarray(features["row_splits"])
+    example_index = columns["example_index"]
     bounds = np.searchsorted(example_index, np.arange(len(data.examples) + 1))
     doc_words = {}
     predictions, all_nbest, null_odds = {}, {}, {}
     for i, example in enumerate(data.examples):
         rows = np.arange(bounds[i], bounds[i + 1])
-        candidates, null = example_candidates(rows, features, start_logits, end_logits,
+        candidates, null = example_candidates(rows, columns, start_logits, end_logits,
                                               settings)
         if example.paragraph not in doc_words:
             if len(doc_words) > 64:
@@ -164,21 +187,17 @@ def predict_answers(data, features, start_logits: np.ndarray, end_logits: np.nda
                                             features.paragraph_tok_to_orig(example.paragraph))
         context_words, tok_to_orig = doc_words[example.paragraph]
         nbest, seen = [], set()
-        if null is not None:  # ranked after every span of the same score (Google appends it)
-            position = next((k for k, c in enumerate(candidates) if c[0] < null[0]),
-                            len(candidates))
-            candidates.insert(position, (null[0], null[1], null[2], -1, 0, 0))
         for score, start_logit, end_logit, row, start, end in candidates:
             if len(nbest) >= settings.n_best_size:
                 break
             if row < 0:
                 text = ""
             else:
-                ids = features.row(row)[start:end + 1]
-                pieces = " ".join(inv_vocab[int(t)] for t in ids)
+                ids = input_ids[splits[row] + start:splits[row] + end + 1].tolist()
+                pieces = " ".join([inv_vocab[t] for t in ids])
                 pred = " ".join(pieces.replace(" ##", "").replace("##", "").split())
-                first = int(features["span_start"][row]) + start - \
-                    (int(features["query_length"][row]) + 2)
+                first = int(columns["span_start"][row]) + start - \
+                    (int(columns["query_length"][row]) + 2)
                 last = first + (end - start)
                 orig = " ".join(context_words[tok_to_orig[first]:tok_to_orig[last] + 1])
                 text = final_text(pred, orig, words)
