@@ -5,6 +5,7 @@ Google's original run_squad.py.
   .venv/bin/python bench/bench_squad.py accuracy --output bench/squad_results.json
   .venv/bin/python bench/bench_squad.py convert
   .venv/bin/python bench/bench_squad.py speed --rounds 2
+  .venv/bin/python bench/bench_squad.py scale
   .venv/bin/python bench/bench_squad.py latency --checkpoint_dir OUTPUT_DIR_OF_A_RUN
 
 accuracy: fine-tunes all-MiniLM-L6-v2 on the answerable questions of the train-v2.0 slice
@@ -21,6 +22,8 @@ bench/peers/google_squad.py without TensorFlow 1), medians of --rounds, alternat
 
 speed: training examples/s side by side, alternating bert_tf (bf16, fp32) and HF (bf16, fp32),
 short runs of --steps steps, --rounds rounds, medians.
+
+scale: peak memory converting a train-v2.0-sized file (the slice x28) against the slice.
 
 latency: one question at a time through a fine-tuned model already in memory (the SQuAD file
 read and checked, features, the forward pass, the n-best and the answer text): medians over
@@ -231,6 +234,46 @@ def speed(a):
             f.write(json.dumps(result) + "\n")
 
 
+def scale(a):
+    """Peak memory of converting a train-v2.0-sized file: the train slice repeated --copies
+    times (ids made unique; 4,719 questions a copy, 28 copies ~ the 130k of train-v2.0) against
+    one copy, each converted from scratch by bert_tf with 2 processes under bench/peak_rss.py."""
+    work = a.work_dir or tempfile.mkdtemp(prefix="bench_squad_scale_")
+    os.makedirs(work, exist_ok=True)
+    with open(TRAIN, encoding="utf-8") as f:
+        raw = json.load(f)
+    vocab = os.path.join(ROOT, "..", "shared", "data", "vocab", "uncased_vocab.txt")
+    results = []
+    for copies in (1, a.copies):
+        data = {"version": raw["version"], "data": []}
+        for c in range(copies):
+            for article in raw["data"]:
+                data["data"].append({"title": article["title"], "paragraphs": [
+                    {"context": p["context"],
+                     "qas": [dict(q, id=f"{q['id']}-{c}") for q in p["qas"]]}
+                    for p in article["paragraphs"]]})
+        path = os.path.join(work, f"train-x{copies}.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(data, f)
+        code = ("import sys, json, tempfile; sys.path.insert(0, sys.argv[1]); "
+                "from bert_tf.data import squad; "
+                "d = squad.read_squad(sys.argv[2], True, for_training=True); "
+                "f = squad.convert_to_store(d, sys.argv[3], True, "
+                "squad.FeatureSettings(for_training=True), tempfile.mkdtemp(), num_workers=2); "
+                "print(json.dumps({'questions': len(d.examples), 'features': len(f)}))")
+        proc = subprocess.run([sys.executable, os.path.join(HERE, "peak_rss.py"), "--",
+                               sys.executable, "-c", code, ROOT, path, vocab],
+                              capture_output=True, text=True, check=True)
+        counts = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("{")))
+        results.append({"copies": copies, "json_mb": os.path.getsize(path) / 1e6, **counts,
+                        "peak_rss": proc.stderr.strip().splitlines()[-1]})
+        print(json.dumps(results[-1]), flush=True)
+    result = {"bench": "squad_convert_scale", "runs": results}
+    if a.output:
+        with open(a.output, "a") as f:
+            f.write(json.dumps(result) + "\n")
+
+
 def latency(a):
     sys.path.insert(0, ROOT)
     import numpy as np
@@ -281,7 +324,8 @@ def latency(a):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["accuracy", "convert", "latency", "speed"])
+    p.add_argument("what", choices=["accuracy", "convert", "latency", "speed", "scale"])
+    p.add_argument("--copies", type=int, default=28, help="scale: copies of the train slice")
     p.add_argument("--steps", type=int, default=24, help="speed: optimizer steps per run")
     p.add_argument("--checkpoint_dir", help="latency: the --output_dir of a run_squad.py run")
     p.add_argument("--questions", type=int, default=20)
@@ -294,7 +338,8 @@ def main():
     p.add_argument("--work_dir", default=None)
     p.add_argument("--output", default=None, help="append the JSON lines here")
     a = p.parse_args()
-    {"accuracy": accuracy, "convert": convert, "latency": latency, "speed": speed}[a.what](a)
+    {"accuracy": accuracy, "convert": convert, "latency": latency, "speed": speed,
+     "scale": scale}[a.what](a)
 
 
 if __name__ == "__main__":
