@@ -152,13 +152,19 @@ def test_answers_equal_googles_write_predictions(tmp_path, v2):
         dev = tmp_path / "dev-answerable.json"
         dev.write_text(json.dumps(raw))
     data, features = store(dev, tmp_path, v2=v2)
-    for below in ([True, False] if v2 else [True]):
-        start, end = _designed_logits(features, cls_below_top20=below)
+    designs = [True, False] if v2 else [True]
+    logits = {}
+    for below in designs:
+        logits[below] = _designed_logits(features, cls_below_top20=below)
+        (tmp_path / f"below{below}").mkdir()
+        np.savez(tmp_path / f"below{below}" / "logits.npz", start_logits=logits[below][0],
+                 end_logits=logits[below][1])
+    google("predict", dev, vocab(), *[p for below in designs for p in (
+        tmp_path / f"below{below}" / "logits.npz", tmp_path / f"below{below}" / "google")],
+        *(["--v2"] if v2 else []))
+    for below in designs:
+        start, end = logits[below]
         side = tmp_path / f"below{below}"
-        side.mkdir()
-        np.savez(side / "logits.npz", start_logits=start, end_logits=end)
-        google("predict", dev, vocab(), side / "logits.npz", side / "google",
-               *(["--v2"] if v2 else []))
         predictions, nbest, null_odds = answers(data, features, start, end,
                                                 version_2_with_negative=v2)
         squad_answers.write_predictions(str(side / "ours"), predictions, nbest, null_odds)

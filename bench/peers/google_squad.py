@@ -4,12 +4,13 @@ TF1 calls they make (tf.flags is absl's, tf.gfile is open, tf.logging is silent)
 TensorFlow 1 nor its modeling code is needed. Used by tests/test_squad.py and bench/bench_squad.py.
 
   python bench/peers/google_squad.py features FILE VOCAB OUT.jsonl [--training] [--v2]
-  python bench/peers/google_squad.py predict FILE VOCAB LOGITS.npz OUT_DIR [--v2]
+  python bench/peers/google_squad.py predict FILE VOCAB LOGITS.npz OUT_DIR [LOGITS OUT ...] [--v2]
   python bench/peers/google_squad.py time FILE VOCAB          # conversion seconds, as JSON
 
 features: one JSON line per feature (example_index, doc_span_index, input_ids and segment_ids
 up to the mask's length, start_position, end_position). predict: LOGITS.npz holds start_logits
-and end_logits [N, max_seq_length] in Google's feature order; writes predictions.json,
+and end_logits [N, max_seq_length] in Google's feature order (one conversion, any number of
+LOGITS / OUT_DIR pairs); writes into each OUT_DIR predictions.json,
 nbest_predictions.json (and null_odds.json) with Google's defaults (n_best 20, max answer 30,
 threshold 0).
 """
@@ -99,18 +100,19 @@ def main():
     else:
         import numpy as np
 
-        path, vocab, logits, out = a.args
+        path, vocab, *pairs = a.args  # LOGITS.npz OUT_DIR [LOGITS.npz OUT_DIR ...]
         examples, features = convert(run_squad, tokenization, path, vocab, False, a.v2)
-        arrays = np.load(logits)
-        results = [run_squad.RawResult(unique_id=f.unique_id,
-                                       start_logits=[float(x) for x in arrays["start_logits"][i]],
-                                       end_logits=[float(x) for x in arrays["end_logits"][i]])
-                   for i, f in enumerate(features)]
-        os.makedirs(out, exist_ok=True)
-        run_squad.write_predictions(examples, features, results, 20, 30, True,
-                                    os.path.join(out, "predictions.json"),
-                                    os.path.join(out, "nbest_predictions.json"),
-                                    os.path.join(out, "null_odds.json"))
+        for logits, out in zip(pairs[::2], pairs[1::2]):
+            arrays = np.load(logits)
+            results = [run_squad.RawResult(
+                unique_id=f.unique_id, start_logits=[float(x) for x in arrays["start_logits"][i]],
+                end_logits=[float(x) for x in arrays["end_logits"][i]])
+                for i, f in enumerate(features)]
+            os.makedirs(out, exist_ok=True)
+            run_squad.write_predictions(examples, features, results, 20, 30, True,
+                                        os.path.join(out, "predictions.json"),
+                                        os.path.join(out, "nbest_predictions.json"),
+                                        os.path.join(out, "null_odds.json"))
 
 
 if __name__ == "__main__":
