@@ -64,7 +64,8 @@ def define_squad_flags(flag_values=None) -> None:
     f.DEFINE_integer("max_train_examples", 0, "Train on the first N questions only (quick runs, "
                      "sweeps on a slice); 0: all of them.")
     f.DEFINE_integer("preprocess_workers", 0, "Processes that turn questions into features "
-                     "(0: one per core, at most 8).")
+                     "(0: one per core, at most 8, for files of 20k questions or more; one "
+                     "below that, where starting workers costs more than it saves).")
     f.DEFINE_string("feature_cache_dir", None, "Where converted features are kept, keyed by the "
                     "file's sha256 and the settings (default OUTPUT_DIR/cache; share one "
                     "folder between runs to convert a training set once).")
