@@ -66,6 +66,8 @@ def define_squad_flags(flag_values=None) -> None:
     f.DEFINE_integer("preprocess_workers", 0, "Processes that turn questions into features "
                      "(0: one per core, at most 8, for files of 20k questions or more; one "
                      "below that, where starting workers costs more than it saves).")
+    f.DEFINE_bool("verbose_logging", False, "Google's flag, accepted and ignored (answers whose "
+                  "text cannot be aligned fall back to the context's words, as in Google's).")
     f.DEFINE_string("feature_cache_dir", None, "Where converted features are kept, keyed by the "
                     "file's sha256 and the settings (default OUTPUT_DIR/cache; share one "
                     "folder between runs to convert a training set once).")
@@ -190,6 +192,14 @@ def define_engine_flags(learning_rate: float = 5e-5, train_batch_size: int = 32,
                     "experiment and run are used whatever this says.")
     f.DEFINE_string("experiment_name", None, "MLflow experiment (default: the task, e.g. MRPC, "
                     "CoNLL-2003, pretraining).")
+    # Google's TPU flags, so its command lines run as written; bert_tf trains on this
+    # machine's devices and says so when they are set (run_args).
+    f.DEFINE_bool("use_tpu", False, "Google's flag, accepted and ignored: bert_tf trains on "
+                  "GPUs / CPUs (Horovod for several).")
+    for name in ("tpu_name", "tpu_zone", "gcp_project", "master"):
+        f.DEFINE_string(name, None, "Google's TPU flag, accepted and ignored.")
+    f.DEFINE_integer("num_tpu_cores", 8, "Google's TPU flag, accepted and ignored.")
+    f.DEFINE_integer("iterations_per_loop", 1000, "Google's TPU flag, accepted and ignored.")
 
 
 SCRIPTS = ("run_classifier.py", "run_ner.py", "run_squad.py", "run_pretraining.py")
@@ -214,12 +224,23 @@ def script_flags(script: str):
     return fv
 
 
+GOOGLE_IGNORED = ("use_tpu", "tpu_name", "tpu_zone", "gcp_project", "master", "num_tpu_cores",
+                  "iterations_per_loop")
+
+
 def run_args(FLAGS, cls=None):
     """Parsed flags -> `cls` (default: bert_tf.finetune.RunArgs), field by field."""
     import dataclasses
 
     if cls is None:
         from bert_tf.finetune import RunArgs as cls
+    ignored = [f"--{name}" for name in GOOGLE_IGNORED if name in FLAGS and FLAGS[name].present]
+    if ignored:
+        import logging
+
+        logging.getLogger("bert_tf").warning(
+            "%s: Google's TPU flags are accepted and ignored; training runs on this machine's "
+            "devices (--use_horovod for several)", ", ".join(ignored))
     values = {}
     for field in dataclasses.fields(cls):
         if field.name == "do_lower_case_given":

@@ -240,7 +240,7 @@ def squad_scores(examples, predictions: dict, null_odds: dict | None = None,
         else:
             exact.append(max(float(squad_normalize(pred) == squad_normalize(g)) for g in golds))
             f1.append(max(squad_f1(pred, g, version_2) for g in golds))
-        has_answer.append(golds != [""])
+        has_answer.append(bool(ex.answers))  # as evaluate-v2.0.py: answers listed or not
         ids.append(ex.qas_id)
     exact, f1, has_answer = np.array(exact), np.array(f1), np.array(has_answer, bool)
     if not version_2:

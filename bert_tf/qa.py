@@ -71,9 +71,9 @@ def check_args(args: SquadArgs) -> None:
     if args.doc_stride < 1:
         raise UsageError(f"--doc_stride={args.doc_stride} must be at least 1 (the step between "
                          "windows over a long document; Google's default is 128 at 384)")
-    if args.doc_stride > room:
+    if args.doc_stride >= room:
         raise UsageError(
-            f"--doc_stride={args.doc_stride} exceeds {room}, the room for the document in a "
+            f"--doc_stride={args.doc_stride} is not below {room}, the room for the document in a "
             f"window (max_seq_length {args.max_seq_length} - max_query_length "
             f"{args.max_query_length} - 3): windows would not overlap, so an answer cut by a "
             "window's edge could be found in neither. Lower --doc_stride (to about half the "
@@ -148,7 +148,8 @@ def run_squad(args: SquadArgs) -> dict:
     cache_dir = args.feature_cache_dir or os.path.join(args.output_dir, "cache")
 
     def features_of(data, for_training):
-        """The chief converts (worker processes); the other ranks wait and read its store."""
+        """The chief converts (worker processes); the other ranks wait and read its store. A
+        collective step: every rank calls it, at the same point (never from chief-only code)."""
         settings = squad.FeatureSettings(args.max_seq_length, args.doc_stride,
                                          args.max_query_length, for_training)
 
@@ -191,8 +192,12 @@ def run_squad(args: SquadArgs) -> dict:
             results["null_score_diff_threshold"] = args.null_score_diff_threshold
         return results
 
+    # The predict file's features are made before training, on every rank (features_of is a
+    # collective step); evaluations during training and the final prediction run on the chief.
+    predict_features = features_of(predict_data, False) if predict_data is not None else None
+
     def evaluate_dev(step):
-        predictions, _, null_odds = predict(features_of(predict_data, False), progress=False)
+        predictions, _, null_odds = predict(predict_features, progress=False)
         results = score(predictions, null_odds)
         logger.info("step %d: F1 %.2f, EM %.2f", step, results["f1"],
                     results.get("exact_match", results.get("exact")))
@@ -204,6 +209,8 @@ def run_squad(args: SquadArgs) -> dict:
         if args.do_train:
             features = features_of(train_data, True)
             kept = len(train_data.examples) - features.meta["skipped"]
+            if dist.is_chief:
+                logger.info("training on %d questions in %d windows", kept, len(features))
             if dist.is_chief and features.meta["skipped"]:
                 logger.warning("%d training question(s) skipped: their answer text cannot be "
                                "recovered from the context's whitespace tokens (Google's rule)",
@@ -217,8 +224,7 @@ def run_squad(args: SquadArgs) -> dict:
                            args.output_dir)
         results = {}
         if predict_data is not None and dist.is_chief:
-            features = features_of(predict_data, False)
-            predictions, nbest, null_odds = predict(features, args.progress)
+            predictions, nbest, null_odds = predict(predict_features, args.progress)
             if args.do_predict:
                 for path in squad_answers.write_predictions(args.output_dir, predictions, nbest,
                                                             null_odds):

@@ -4,6 +4,7 @@ files in ../shared/data/squad; run_squad.py end to end on a tiny BERT; bad input
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -252,14 +253,25 @@ def test_store_is_reused_keyed_by_settings_and_identical_across_worker_counts(tm
 
     dev = shared("squad", "slices", "dev-v2.0-first5articles.json")
     _, one = store(dev, tmp_path, v2=True, workers=1)
-    _, again = store(dev, tmp_path, v2=True, workers=2)
-    assert again.directory == one.directory  # reused, not converted again
+    original = squad._write_store
+    squad._write_store = lambda *a, **k: pytest.fail("converted again instead of reused")
+    try:
+        _, again = store(dev, tmp_path, v2=True, workers=2)
+    finally:
+        squad._write_store = original
+    assert again.directory == one.directory
     _, two = store(dev, tmp_path / "other", v2=True, workers=2)
     for name in one.columns:
         assert np.array_equal(one[name], two[name]), name
     _, strided = store(dev, tmp_path, v2=True, max_seq_length=128, doc_stride=32)
     assert strided.directory != one.directory and len(strided) > len(one)
     assert not [n for n in os.listdir(tmp_path / "cache") if ".tmp" in n]
+    # Other questions of the same file (--max_train_examples) are another store.
+    data = squad.read_squad(str(dev), True)
+    data.examples = data.examples[:16]
+    first16 = squad.convert_to_store(data, vocab(), True, squad.FeatureSettings(),
+                                     str(tmp_path / "cache"))
+    assert first16.directory != one.directory and first16.meta["examples"] == 16
     assert squad.SquadFeatures(one.directory).meta["features"] == len(one) == 1414
 
 
@@ -329,11 +341,19 @@ def test_run_squad_v2_end_to_end(tmp_path, tiny_bert):
     assert [r["best_f1"] for r in rows if r["split"] == "eval"] == [results["best_f1"]]
 
     first = json.loads((out / "predictions.json").read_text())
+    first_odds = json.loads((out / "null_odds.json").read_text())
+    # Google's second 2.0 step: predict only, with its TPU flags as its README writes them.
     proc = run_script(squad_args(tiny_bert, out, "--version_2_with_negative", "--do_predict",
-                                 f"--predict_file={dev}", "--predict_batch_size=64"),
+                                 f"--predict_file={dev}", "--predict_batch_size=64",
+                                 "--use_tpu=False", "--iterations_per_loop=1000"),
                       script=SCRIPT)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "accepted and ignored" in proc.stderr
     assert json.loads((out / "predictions.json").read_text()) == first
+    odds = json.loads((out / "null_odds.json").read_text())
+    assert list(odds) == list(first_odds)
+    np.testing.assert_allclose(list(odds.values()), list(first_odds.values()), atol=1e-4)
+    assert json.loads((out / "run_config.json").read_text())["identity"]["train_data"]
 
 
 def _squad_file(tmp_path, name, transform):
@@ -352,9 +372,6 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, tiny_bert):
 
     v2 = shared("squad", "slices", "train-v2.0-first10articles.json")
     v1 = shared("squad", "dev-v1.1.json")
-
-    def first_qa(raw):
-        return raw["data"][0]["paragraphs"][0]["qas"][0]
 
     def bad_start(raw):
         qa = next(q for q in raw["data"][0]["paragraphs"][0]["qas"] if q["answers"])
@@ -379,6 +396,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, tiny_bert):
         (dict(train_file=str(shared("glue", "MRPC", "train.tsv"))), DataError,
          "not SQuAD JSON"),
         (dict(train_file=str(tmp_path / "list.json")), DataError, "not SQuAD JSON"),
+        (dict(train_file=str(v1.parent)), UsageError, "is a folder"),
     ]
     (tmp_path / "list.json").write_text("[1, 2]")
     for overrides, error, message in cases:
@@ -390,7 +408,6 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, tiny_bert):
         with pytest.raises(error, match=message.replace("+", r"\+")):
             run_squad(args)
         assert not out.exists(), overrides
-    assert first_qa(json.loads(v2.read_text()))["id"]
 
     cased = tmp_path / "cased_L-2_H-32"
     tiny_dir(str(cased))
@@ -399,6 +416,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, tiny_bert):
                             do_train=True, train_file=str(v1), do_lower_case=True,
                             do_lower_case_given=True, max_seq_length=128,
                             max_query_length=32, doc_stride=64))
+    assert not (tmp_path / "c").exists()
 
     # The script: one line naming the file and the question id, exit 2, nothing written.
     bad = _squad_file(tmp_path, "start2.json", bad_start)
@@ -410,3 +428,54 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, tiny_bert):
     lines = [l for l in proc.stderr.splitlines() if "error" in l]
     assert len(lines) == 1 and str(bad) in lines[0] and qid in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "s").exists()
+
+
+def test_unlabelled_questions_and_questions_without_windows(tmp_path):
+    """A 2.0 model predicts unlabelled questions (id and question only), and a question whose
+    context has no word piece (no window at all) is answered "" with its null odds, so the
+    official script can score the file."""
+    from bert_tf.data import squad
+
+    raw = {"version": "v2.0", "data": [{"title": "t", "paragraphs": [
+        {"context": "The Normans were in Normandy.",
+         "qas": [{"id": "q0", "question": "Who was in Normandy?"}]},
+        {"context": "\u200b\u200b \ufffd", "qas": [{"id": "q1", "question": "What?"}]}]}]}
+    path = tmp_path / "new.json"
+    path.write_text(json.dumps(raw))
+    data = squad.read_squad(str(path), True)
+    assert not data.has_answers
+    features = squad.convert_to_store(data, vocab(), True, squad.FeatureSettings(),
+                                      str(tmp_path / "cache"))
+    assert np.asarray(features["example_index"]).tolist() == [0]
+    start = np.zeros((1, 384), np.float32)
+    predictions, nbest, null_odds = answers(data, features, start, start.copy(),
+                                            version_2_with_negative=True)
+    assert predictions["q1"] == "" and null_odds["q1"] > 100 and set(null_odds) == {"q0", "q1"}
+    with pytest.raises(squad.DataError, match="SQuAD 2.0 data"):
+        labelled = json.loads(shared("squad", "slices", "dev-v2.0-first5articles.json")
+                              .read_text())
+        (tmp_path / "v2.json").write_text(json.dumps(labelled))
+        squad.read_squad(str(tmp_path / "v2.json"), False)
+
+
+def test_predict_only_run_keeps_the_training_record(tmp_path):
+    """--do_predict alone in a trained run's folder (Google's 2.0 threshold step) leaves
+    run_config.json as training wrote it: the training command still resumes, another one is
+    still refused."""
+    from bert_tf import BertConfig
+    from bert_tf.assets import UsageError
+    from bert_tf.qa import SquadArgs
+    from bert_tf.training.loop import checkpoint_dir
+    from bert_tf.training.run import guard_output_dir
+
+    config = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=37)
+    out = tmp_path / "run"
+    train = SquadArgs(output_dir=str(out), do_train=True, learning_rate=3e-5)
+    guard_output_dir(train, config, True, train_data="abc")
+    os.makedirs(checkpoint_dir(str(out)))
+    (pathlib.Path(checkpoint_dir(str(out))) / "ckpt-10.index").write_bytes(b"")
+    guard_output_dir(SquadArgs(output_dir=str(out), do_predict=True), config, True)
+    guard_output_dir(train, config, True, train_data="abc")  # resumes
+    with pytest.raises(UsageError, match="train_data"):
+        guard_output_dir(train, config, True, train_data="another file")

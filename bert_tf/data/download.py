@@ -12,12 +12,15 @@ Command line: python -m bert_tf.data.download MRPC [RTE ...]
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from bert_tf import downloads
 from bert_tf.data import glue
 from bert_tf.downloads import DownloadError
+
+logger = logging.getLogger("bert_tf")
 
 GLUE_BASE_URL = "https://dl.fbaipublicfiles.com/glue/data"
 SENTEVAL_BASE_URL = "https://dl.fbaipublicfiles.com/senteval/senteval_data"
@@ -138,6 +141,11 @@ def ensure_squad_file(value: str, flag: str = "train_file", cache_dir: str | Non
     without a folder in front) downloaded once into <cache>/squad/ (official files checked
     against their SHA-256; a mirror: base_url or $BERT_TF_SQUAD_BASE_URL). Raises
     FileNotFoundError naming the flag for anything else, DownloadError when a download fails."""
+    if os.path.isdir(value):
+        from bert_tf.assets import UsageError
+
+        raise UsageError(f"--{flag}={value} is a folder: pass the SQuAD JSON file in it (e.g. "
+                         f"{os.path.join(value, 'dev-v1.1.json')})")
     if os.path.exists(value):
         return value
     name = os.path.basename(value.split("?", 1)[0])
@@ -145,6 +153,9 @@ def ensure_squad_file(value: str, flag: str = "train_file", cache_dir: str | Non
     if not is_url and name not in SQUAD_FILES:
         raise FileNotFoundError(f"--{flag}={value}: no such file (the official "
                                 f"{', '.join(SQUAD_FILES)} are downloaded when named)")
+    if not is_url:
+        logger.warning("--%s=%s: not found here; using the official %s (downloaded once into "
+                       "the cache)", flag, value, name)
     base = (base_url or os.environ.get(SQUAD_BASE_URL_ENV) or SQUAD_BASE_URL).rstrip("/")
     url = value if is_url else f"{base}/{name}"
     sha256 = SQUAD_FILES.get(name)

@@ -16,8 +16,8 @@ on dev-v1.1 and its 10,833 features):
     question) points at [CLS] (position 0).
 
 What differs is where the work happens: the context is tokenized once per paragraph for all its
-questions (Google tokenizes it again for each question: 19.1 s against 3.1 s for dev-v1.1), in
-worker processes, and features go to disk as they are made, so memory does not grow with the
+questions (Google tokenizes it again for each question; dev-v1.1 converts in 0.9 s here against
+17.7 s, bench/bench_squad.py convert), with the memoising tokenizer, in worker processes, and features go to disk as they are made, so memory does not grow with the
 training set (train-v2.0 has 130k questions). The store is plain little-endian arrays and a JSON
 header (no pickle), kept under a name derived from the file's sha256 and every setting.
 
@@ -95,7 +95,7 @@ def read_squad(path: str, version_2_with_negative: bool, for_training: bool = Fa
     FileNotFoundError for a missing file."""
     try:
         with open(path, "rb") as f:
-            raw = json.loads(f.read().decode("utf-8"))
+            raw = json.loads(f.read().decode("utf-8-sig"))
     except FileNotFoundError:
         raise
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -106,7 +106,9 @@ def read_squad(path: str, version_2_with_negative: bool, for_training: bool = Fa
         raise DataError(f"{path}: not SQuAD JSON: expected an object with a \"data\" list of "
                         "articles (each with \"paragraphs\" of \"context\" and \"qas\")")
     contexts, examples, seen = [], [], set()
-    marks_impossible = False
+    marks_impossible = False  # some question is_impossible: 2.0 data
+    v2_layout = False  # some question carries the is_impossible key at all
+    labelled = False  # some question carries an answer
     has_answers = True
     for a, article in enumerate(articles):
         paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
@@ -120,7 +122,9 @@ def read_squad(path: str, version_2_with_negative: bool, for_training: bool = Fa
             context = paragraph["context"]
             for qa in paragraph["qas"]:
                 example = _read_question(path, qa, context, len(contexts), seen)
-                marks_impossible |= "is_impossible" in qa
+                marks_impossible |= example.is_impossible
+                v2_layout |= "is_impossible" in qa
+                labelled |= bool(example.answers)
                 has_answers &= bool(example.answers) or example.is_impossible
                 if for_training and not example.answers and not example.is_impossible:
                     raise DataError(f"{path}: question {example.qas_id}: no answer to train on "
@@ -132,16 +136,21 @@ def read_squad(path: str, version_2_with_negative: bool, for_training: bool = Fa
     if marks_impossible and not version_2_with_negative:
         raise DataError(f"{path}: SQuAD 2.0 data (questions marked is_impossible): pass "
                         "--version_2_with_negative")
-    if version_2_with_negative and not marks_impossible:
+    # Unlabelled questions (id and question only) fit either version: a 2.0 model may predict
+    # new questions. Labelled data without the is_impossible key is 1.1.
+    if version_2_with_negative and labelled and not v2_layout:
         raise DataError(f"{path}: SQuAD 1.1 data (no question carries is_impossible) with "
                         "--version_2_with_negative: leave the flag out, or pass 2.0 data")
-    return SquadData(path, contexts, examples, marks_impossible, has_answers)
+    return SquadData(path, contexts, examples, marks_impossible or version_2_with_negative,
+                     has_answers)
 
 
 def _read_question(path, qa, context, paragraph, seen) -> SquadExample:
     if not isinstance(qa, dict) or not isinstance(qa.get("id"), str) or \
             not isinstance(qa.get("question"), str):
-        raise DataError(f"{path}: not SQuAD JSON: a question lacks \"id\" or \"question\"")
+        what = qa.get("id") if isinstance(qa, dict) else qa
+        raise DataError(f"{path}: not SQuAD JSON: question {what!r} lacks a text \"id\" or "
+                        "\"question\"")
     qid = qa["id"]
     if qid in seen:
         raise DataError(f"{path}: question {qid}: the id appears twice (predictions are keyed "
@@ -158,9 +167,9 @@ def _read_question(path, qa, context, paragraph, seen) -> SquadExample:
     for answer in answers:
         text = answer.get("text") if isinstance(answer, dict) else None
         start = answer.get("answer_start") if isinstance(answer, dict) else None
-        if not isinstance(text, str) or not isinstance(start, int) or not text:
+        if not isinstance(text, str) or not isinstance(start, int) or not text or start < 0:
             raise DataError(f"{path}: question {qid}: an answer lacks \"text\" or an integer "
-                            "\"answer_start\"")
+                            "\"answer_start\" >= 0")
         if context[start:start + len(text)] != text:
             found = context.find(text)
             hint = (f" (the text is at {found})" if found >= 0 else
@@ -332,11 +341,12 @@ def _sha256(path: str) -> str:
 
 
 def store_key(data_sha256: str, vocab_sha256: str, do_lower_case: bool,
-              settings: FeatureSettings, version_2: bool) -> str:
-    """The store's name: a digest of the input file's and vocabulary's sha256 and every setting
+              settings: FeatureSettings, version_2: bool, questions: str = "") -> str:
+    """The store's name: a digest of the input file's and vocabulary's sha256, the questions
+    converted (a digest of their ids: --max_train_examples takes the first N) and every setting
     that changes a feature."""
     key = {"format": STORE_FORMAT, "data": data_sha256, "vocab": vocab_sha256,
-           "lower": bool(do_lower_case), "version_2": bool(version_2),
+           "lower": bool(do_lower_case), "version_2": bool(version_2), "questions": questions,
            **dataclasses.asdict(settings)}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -410,8 +420,9 @@ def convert_to_store(data: SquadData, vocab_file: str, do_lower_case: bool,
     else converted (num_workers processes, paragraphs in chunks, written as they come, in file
     order whatever the worker count) into a temporary folder renamed into place when complete:
     a killed conversion leaves nothing a later run would take for a store."""
+    questions = hashlib.sha256("\n".join(ex.qas_id for ex in data.examples).encode())
     key = store_key(file_sha256(data.path), file_sha256(vocab_file), do_lower_case, settings,
-                    data.version_2)
+                    data.version_2, f"{len(data.examples)}-{questions.hexdigest()[:16]}")
     kind = "train" if settings.for_training else "predict"
     directory = os.path.join(cache_dir, f"squad-{kind}-{key}")
     if os.path.isfile(os.path.join(directory, "features.json")):
@@ -439,9 +450,10 @@ def convert_to_store(data: SquadData, vocab_file: str, do_lower_case: bool,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     features = SquadFeatures(directory)
-    logger.info("features of %s: %d from %d questions (%d skipped: answer not recoverable "
-                "from whitespace tokens), stored in %s", data.path, len(features),
-                len(data.examples), features.meta["skipped"], directory)
+    skipped = (f" ({features.meta['skipped']} skipped: answer not recoverable from whitespace "
+               "tokens)" if settings.for_training else "")
+    logger.info("features of %s: %d windows from %d questions%s, stored in %s", data.path,
+                len(features), len(data.examples), skipped, directory)
     return features
 
 

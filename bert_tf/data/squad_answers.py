@@ -15,8 +15,9 @@ Two departures, both on purpose:
     the invalid ones, so a window can give it fewer than n_best^2 candidates); this never ranks
     a lower-scoring valid pair first, and the pairs are scored at once with numpy, not in a
     Python double loop per window;
-  - a 2.0 question whose n-best holds only the null answer is predicted "" with null odds 1e6
-    (Google's script crashes there).
+  - a 2.0 question whose n-best holds only the null answer is predicted "" (Google's script
+    crashes there), with null odds from the best span it ranked, or 1e6 when there is none (a
+    context without a word piece has no window at all).
 """
 
 from __future__ import annotations
@@ -207,6 +208,13 @@ def predict_answers(data, features, start_logits: np.ndarray, end_logits: np.nda
             nbest.append((text, start_logit, end_logit))
         if null is not None and "" not in seen:
             nbest.append(("", null[1], null[2]))
+        if not nbest and settings.version_2_with_negative:
+            # No window at all (a context without a single word piece): nothing to answer from
+            null_odds[example.qas_id] = NO_SPAN_NULL_ODDS
+            predictions[example.qas_id] = ""
+            all_nbest[example.qas_id] = [collections.OrderedDict(
+                text="", probability=1.0, start_logit=0.0, end_logit=0.0)]
+            continue
         if not nbest:  # Google's nonce answer when no window gave a candidate
             nbest.append(("empty", 0.0, 0.0))
         probs = _softmax([s + e for _, s, e in nbest])
@@ -219,7 +227,9 @@ def predict_answers(data, features, start_logits: np.ndarray, end_logits: np.nda
             continue
         best = next(((t, s, e) for t, s, e in nbest if t), None)
         if best is None:  # only the null answer: "" (Google's script fails here)
-            null_odds[example.qas_id] = NO_SPAN_NULL_ODDS
+            span = next((c for c in candidates if c[3] >= 0), None)  # the best one unranked
+            null_odds[example.qas_id] = (NO_SPAN_NULL_ODDS if span is None else
+                                         float(null[0] - span[1] - span[2]))
             predictions[example.qas_id] = ""
             continue
         diff = float(null[0] - best[1] - best[2])

@@ -212,6 +212,11 @@ def guard_output_dir(args: EngineArgs, config, is_chief: bool, num_workers: int 
         raise UsageError(f"--output_dir={args.output_dir} holds checkpoints without a "
                          "run_config.json (not a bert_tf run?): use a new --output_dir")
     record = {"identity": current, "flags": dataclasses.asdict(args)}
+    if os.path.exists(path) and not args.do_train and has_checkpoints(args.output_dir):
+        # Evaluating or predicting with a trained run's checkpoints (Google's SQuAD 2.0 step
+        # with a new threshold, a GLUE --do_predict): the record stays the training run's, so
+        # the training command still resumes and a different one is still refused.
+        return record
     if is_chief:
         os.makedirs(args.output_dir, exist_ok=True)
         tmp = path + ".tmp"
