@@ -87,11 +87,14 @@ def test_gold_spans_round_trip_to_googles_ceiling_on_dev_v11(tmp_path):
 def test_training_features_equal_googles(tmp_path):
     """Every window of the 2.0 train slice (answers, unanswerable questions, long contexts) as
     Google's convert_examples_to_features makes it: ids, segments, answer positions."""
-    train = shared("squad", "slices", "train-v2.0-first10articles.json")
+    # Sino-Tibetan .. Spectre: 1,454 questions, all 348 of the slice's unanswerable ones
+    train = _articles(shared("squad", "slices", "train-v2.0-first10articles.json"), 2, 6,
+                      tmp_path)
     google("features", train, vocab(), tmp_path / "google.jsonl", "--training", "--v2")
     theirs = [json.loads(line) for line in open(tmp_path / "google.jsonl")]
     data, features = store(train, tmp_path, training=True, v2=True, workers=2)
-    assert len(features) == len(theirs) == 4825
+    assert len(features) == len(theirs) > len(data.examples) == 1454
+    assert sum(ex.is_impossible for ex in data.examples) == 348
     for i, g in enumerate(theirs):
         batch = features.batch(np.array([i]), 384)
         n = int(features.lengths[i])
@@ -101,6 +104,15 @@ def test_training_features_equal_googles(tmp_path):
         assert int(features["example_index"][i]) == g["example_index"]
         assert (int(batch["start_positions"][0]), int(batch["end_positions"][0])) == \
             (g["start_position"], g["end_position"]), i
+
+
+def _articles(path, start, stop, tmp_path):
+    """A copy of a SQuAD file with articles [start, stop) only (quicker oracle runs)."""
+    raw = json.loads(path.read_text())
+    raw["data"] = raw["data"][start:stop]
+    out = tmp_path / f"articles{start}-{stop}-{path.name}"
+    out.write_text(json.dumps(raw))
+    return out
 
 
 def _designed_logits(features, seed=0, cls_below_top20=True):
@@ -142,7 +154,7 @@ def test_answers_equal_googles_write_predictions(tmp_path, v2):
     writes them from the same logits (dev-v2.0 slice; for 1.1 its answerable questions)."""
     from bert_tf.data import squad_answers
 
-    dev = shared("squad", "slices", "dev-v2.0-first5articles.json")
+    dev = _articles(shared("squad", "slices", "dev-v2.0-first5articles.json"), 0, 3, tmp_path)
     if not v2:
         raw = json.loads(dev.read_text())
         for article in raw["data"]:
@@ -201,7 +213,7 @@ def test_answers_equal_googles_write_predictions(tmp_path, v2):
             np.testing.assert_allclose([null_odds[q] for q in same], [theirs[q] for q in same],
                                        atol=1e-4)
             if not below:  # the null path is exercised
-                assert 200 < sum(p == "" for p in predictions.values()) < 1200
+                assert 0.15 < np.mean([p == "" for p in predictions.values()]) < 0.85
 
 
 def _perturbed_predictions(data, seed=0):
