@@ -317,15 +317,28 @@ def _run_and_signal(script, delay, signum):
 
     from tests.conftest import REPO
 
+    def shell_like_signals():
+        # The child starts as a shell would start it: nothing blocked, SIGINT and SIGTERM at
+        # their defaults. A blocked or ignored signal is inherited through exec, and twice a
+        # full CI run under load hung here (60 s) as if SIGINT never arrived.
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_DFL)
+
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    inherited = (signal.pthread_sigmask(signal.SIG_BLOCK, []), signal.getsignal(signal.SIGINT))
     proc = subprocess.Popen([sys.executable, script], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=shell_like_signals)
     assert proc.stdout.readline().strip() == "ready"
     time.sleep(delay)
     sent = time.monotonic()
     proc.send_signal(signum)
     try:
         out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"no exit within 60 s of {signal.Signals(signum).name}; the test "
+                             f"process had blocked {inherited[0]}, SIGINT handler "
+                             f"{inherited[1]}") from None
     finally:
         if proc.poll() is None:
             proc.kill()
