@@ -281,6 +281,7 @@ def base_args(corpus, out):
             "--train_batch_size=4", "--learning_rate=2e-3"]
 
 
+@pytest.mark.slow  # 73 s; run_classifier's kill -9 test covers resume in the default run
 def test_kill_9_mid_accumulation_then_rerun_matches_uninterrupted(tmp_path, corpus):
     """Steps of 2 micro-batches; killed after a checkpoint and mid-run, the same command ends
     with the same losses and bit-identical weights as an uninterrupted run."""
@@ -800,6 +801,7 @@ def test_records_of_googles_script_train_after_their_index_is_built(tmp_path):
     assert "is not the vocabulary --input_file was made with" in refused.stderr
 
 
+@pytest.mark.slow  # 26 s, two short trainings; with the other slow tests in make test-slow
 def test_records_moved_elsewhere_resume_the_same_run(tmp_path, corpus):
     """A rerun that finds the same records under another path (an Azure ML job mounts its
     inputs under a path of its own) resumes; other records are refused, named by content."""
