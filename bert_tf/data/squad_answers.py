@@ -163,6 +163,7 @@ def predict_answers(data, features, start_logits: np.ndarray, end_logits: np.nda
     were made with (its vocabulary turns ids back into pieces; its basic tokenizer aligns the
     answer text). Returns (predictions {id: text}, nbest {id: [{text, probability,
     start_logit, end_logit}]}, null_odds {id: float} (empty for 1.1)), in file order."""
+    from bert_tf.data.squad import doc_tokens
     from bert_tf.tokenization import BasicTokenizer
 
     words = getattr(tokenizer, "words", None) or \
@@ -183,7 +184,6 @@ def predict_answers(data, features, start_logits: np.ndarray, end_logits: np.nda
         if example.paragraph not in doc_words:
             if len(doc_words) > 64:
                 doc_words.clear()
-            from bert_tf.data.squad import doc_tokens
             doc_words[example.paragraph] = (doc_tokens(data.contexts[example.paragraph])[0],
                                             features.paragraph_tok_to_orig(example.paragraph))
         context_words, tok_to_orig = doc_words[example.paragraph]
