@@ -39,6 +39,10 @@ setup(
         "pyyaml",  # search-space files (bert_tf.sweeps)
         "optuna",  # local sweeps (bert_tf.tune)
         "matplotlib",  # sweep plots
+        # prepare_corpus.py: MediaWiki markup, Parquet input, near-duplicate MinHash LSH
+        "mwparserfromhell>=0.6",
+        "pyarrow",
+        "datasketch>=2.0",
     ],
     extras_require={
         # Test and benchmark peers: never imported by the library.
