@@ -34,6 +34,15 @@ _LIST_MARK = "\ue001"  # a list / definition-list line: the whole line is droppe
 _HEADING_MARK = "\ue002"  # a heading: ends the paragraph, never written
 _PRE_MARK = "\ue003"  # a line that starts with a space: preformatted (code, pseudo-code)
 _PREFORMATTED = re.compile(r"(?m)^ (?=\S)")
+# Cut before parsing, as they never nest and hold most of an article's templates (citations):
+# parsing them only to drop them was most of the time.
+_REFS_AND_COMMENTS = re.compile(r"<!--.*?(-->|$)|<ref\b[^>/]*/>|<ref\b[^>]*>.*?</ref\s*>",
+                                re.DOTALL | re.IGNORECASE)
+# Innermost templates and tables, cut repeatedly until none is left (they nest): every template
+# and table is dropped anyway, and building their parse trees was most of what remained.
+_INNER_TEMPLATE = re.compile(r"\{\{(?:[^{}]|\{(?!\{)|\}(?!\}))*?\}\}")
+_INNER_LINK = re.compile(r"\[\[([^\[\]]*)\]\]")
+_INNER_TABLE = re.compile(r"(?m)^[ \t:]*\{\|(?:(?!^[ \t:]*\{\|).)*?^[ \t]*\|\}", re.DOTALL)
 
 _INVISIBLE_TAGS = frozenset({
     "ref", "references", "gallery", "imagemap", "timeline", "score", "graph", "mapframe",
@@ -225,7 +234,10 @@ def article_paragraphs(wikitext: str, counts: dict | None = None) -> list[str]:
     out: list[str] = []
     # A line that starts with a space is preformatted text (MediaWiki renders it as <pre>):
     # marked before parsing, so that a template spanning such lines still parses.
-    wikitext = _PREFORMATTED.sub(_PRE_MARK, wikitext)
+    wikitext = _REFS_AND_COMMENTS.sub("", _PREFORMATTED.sub(_PRE_MARK, wikitext))
+    wikitext = _cut_nested(_INNER_TEMPLATE, wikitext, "", counts, None)
+    wikitext = _cut_nested(_INNER_TABLE, wikitext, "\n", counts, "tables")
+    wikitext = _cut_nested(_INNER_LINK, wikitext, _link_text, counts, None)
     _render(mwparserfromhell.parse(wikitext, skip_style_tags=True).nodes, out, counts)
     text = "".join(out)
     paragraphs: list[str] = []
@@ -265,6 +277,31 @@ def article_paragraphs(wikitext: str, counts: dict | None = None) -> list[str]:
             lines.append(line.replace(_PRE_MARK, " "))
     end_paragraph()
     return paragraphs
+
+
+def _link_text(match) -> str:
+    """`[[target|text]]` -> text, `[[target]]` -> target; "" for file, category,
+    interlanguage and other namespace links (see `_render`, which does the same on a tree)."""
+    target, _, text = match.group(1).partition("|")
+    target = target.strip()
+    if ":" in target and not target.startswith(":"):
+        prefix = target.split(":", 1)[0].strip().lower()
+        if prefix in _MEDIA_PREFIXES or _LANGUAGE_LINK.fullmatch(prefix):
+            return ""
+    if text:
+        return text.rsplit("|", 1)[-1] if "|" in text else text
+    target = target.lstrip(":")
+    return target.split("#", 1)[0] or target
+
+
+def _cut_nested(pattern, text: str, replacement: str, counts: dict, name: str | None) -> str:
+    """`text` with every match of `pattern` removed, innermost first, until none is left."""
+    while True:
+        text, n = pattern.subn(replacement, text)
+        if name and n:
+            counts[name] = counts.get(name, 0) + n
+        if not n:
+            return text
 
 
 def _is_label(paragraph: str) -> bool:
