@@ -47,6 +47,30 @@ def _word_pattern(punctuation: list[str]) -> re.Pattern:
     return re.compile(rf"[^\s{body}]+|[{body}]")
 
 
+class WordSplitter:
+    """Google's basic tokenization (BasicTokenizer.tokenize) at C speed, without a vocabulary:
+    `words(text)` -> the words WordPiece then splits (lower-cased and accent-stripped when
+    do_lower_case). Shared by CachedTokenizer and the vocabulary learner."""
+
+    def __init__(self, do_lower_case: bool = True):
+        self.do_lower_case = do_lower_case
+        self._classes = GoogleCharClasses.get()
+        punctuation = self._classes.punctuation
+        # Three variants of one pattern, as in normalization.CharSet: re tests a BMP-only
+        # class with a bitmap, a class with astral ranges range by range (much slower).
+        self._words_ascii = _word_pattern([c for c in punctuation if c.isascii()])
+        self._words_bmp = _word_pattern([c for c in punctuation if ord(c) <= 0xFFFF])
+        self._words_all = _word_pattern(punctuation)
+
+    def words(self, text: str | bytes) -> list[str]:
+        text, astral = clean_and_fold(wordpiece.as_text(text), self.do_lower_case, self._classes)
+        if text.isascii():
+            pattern = self._words_ascii
+        else:
+            pattern = self._words_all if astral else self._words_bmp
+        return pattern.findall(text)
+
+
 class CachedTokenizer:
     """FullTokenizer's ids (Google's tokenization), TensorFlow-free and fast.
 
@@ -67,24 +91,13 @@ class CachedTokenizer:
         check_vocab_has_unk(self.vocab, vocab_file)
         self.inv_vocab = {index: token for token, index in self.vocab.items()}
         self.max_cached_words = max_cached_words
-        self._classes = GoogleCharClasses.get()
-        punctuation = self._classes.punctuation
-        # Three variants of one pattern, as in normalization.CharSet: re tests a BMP-only
-        # class with a bitmap, a class with astral ranges range by range (much slower).
-        self._words_ascii = _word_pattern([c for c in punctuation if c.isascii()])
-        self._words_bmp = _word_pattern([c for c in punctuation if ord(c) <= 0xFFFF])
-        self._words_all = _word_pattern(punctuation)
+        self._splitter = WordSplitter(do_lower_case)
         self._wordpiece = WordpieceTokenizer(self.vocab)
         self._memo: dict[str, tuple[int, ...]] = {}
 
     def words(self, text: str | bytes) -> list[str]:
         """Google's basic tokenization of `text` (BasicTokenizer.tokenize): list of words."""
-        text, astral = clean_and_fold(wordpiece.as_text(text), self.do_lower_case, self._classes)
-        if text.isascii():
-            pattern = self._words_ascii
-        else:
-            pattern = self._words_all if astral else self._words_bmp
-        return pattern.findall(text)
+        return self._splitter.words(text)
 
     def _word_ids(self, word: str) -> tuple[int, ...]:
         """WordPiece ids of one word (a memo miss); [UNK] for words over 200 characters."""
