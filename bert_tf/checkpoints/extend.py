@@ -1,0 +1,154 @@
+"""A checkpoint's vocabulary-sized weights resized for new tokens (`extend_vocab.py`), in the
+format it came in: Google TF1, Hugging Face safetensors, or this project's own.
+
+The checkpoint is rewritten tensor by tensor, never through a model, so every weight that is
+not vocabulary-sized is copied bit for bit, and so are all the old rows of those that are
+(optimizer slots and, for this project's format, the object graph included). The word embedding
+row of a new token starts as the mean of the rows of the pieces the old vocabulary splits it
+into, and so does its masked-LM output bias (never zeros: a zero bias against biases that are
+mostly negative would make the new token the MLM's favourite guess); optimizer slots get zero
+rows; a row an `[unusedN]` line gave up is overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+
+from bert_tf.checkpoints import LABELS_FILE, NATIVE_MARKER, CheckpointError, detect_format
+from bert_tf.tokenization.extension import Plan
+
+# The word-embedding and masked-LM output-bias tensors, by format.
+_EMBEDDINGS = {"google": "bert/embeddings/word_embeddings",
+               "bert_tf": "encoder/embeddings/word_embeddings/.ATTRIBUTES/VARIABLE_VALUE",
+               "huggingface": ("bert.embeddings.word_embeddings.weight",
+                               "embeddings.word_embeddings.weight",
+                               "cls.predictions.decoder.weight")}
+_BIASES = {"google": "cls/predictions/output_bias",
+           "bert_tf": "model/masked_lm_head/output_bias/.ATTRIBUTES/VARIABLE_VALUE",
+           "huggingface": ("cls.predictions.bias", "cls.predictions.decoder.bias")}
+
+
+def resized(value: np.ndarray, plan: Plan, old_ids: dict, kind: str) -> np.ndarray:
+    """`value` [old_size, ...] -> [new_size, ...]: old rows kept, each new token's row the mean
+    of its pieces' rows (kind "mean") or zeros (kind "zero", optimizer slots)."""
+    if value.shape[0] != plan.old_size:
+        raise CheckpointError(f"a vocabulary-sized weight has {value.shape[0]} rows but the "
+                              f"vocabulary {plan.old_size} lines: pass the vocab.txt of this "
+                              "checkpoint")
+    out = np.zeros((len(plan.tokens),) + value.shape[1:], dtype=value.dtype)
+    out[:plan.old_size] = value
+    for token, row in plan.rows.items():
+        if kind == "mean":
+            ids = [old_ids[p] for p in plan.pieces[token]]
+            out[row] = value[ids].astype(np.float64).mean(axis=0).astype(value.dtype)
+        else:
+            out[row] = 0
+    return out
+
+
+def _role(name: str, fmt: str) -> str | None:
+    """"mean" for the embedding or bias tensors, "zero" for their optimizer slots (TF names
+    under them), None for any other tensor."""
+    main = _EMBEDDINGS[fmt], _BIASES[fmt]
+    if fmt == "huggingface":
+        return "mean" if name in main[0] or name in main[1] else None
+    if name in main:
+        return "mean"
+    stems = [m.split("/.ATTRIBUTES")[0] + "/" for m in main]
+    return "zero" if any(name.startswith(s) for s in stems) else None
+
+
+def extend_checkpoint(init_checkpoint: str, output_dir: str, plan: Plan,
+                      old_ids: dict) -> dict:
+    """Writes the checkpoint `init_checkpoint` with vocabulary-sized tensors resized by `plan`
+    into `output_dir`, in the same format, with its config (`vocab_size` updated) and the new
+    vocab.txt. Returns {"format", "resized": [names], "copied": count}.
+    Raises CheckpointError if no word-embedding tensor is found."""
+    fmt, path = detect_format(init_checkpoint)
+    os.makedirs(output_dir, exist_ok=True)
+    if fmt == "huggingface":
+        report = _extend_safetensors(path, output_dir, plan, old_ids)
+    else:
+        report = _extend_tf(path, fmt, output_dir, plan, old_ids)
+    if not any(_role(n, fmt) == "mean" and "bias" not in n for n in report["resized"]):
+        raise CheckpointError(f"{init_checkpoint}: no word-embedding tensor found "
+                              f"({_EMBEDDINGS[fmt]}); is it a BERT checkpoint?")
+    source_dir = path if os.path.isdir(path) else os.path.dirname(path)
+    _copy_side_files(source_dir, output_dir, fmt, len(plan.tokens))
+    with open(os.path.join(output_dir, "vocab.txt"), "w", encoding="utf-8", newline="\n") as f:
+        f.write("".join(t + "\n" for t in plan.tokens))
+    report["format"] = fmt
+    return report
+
+
+def _extend_tf(prefix: str, fmt: str, output_dir: str, plan: Plan, old_ids: dict) -> dict:
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(prefix)
+    dtypes = reader.get_variable_to_dtype_map()
+    names, tensors, resized_names = [], [], []
+    for name in sorted(reader.get_variable_to_shape_map()):
+        value = reader.get_tensor(name)
+        role = _role(name, fmt)
+        if role is not None and np.ndim(value) >= 1 and np.shape(value)[0] == plan.old_size:
+            value = resized(value, plan, old_ids, role)
+            resized_names.append(name)
+        names.append(name)
+        tensors.append(tf.constant(value, dtype=dtypes[name]))
+    target = os.path.join(output_dir, os.path.basename(prefix))
+    tmp = target + ".tmp-write"
+    tf.raw_ops.SaveV2(prefix=tmp, tensor_names=names, shape_and_slices=[""] * len(names),
+                      tensors=tensors)
+    for suffix in (".index", ".data-00000-of-00001"):
+        os.replace(tmp + suffix, target + suffix)
+    return {"resized": resized_names, "copied": len(names) - len(resized_names)}
+
+
+def _extend_safetensors(path: str, output_dir: str, plan: Plan, old_ids: dict) -> dict:
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    from bert_tf.checkpoints.huggingface import safetensors_files
+
+    resized_names, copied = [], 0
+    for file in safetensors_files(path):
+        with safe_open(file, framework="np") as handle:
+            metadata = handle.metadata()
+            tensors = {}
+            for name in handle.keys():
+                value = handle.get_tensor(name)
+                if _role(name, "huggingface") and value.shape[0] == plan.old_size:
+                    value = resized(value, plan, old_ids, "mean")
+                    resized_names.append(name)
+                else:
+                    copied += 1
+                tensors[name] = value
+        target = os.path.join(output_dir, os.path.basename(file))
+        save_file(tensors, target + ".tmp", metadata=metadata)
+        os.replace(target + ".tmp", target)
+    return {"resized": resized_names, "copied": copied}
+
+
+def _copy_side_files(source_dir: str, output_dir: str, fmt: str, vocab_size: int) -> None:
+    """The config with the new vocab_size, and what else describes the checkpoint (the native
+    marker, label names, tokenizer_config.json, safetensors index). tokenizer.json holds the old
+    vocabulary and is left out (transformers rebuilds it from vocab.txt)."""
+    for name in ("bert_config.json", "config.json"):
+        source = os.path.join(source_dir, name)
+        if os.path.exists(source):
+            with open(source, encoding="utf-8") as f:
+                config = json.load(f)
+            config["vocab_size"] = vocab_size
+            with open(os.path.join(output_dir, name), "w", encoding="utf-8") as f:
+                json.dump(config, f, indent=2, sort_keys=True)
+                f.write("\n")
+    keep = {NATIVE_MARKER, LABELS_FILE, "tokenizer_config.json",
+            "special_tokens_map.json", "model.safetensors.index.json"}
+    for name in sorted(keep):
+        source = os.path.join(source_dir, name)
+        if os.path.exists(source) and os.path.abspath(source_dir) != os.path.abspath(output_dir):
+            shutil.copyfile(source, os.path.join(output_dir, name))
