@@ -106,7 +106,7 @@ def accumulation_steps(args: PretrainArgs, num_workers: int) -> int:
     return args.global_batch_size // per_step
 
 
-def _export(model, args: PretrainArgs, assets) -> dict:
+def _export(model, args: PretrainArgs, assets, records_vocab: dict | None = None) -> dict:
     """Write the trained model in the asked formats, each directory with the vocabulary and
     casing, ready for run_classifier.py --init_checkpoint or transformers' from_pretrained."""
     import json
@@ -127,9 +127,14 @@ def _export(model, args: PretrainArgs, assets) -> dict:
                            "tokenizer_class": "BertTokenizer",
                            "model_max_length": model.config.max_position_embeddings}, f,
                           indent=2)
+        from bert_tf.data.record_index import vocab_fingerprint, write_fingerprint
+
         if assets.vocab_file:
             shutil.copyfile(assets.vocab_file, os.path.join(directory, "vocab.txt"))
+            write_fingerprint(directory, vocab_fingerprint(assets.vocab_file))
         else:
+            if records_vocab:  # the records say which vocabulary the embedding rows learned
+                write_fingerprint(directory, records_vocab)
             logger.warning("no vocab.txt in %s: none was given (--vocab_file); copy the one "
                            "the records were made with there before fine-tuning", directory)
         logger.info("exported the %s checkpoint to %s", fmt, directory)
@@ -242,7 +247,8 @@ def run_pretraining(args: PretrainArgs) -> dict:
                     evaluated["examples"] = results["eval_examples"]
                     log.write(results.get("global_step", 0), evaluated, "eval")
             if args.export:
-                _export(model, args, assets)
+                _export(model, args, assets,
+                        train_records.vocab if train_records is not None else None)
     dist.barrier()
     return results
 
@@ -289,10 +295,18 @@ def _check_vocab(recs, assets, args: PretrainArgs, flag: str) -> None:
             f"{flag}: the records were made with a vocabulary of {size} tokens but "
             f"{assets.config_file} says vocab_size {assets.config.vocab_size}: their ids do "
             "not fit the embedding table. Use the config of that vocabulary")
-    if assets.vocab_file is None:
-        return
-    from bert_tf.data.record_index import vocab_fingerprint
+    from bert_tf.data.record_index import read_fingerprint, vocab_fingerprint
 
+    if assets.vocab_file is None:
+        stored = read_fingerprint(args.init_checkpoint)
+        if stored is not None and stored["sha256"] != recs.vocab["sha256"]:
+            raise UsageError(
+                f"--init_checkpoint={args.init_checkpoint} was trained on another vocabulary "
+                f"than the one {flag} was made with ({stored['file']}: {stored['size']} tokens, "
+                f"sha256 {stored['sha256'][:12]}; the records' index: {size} tokens, sha256 "
+                f"{recs.vocab['sha256'][:12]}): the same ids would mean other words. Recreate "
+                "the records with the checkpoint's vocab.txt")
+        return
     mine = vocab_fingerprint(assets.vocab_file)
     if mine["sha256"] != recs.vocab["sha256"]:
         source = (f"--vocab_file={assets.vocab_file}" if args.vocab_file else

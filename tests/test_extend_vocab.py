@@ -135,6 +135,9 @@ def test_extended_minilm_loads_into_transformers_and_tokenizes_the_new_words(tmp
     assert not info["mismatched_keys"]
     tok = transformers.BertTokenizer(str(out / "vocab.txt"), do_lower_case=True)
     assert tok.tokenize("asyncio iterable") == ["asyncio", "iterable"]
+    from bert_tf.data.record_index import read_fingerprint, vocab_fingerprint
+
+    assert read_fingerprint(str(out))["sha256"] == vocab_fingerprint(str(out / "vocab.txt"))["sha256"]
     summary = json.loads((out / "extension.json").read_text())
     first = summary["tokens"][0]
     assert first["count"] >= 20 and len(first["pieces"]) >= 2

@@ -378,6 +378,11 @@ def test_export_loads_into_transformers_with_the_same_logits(tmp_path, corpus):
     ours = BertPretrainer(config)
     report = checkpoints.load(ours, str(out / "export" / "google"))
     assert not report.missing and not report.unused
+    from bert_tf.data.record_index import read_fingerprint, vocab_fingerprint
+
+    for fmt in ("google", "huggingface"):  # the vocabulary travels with the weights
+        stored = read_fingerprint(str(out / "export" / fmt))
+        assert stored["sha256"] == vocab_fingerprint(str(corpus / "vocab.txt"))["sha256"]
     hf, info = transformers.BertForPreTraining.from_pretrained(
         str(out / "export" / "huggingface"), output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
@@ -485,6 +490,23 @@ def test_a_vocabulary_other_than_the_records_is_refused(tmp_path, corpus):
     assert last.startswith(f"run_pretraining.py: error: --vocab_file={other} is not the "
                            "vocabulary --input_file was made with"), last
     assert "Traceback" not in proc.stderr
+    # A checkpoint folder without vocab.txt that records its vocabulary (as run_pretraining's
+    # --export and extend_vocab.py write it): refused with no --vocab_file at all.
+    from bert_tf import checkpoints
+    from bert_tf.config import BertConfig
+    from bert_tf.data.record_index import vocab_fingerprint, write_fingerprint
+    from bert_tf.modeling import BertPretrainer
+
+    init = tmp_path / "init"
+    model = BertPretrainer(BertConfig.from_json_file(str(corpus / "bert_config.json")))
+    checkpoints.save_google(model, str(init / "bert_model.ckpt"))
+    write_fingerprint(str(init), vocab_fingerprint(str(other)))
+    proc = run_script([a for a in common if "bert_config" not in a] + [
+        f"--init_checkpoint={init}", f"--output_dir={tmp_path / 'c'}"])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert f"--init_checkpoint={init} was trained on another vocabulary" in last, last
+    assert "vocab_fingerprint.json" in last and "Traceback" not in proc.stderr
     ok = run_script(common + [f"--vocab_file={corpus}/vocab.txt", f"--output_dir={tmp_path / 'b'}"])
     assert ok.returncode == 0, ok.stderr[-2000:]
 

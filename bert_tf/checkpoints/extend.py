@@ -79,8 +79,12 @@ def extend_checkpoint(init_checkpoint: str, output_dir: str, plan: Plan,
                               f"({_EMBEDDINGS[fmt]}); is it a BERT checkpoint?")
     source_dir = path if os.path.isdir(path) else os.path.dirname(path)
     _copy_side_files(source_dir, output_dir, fmt, len(plan.tokens))
-    with open(os.path.join(output_dir, "vocab.txt"), "w", encoding="utf-8", newline="\n") as f:
+    vocab_file = os.path.join(output_dir, "vocab.txt")
+    with open(vocab_file, "w", encoding="utf-8", newline="\n") as f:
         f.write("".join(t + "\n" for t in plan.tokens))
+    from bert_tf.data.record_index import vocab_fingerprint, write_fingerprint
+
+    write_fingerprint(output_dir, vocab_fingerprint(vocab_file))
     report["format"] = fmt
     return report
 

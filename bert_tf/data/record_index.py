@@ -138,6 +138,34 @@ def vocab_fingerprint(vocab_file: str) -> dict:
     return {"sha256": digest, "size": len(tokens)}
 
 
+# A checkpoint folder's record of the vocabulary its embedding rows belong to, for when no
+# vocab.txt travels with it (written by run_pretraining.py's --export and extend_vocab.py).
+FINGERPRINT_FILE = "vocab_fingerprint.json"
+
+
+def write_fingerprint(directory: str, fingerprint: dict) -> str:
+    """Writes `fingerprint` ({"sha256", "size"}) as DIRECTORY/vocab_fingerprint.json."""
+    path = os.path.join(directory, FINGERPRINT_FILE)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"sha256": fingerprint["sha256"], "size": fingerprint["size"]}, f)
+        f.write("\n")
+    return path
+
+
+def read_fingerprint(checkpoint: str | None) -> dict | None:
+    """The fingerprint stored beside a checkpoint (a folder, or a prefix inside one), or None."""
+    if not checkpoint:
+        return None
+    directory = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(checkpoint)
+    path = os.path.join(directory, FINGERPRINT_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            found = json.load(f)
+        return {"sha256": str(found["sha256"]), "size": int(found["size"]), "file": path}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 # -- the index file -------------------------------------------------------------------------------
 
 def write_index(path: str, offsets: np.ndarray, header: dict, target: str | None = None) -> str:
