@@ -448,7 +448,7 @@ def test_bad_input_is_one_clear_line_and_leaves_nothing(tmp_path, case):
         expected = "binary.txt:41: not UTF-8 text"
     elif case == "nul_bytes":
         input_file = _write(tmp_path, "nul.txt", b"A sentence.\nAnother\x00one.\n")
-        expected = "nul.txt:2: NUL byte: this looks like a binary file"
+        expected = "nul.txt:2: NUL byte (byte 19 of the file): this looks like a binary file"
     elif case == "glob_matches_nothing":
         input_file, expected = tmp_path / "nothing-*.txt", "nothing-*.txt: no such file"
     elif case == "one_sentence_documents":

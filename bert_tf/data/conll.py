@@ -25,6 +25,7 @@ import re
 from typing import Any, Sequence
 
 from bert_tf.data.glue import DataError
+from bert_tf.data.text_files import utf8_lines
 
 __all__ = [
     "LABELS", "Sentence", "iob1_to_iob2", "read_conll", "SPLIT_FILES", "load_split",
@@ -105,40 +106,39 @@ def read_conll(path: str, to_iob2: bool = True) -> list[Sentence]:
             sentences.append(Sentence(words, final, start_line, document))
         words, tags = [], []
 
-    with open(path, encoding="utf-8-sig", newline="\n") as f:
-        for line_number, line in enumerate(f, start=1):
-            # Columns are separated by spaces (conlleval's delimiter; tabs accepted too), not
-            # by any Unicode whitespace: a word may hold a no-break space.
-            fields = _COLUMN_SEPARATOR.split(line.strip(" \t\r\n"))
-            if fields == [""]:
-                fields = []
-            if not fields:
-                flush()
-                continue
-            if fields[0] == "-DOCSTART-":
-                flush()
-                if seen_tokens:
-                    document += 1
-                    seen_tokens = False
-                continue
-            if num_columns is None:
-                num_columns = len(fields)
-                if num_columns < 2:
-                    raise DataError(f"{path}:{line_number}: expected a word and its tag separated "
-                                    f"by spaces (word POS chunk NER), found {line.strip()!r}")
-            elif len(fields) != num_columns:
-                raise DataError(f"{path}:{line_number}: expected {num_columns} space-separated "
-                                f"columns like the first token line, found {len(fields)}: "
-                                f"{line.strip()!r}")
-            tag = fields[-1]
-            if _parse_tag(tag) is None:
-                raise DataError(f"{path}:{line_number}: tag {tag!r} in the last column is "
-                                "neither 'O' nor B-<TYPE> / I-<TYPE>")
-            if not words:
-                start_line = line_number
-            words.append(fields[0])
-            tags.append(tag)
-            seen_tokens = True
+    for line_number, line in utf8_lines(path, "a CoNLL file"):
+        # Columns are separated by spaces (conlleval's delimiter; tabs accepted too), not
+        # by any Unicode whitespace: a word may hold a no-break space.
+        fields = _COLUMN_SEPARATOR.split(line.strip(" \t\r\n"))
+        if fields == [""]:
+            fields = []
+        if not fields:
+            flush()
+            continue
+        if fields[0] == "-DOCSTART-":
+            flush()
+            if seen_tokens:
+                document += 1
+                seen_tokens = False
+            continue
+        if num_columns is None:
+            num_columns = len(fields)
+            if num_columns < 2:
+                raise DataError(f"{path}:{line_number}: expected a word and its tag separated "
+                                f"by spaces (word POS chunk NER), found {line.strip()!r}")
+        elif len(fields) != num_columns:
+            raise DataError(f"{path}:{line_number}: expected {num_columns} space-separated "
+                            f"columns like the first token line, found {len(fields)}: "
+                            f"{line.strip()!r}")
+        tag = fields[-1]
+        if _parse_tag(tag) is None:
+            raise DataError(f"{path}:{line_number}: tag {tag!r} in the last column is "
+                            "neither 'O' nor B-<TYPE> / I-<TYPE>")
+        if not words:
+            start_line = line_number
+        words.append(fields[0])
+        tags.append(tag)
+        seen_tokens = True
     flush()
     return sentences
 

@@ -73,19 +73,20 @@ def _read_tsv(path: str) -> Iterator[tuple[int, list[str]]]:
     """(1-based line number, fields) for every line; BOM stripped, line ends (\\n or \\r\\n)
     removed, fields split on tabs only. Trailing blank lines are skipped; a blank line with data
     after it is an error."""
+    from bert_tf.data.text_files import utf8_lines  # it imports DataError from here
+
     blank_line = None
-    with open(path, encoding="utf-8-sig", newline="\n") as f:
-        for line_number, line in enumerate(f, start=1):
-            line = line[:-1] if line.endswith("\n") else line
-            line = line[:-1] if line.endswith("\r") else line
-            if not line.strip():
-                if blank_line is None:
-                    blank_line = line_number
-                continue
-            if blank_line is not None:
-                raise DataError(f"{path}:{blank_line}: blank line in the middle of the file "
-                                "(rows must be consecutive)")
-            yield line_number, line.split("\t")
+    for line_number, line in utf8_lines(path, "a GLUE TSV file"):
+        line = line[:-1] if line.endswith("\n") else line
+        line = line[:-1] if line.endswith("\r") else line
+        if not line.strip():
+            if blank_line is None:
+                blank_line = line_number
+            continue
+        if blank_line is not None:
+            raise DataError(f"{path}:{blank_line}: blank line in the middle of the file "
+                            "(rows must be consecutive)")
+        yield line_number, line.split("\t")
 
 
 class GlueProcessor:

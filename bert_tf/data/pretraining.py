@@ -631,24 +631,27 @@ def read_documents(paths: list[str], input_format: str = "sentences",
     for path in paths:
         has_text = False
         unreported = 0
+        offset = 0  # of the line in the file
         with open(path, "rb") as f:
             for line_number, raw in enumerate(f, 1):
+                offset += len(raw)
                 unreported += len(raw)
                 if progress is not None and unreported >= 1 << 20:
                     progress(unreported)
                     unreported = 0
+                start = offset - len(raw)
                 if b"\x00" in raw:
                     raise DataError(
-                        f"{path}:{line_number}: NUL byte: this looks like a binary file, not "
-                        "UTF-8 text. --input_file takes text, one sentence a line and blank "
-                        "lines between documents")
+                        f"{path}:{line_number}: NUL byte (byte {start + raw.index(bytes(1))} of "
+                        "the file): this looks like a binary file, not UTF-8 text. --input_file "
+                        "takes text, one sentence a line and blank lines between documents")
                 try:
                     line = raw.decode("utf-8").strip()
                 except UnicodeDecodeError as error:
                     raise DataError(
                         f"{path}:{line_number}: not UTF-8 text ({error.reason} at byte "
-                        f"{error.start} of the line). Convert the file to UTF-8 (iconv) or remove "
-                        "it from --input_file") from None
+                        f"{start + error.start} of the file). Convert the file to UTF-8 (iconv) "
+                        "or remove it from --input_file") from None
                 if wikitext:
                     heading = _WIKITEXT_HEADING.match(line)
                     if heading:

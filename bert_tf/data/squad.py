@@ -93,12 +93,17 @@ def read_squad(path: str, version_2_with_negative: bool, for_training: bool = Fa
       - an answer whose answer_start does not point at its text;
       - for_training: an answerable question without an answer.
     FileNotFoundError for a missing file."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if b"\x00" in data:
+        raise DataError(f"{path}: byte {data.index(bytes(1))} is a NUL byte: this looks like a "
+                        "binary file, not SQuAD JSON")
     try:
-        with open(path, "rb") as f:
-            raw = json.loads(f.read().decode("utf-8-sig"))
-    except FileNotFoundError:
-        raise
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raw = json.loads(data.decode("utf-8-sig"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: byte {e.start} is not UTF-8 ({e.reason}): SQuAD JSON is UTF-8 "
+                        "text") from None
+    except json.JSONDecodeError as e:
         raise DataError(f"{path}: not SQuAD JSON ({e}); pass a train-v1.1.json / dev-v2.0.json "
                         "style file") from None
     articles = raw.get("data") if isinstance(raw, dict) else None
