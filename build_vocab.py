@@ -63,7 +63,7 @@ def main(argv):
         for name, report in (("this vocabulary", heldout["this"]),
                              ("compared", heldout.get("compared"))):
             if report:
-                print(f"  {name}: [UNK] rate {100 * report['unk_rate']:.3f}% , "
+                print(f"  {name}: [UNK] rate {100 * report['unk_rate']:.3f}%, "
                       f"{report['pieces_per_word']:.3f} pieces per word on "
                       f"{heldout['file']} ({report['vocab_file']})")
 
