@@ -10,7 +10,7 @@ then writes vocab.txt in Google's layout ([PAD] 0, [unused0..98], [UNK] 100, [CL
 102, [MASK] 103, --num_unused rows in all for later extension, then the pieces), with every
 character both as `c` and `##c`; bert_config.json (--bert_config_file with the real
 vocab_size) and vocab_summary.json ([UNK] rate and pieces per word on --heldout_file, beside
---compare_vocab_file's). See bert_tf/tokenization/learn.py.
+--compare_vocab_file's). See bert_tf/vocab_building.py and bert_tf/tokenization/learn.py.
 """
 
 from absl import app, flags
@@ -41,7 +41,8 @@ def main(argv):
     del argv
     from bert_tf import cli
     from bert_tf.assets import UsageError
-    from bert_tf.tokenization.learn import VocabOptions, build_vocab
+    from bert_tf.tokenization.learn import VocabOptions
+    from bert_tf.vocab_building import build_vocab
 
     cli.setup_logging()
     for name in ("input_file", "output_dir"):
@@ -55,6 +56,13 @@ def main(argv):
                           heldout_file=FLAGS.heldout_file,
                           compare_vocab_file=FLAGS.compare_vocab_file,
                           overwrite_output=FLAGS.overwrite_output, show_progress=FLAGS.progress)
+    if summary["size"] < summary["asked"]:
+        print(f"The text gives {summary['size']} entries, not --vocab_size={summary['asked']}: "
+              f"no more pieces occur --min_frequency={FLAGS.min_frequency} times (lower it, or "
+              "give more text)")
+    if summary["invalid_utf8_bytes"]:
+        print(f"Replaced {summary['invalid_utf8_bytes']} invalid UTF-8 byte(s); the first at "
+              f"{summary['first_invalid_utf8']}")
     print(f"Wrote {summary['vocab_file']}: {summary['size']} entries ({summary['characters']} "
           f"characters, each as c and ##c; {len(summary['twins_added'])} rows the learner left "
           f"out added) in {summary['seconds']:.1f} s")

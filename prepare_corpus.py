@@ -28,10 +28,11 @@ flags.DEFINE_string("output_file", None,
                     "FILE-00000-of-0000N, ...")
 flags.DEFINE_integer("num_output_shards", None,
                      "Output shards (default 1). Kept document k goes to shard k % N.")
-flags.DEFINE_enum("input_format", "auto", ["auto", "mediawiki", "jsonl", "parquet", "text"],
-                  "auto: by file name (.xml/.xml.bz2 mediawiki; .jsonl/.json/.ndjson jsonl; "
-                  ".parquet parquet; else text, one paragraph a line, blank lines between "
-                  "documents).")
+flags.DEFINE_enum("input_format", "auto",
+                  ["auto", "mediawiki", "jsonl", "parquet", "text", "lines"],
+                  "auto: by name and first bytes (XML: mediawiki; .jsonl/.json/.ndjson: jsonl; "
+                  ".parquet: parquet; else text, one paragraph a line, blank lines between "
+                  "documents). lines: one document a line (never guessed).")
 flags.DEFINE_string("text_field", "text", "The JSONL field / Parquet column holding the text.")
 flags.DEFINE_integer("min_sentences", 2, "Drop documents with fewer sentences.")
 flags.DEFINE_integer("min_document_words", 20, "Drop documents with fewer words.")
@@ -73,6 +74,10 @@ def main(argv):
     print(f"Wrote {summary['documents']} documents, {summary['sentences']} sentences to "
           f"{len(summary['shards'])} file(s) in {summary['seconds']:.1f} s "
           f"({summary['input_mb_per_second']:.1f} MB/s of input); dropped: {dropped}")
+    if summary["documents_cut_at_1m_characters"]:
+        print(f"Cut {summary['documents_cut_at_1m_characters']} text document(s) at 1 M "
+              "characters: does the text lack blank lines between documents? "
+              "(--input_format=lines reads one document a line)")
     if summary["invalid_utf8_bytes"]:
         print(f"Replaced {summary['invalid_utf8_bytes']} invalid UTF-8 byte(s); the first at "
               f"{summary['first_invalid_utf8']}")

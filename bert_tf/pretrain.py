@@ -297,15 +297,17 @@ def _check_vocab(recs, assets, args: PretrainArgs, flag: str) -> None:
             "not fit the embedding table. Use the config of that vocabulary")
     from bert_tf.data.record_index import read_fingerprint, vocab_fingerprint
 
+    # The checkpoint's own record of its vocabulary counts whatever --vocab_file says: its
+    # embedding rows belong to that vocabulary.
+    stored = read_fingerprint(args.init_checkpoint)
+    if stored is not None and stored["sha256"] != recs.vocab["sha256"]:
+        raise UsageError(
+            f"--init_checkpoint={args.init_checkpoint} was trained on another vocabulary "
+            f"than the one {flag} was made with ({stored['file']}: {stored['size']} tokens, "
+            f"sha256 {stored['sha256'][:12]}; the records' index: {size} tokens, sha256 "
+            f"{recs.vocab['sha256'][:12]}): the same ids would mean other words. Recreate "
+            "the records with the checkpoint's vocab.txt")
     if assets.vocab_file is None:
-        stored = read_fingerprint(args.init_checkpoint)
-        if stored is not None and stored["sha256"] != recs.vocab["sha256"]:
-            raise UsageError(
-                f"--init_checkpoint={args.init_checkpoint} was trained on another vocabulary "
-                f"than the one {flag} was made with ({stored['file']}: {stored['size']} tokens, "
-                f"sha256 {stored['sha256'][:12]}; the records' index: {size} tokens, sha256 "
-                f"{recs.vocab['sha256'][:12]}): the same ids would mean other words. Recreate "
-                "the records with the checkpoint's vocab.txt")
         return
     mine = vocab_fingerprint(assets.vocab_file)
     if mine["sha256"] != recs.vocab["sha256"]:

@@ -46,7 +46,10 @@ def extend_vocab(args: ExtendArgs) -> dict:
     if not vocab_file:
         raise UsageError(f"--init_checkpoint={args.init_checkpoint} has no vocab.txt beside "
                          "it: pass --vocab_file")
-    old_tokens = vocab_tokens(vocab_file)
+    try:
+        old_tokens = vocab_tokens(vocab_file)
+    except ValueError as e:  # not UTF-8, empty
+        raise UsageError(f"--vocab_file: {e}") from None
     do_lower_case = args.do_lower_case
     if do_lower_case is None:
         do_lower_case = assets.do_lower_case if assets.do_lower_case is not None else \
@@ -82,7 +85,7 @@ def _wanted_tokens(args: ExtendArgs, old_tokens: list[str], do_lower_case: bool)
     wanted = list(args.new_tokens)
     if args.new_tokens_file:
         try:
-            with open(args.new_tokens_file, encoding="utf-8") as f:
+            with open(args.new_tokens_file, encoding="utf-8-sig") as f:
                 wanted += [line.strip() for line in f if line.strip()]
         except UnicodeDecodeError as e:
             raise UsageError(f"--new_tokens_file={args.new_tokens_file}: not UTF-8 text "
@@ -91,7 +94,7 @@ def _wanted_tokens(args: ExtendArgs, old_tokens: list[str], do_lower_case: bool)
     if args.corpus_file:
         from bert_tf.data.pretraining import expand_input_files
         from bert_tf.tokenization.extension import propose
-        from bert_tf.tokenization.learn import sampled_lines
+        from bert_tf.vocab_building import sampled_lines
 
         lines = sampled_lines(expand_input_files(args.corpus_file), 1 << 30)
         proposed = propose(lines, old_tokens, do_lower_case, args.num_new_tokens,

@@ -242,12 +242,15 @@ def test_bad_inputs_give_one_line_and_write_nothing(tmp_path):
         (parquet, [], [str(parquet), "no column 'text'", "body", "--text_field"]),
         (short, [], ["no document left after cleaning", "2 too short"]),
         (binary, [], [str(binary), "byte 4", "NUL"]),
+        (shared("corpus", "enwiki-table-markup.xml.bz2"), ["--num_output_shards=8"],
+         ["5 document(s) kept for --num_output_shards=8"]),
+        (tmp_path, [], [f"--input_file={tmp_path} is a folder"]),
     ]
     for path, extra, fragments in cases:
-        result = run(f"--input_file={path}", f"--output_file={out}", "--num_output_shards=2",
-                     *extra)
+        result = run(f"--input_file={path}", f"--output_file={out}",
+                     *(extra or ["--num_output_shards=2"]))
         _fails(result, *fragments)
-        assert not out.parent.exists() or not os.listdir(out.parent), path
+        assert not out.parent.exists(), path  # not even the folder it would have made
     # An existing output is kept unless --overwrite_output.
     good = tmp_path / "good.txt"
     good.write_text("One sentence of a document here. Another one of this document follows "
@@ -258,3 +261,32 @@ def test_bad_inputs_give_one_line_and_write_nothing(tmp_path):
     assert out.read_bytes() == before
     result = run(f"--input_file={good}", f"--output_file={out}", "--overwrite_output")
     assert result.returncode == 0 and "Wrote 1 documents, 3 sentences" in result.stdout
+
+
+def test_formats_edges_and_markup_details(tmp_path):
+    """Text without blank lines is cut at 1 M characters (memory) or read one document a
+    line; a JSONL file with a BOM; a gzip'd dump; a self-closing ref whose name holds "/";
+    quantities from {{convert}} kept in their sentence."""
+    from bert_tf.data.mediawiki import article_paragraphs
+
+    line = "This sentence is one of many in a file without any blank line at all. "
+    (tmp_path / "flat.txt").write_text((line * 40 + "\n") * 500, encoding="utf-8")
+    cut = prepare([tmp_path / "flat.txt"], tmp_path / "a.txt")
+    assert cut["documents_cut_at_1m_characters"] == 1 and cut["documents"] == 2
+    lines = prepare([tmp_path / "flat.txt"], tmp_path / "b.txt", input_format="lines",
+                    dedup=False)
+    assert lines["documents"] == 500
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps(
+        {"text": line * 3}).encode() + b"\n")
+    assert prepare([tmp_path / "bom.jsonl"], tmp_path / "c.txt")["documents"] == 1
+    xml = bz2.decompress(shared("corpus", "enwiki-table-markup.xml.bz2").read_bytes())
+    with gzip.open(tmp_path / "dump.xml.gz", "wb") as f:
+        f.write(xml)
+    assert prepare([tmp_path / "dump.xml.gz"], tmp_path / "d.txt")["documents"] == 5
+    text = ("Alpha is first.<ref name=\"a/b\"/> It has many uses.<ref>A cite.</ref>\n\n"
+            "It can reach {{convert|15|m|ft}} when its tail is {{convert|2|to|3|m}} long. "
+            "Andorra ({{lang-ca|Principat d'Andorra}}; {{IPA|x}}) is small.")
+    assert article_paragraphs(text) == [
+        "Alpha is first. It has many uses.",
+        "It can reach 15 m when its tail is 2 to 3 m long. Andorra (Principat d'Andorra) is "
+        "small."]

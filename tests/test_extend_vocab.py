@@ -155,6 +155,11 @@ def test_tokens_the_tokenizer_cannot_produce_are_refused(tmp_path):
         line = result.stderr.strip().splitlines()[-1]
         assert "Traceback" not in result.stderr and reason in line and repr(token) in line
         assert not out.exists()
+    # A vocabulary that is not the checkpoint's: refused before anything is written.
+    result = run(f"--init_checkpoint={src}", f"--output_dir={out}", "--new_tokens=zqxw",
+                 f"--vocab_file={shared('vocab', 'cased_vocab.txt')}", "--nodo_lower_case")
+    assert result.returncode == 2 and "30522 rows but the vocabulary has 28996" in result.stderr
+    assert not out.exists() and not (tmp_path / "o.partial").exists()
     too_many = [f"zqx{c}{d}{e}" for c in CHARS for d in CHARS for e in "xyz"][:1000]
     result = run(f"--init_checkpoint={src}", f"--output_dir={out}", "--mode=replace_unused",
                  f"--new_tokens={','.join(too_many)}")

@@ -490,8 +490,9 @@ def test_a_vocabulary_other_than_the_records_is_refused(tmp_path, corpus):
     assert last.startswith(f"run_pretraining.py: error: --vocab_file={other} is not the "
                            "vocabulary --input_file was made with"), last
     assert "Traceback" not in proc.stderr
-    # A checkpoint folder without vocab.txt that records its vocabulary (as run_pretraining's
-    # --export and extend_vocab.py write it): refused with no --vocab_file at all.
+    # A checkpoint folder that records its vocabulary (as run_pretraining's --export and
+    # extend_vocab.py write it) of another vocabulary than the records': refused, even when
+    # --vocab_file names the records' own vocabulary (the embedding rows are the checkpoint's).
     from bert_tf import checkpoints
     from bert_tf.config import BertConfig
     from bert_tf.data.record_index import vocab_fingerprint, write_fingerprint
@@ -502,7 +503,8 @@ def test_a_vocabulary_other_than_the_records_is_refused(tmp_path, corpus):
     checkpoints.save_google(model, str(init / "bert_model.ckpt"))
     write_fingerprint(str(init), vocab_fingerprint(str(other)))
     proc = run_script([a for a in common if "bert_config" not in a] + [
-        f"--init_checkpoint={init}", f"--output_dir={tmp_path / 'c'}"])
+        f"--init_checkpoint={init}", f"--output_dir={tmp_path / 'c'}",
+        f"--vocab_file={corpus}/vocab.txt"])
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert f"--init_checkpoint={init} was trained on another vocabulary" in last, last

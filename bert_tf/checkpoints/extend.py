@@ -62,29 +62,65 @@ def _role(name: str, fmt: str) -> str | None:
     return "zero" if any(name.startswith(s) for s in stems) else None
 
 
+def embedding_rows(path: str, fmt: str) -> int | None:
+    """Rows of the checkpoint's word-embedding tensor (None if it has none)."""
+    if fmt == "huggingface":
+        from safetensors import safe_open
+
+        from bert_tf.checkpoints.huggingface import safetensors_files
+
+        for file in safetensors_files(path):
+            with safe_open(file, framework="np") as handle:
+                for name in _EMBEDDINGS[fmt]:
+                    if name in handle.keys():
+                        return handle.get_slice(name).get_shape()[0]
+        return None
+    import tensorflow as tf
+
+    shapes = tf.train.load_checkpoint(path).get_variable_to_shape_map()
+    shape = shapes.get(_EMBEDDINGS[fmt])
+    return shape[0] if shape else None
+
+
 def extend_checkpoint(init_checkpoint: str, output_dir: str, plan: Plan,
                       old_ids: dict) -> dict:
     """Writes the checkpoint `init_checkpoint` with vocabulary-sized tensors resized by `plan`
-    into `output_dir`, in the same format, with its config (`vocab_size` updated) and the new
-    vocab.txt. Returns {"format", "resized": [names], "copied": count}.
-    Raises CheckpointError if no word-embedding tensor is found."""
+    into `output_dir`, in the same format, with its config (`vocab_size` updated), the new
+    vocab.txt and its fingerprint. Everything is written into `output_dir.partial` and moved
+    into place at the end: a failure leaves nothing under `output_dir`.
+    Returns {"format", "resized": [names], "copied": count}. Raises CheckpointError if the
+    checkpoint has no word-embedding tensor or one of another size than the vocabulary."""
     fmt, path = detect_format(init_checkpoint)
-    os.makedirs(output_dir, exist_ok=True)
-    if fmt == "huggingface":
-        report = _extend_safetensors(path, output_dir, plan, old_ids)
-    else:
-        report = _extend_tf(path, fmt, output_dir, plan, old_ids)
-    if not any(_role(n, fmt) == "mean" and "bias" not in n for n in report["resized"]):
+    rows = embedding_rows(path, fmt)
+    if rows is None:
         raise CheckpointError(f"{init_checkpoint}: no word-embedding tensor found "
                               f"({_EMBEDDINGS[fmt]}); is it a BERT checkpoint?")
-    source_dir = path if os.path.isdir(path) else os.path.dirname(path)
-    _copy_side_files(source_dir, output_dir, fmt, len(plan.tokens))
-    vocab_file = os.path.join(output_dir, "vocab.txt")
-    with open(vocab_file, "w", encoding="utf-8", newline="\n") as f:
-        f.write("".join(t + "\n" for t in plan.tokens))
-    from bert_tf.data.record_index import vocab_fingerprint, write_fingerprint
+    if rows != plan.old_size:
+        raise CheckpointError(f"{init_checkpoint}: its word embeddings have {rows} rows but "
+                              f"the vocabulary has {plan.old_size} lines: pass the vocab.txt "
+                              "that came with this checkpoint (--vocab_file)")
+    partial = output_dir.rstrip("/") + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    os.makedirs(partial)
+    try:
+        if fmt == "huggingface":
+            report = _extend_safetensors(path, partial, plan, old_ids)
+        else:
+            report = _extend_tf(path, fmt, partial, plan, old_ids)
+        source_dir = path if os.path.isdir(path) else os.path.dirname(path)
+        _copy_side_files(source_dir, partial, fmt, len(plan.tokens))
+        vocab_file = os.path.join(partial, "vocab.txt")
+        with open(vocab_file, "w", encoding="utf-8", newline="\n") as f:
+            f.write("".join(t + "\n" for t in plan.tokens))
+        from bert_tf.data.record_index import vocab_fingerprint, write_fingerprint
 
-    write_fingerprint(output_dir, vocab_fingerprint(vocab_file))
+        write_fingerprint(partial, vocab_fingerprint(vocab_file))
+        if os.path.isdir(output_dir):
+            shutil.rmtree(output_dir)  # the caller checked it may be replaced
+        os.replace(partial, output_dir)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     report["format"] = fmt
     return report
 
@@ -132,8 +168,8 @@ def _extend_safetensors(path: str, output_dir: str, plan: Plan, old_ids: dict) -
                     copied += 1
                 tensors[name] = value
         target = os.path.join(output_dir, os.path.basename(file))
-        save_file(tensors, target + ".tmp", metadata=metadata)
-        os.replace(target + ".tmp", target)
+        save_file(tensors, target, metadata=metadata)
+        os.chmod(target, os.stat(file).st_mode & 0o777)  # safetensors writes 0600
     return {"resized": resized_names, "copied": copied}
 
 

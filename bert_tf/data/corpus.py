@@ -54,7 +54,9 @@ class CorpusOptions:
                          similarity of word 5-gram sets with a kept one reaches it (MinHash
                          LSH, datasketch; 0.8 is common).
     text_field           the field (JSONL) or column (Parquet) holding the text.
-    input_format         auto (by file name), mediawiki, jsonl, parquet or text.
+    input_format         auto (by name and first bytes), mediawiki, jsonl, parquet, text (one
+                         paragraph a line, blank lines between documents; a document is cut
+                         at 1 M characters) or lines (one document a line).
     """
     min_sentences: int = 2
     min_document_words: int = 20
@@ -280,10 +282,15 @@ class _Shards:
 
     def __init__(self, paths: list[str]):
         self.paths = paths
-        self.counts = [collections.Counter() for _ in paths]
+        self.counts = [collections.Counter(documents=0, sentences=0, characters=0)
+                       for _ in paths]
         self.files = []
+        self.made_dirs = []  # folders this run created: removed again if it fails
         for path in paths:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            folder = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(folder):
+                os.makedirs(folder)
+                self.made_dirs.append(folder)
             self.files.append(open(path + ".partial", "w", encoding="utf-8", newline="\n"))
         self.documents = 0
 
@@ -313,6 +320,11 @@ class _Shards:
             f.close()
             if os.path.exists(path + ".partial"):
                 os.remove(path + ".partial")
+        for folder in reversed(self.made_dirs):
+            try:
+                os.rmdir(folder)  # only if empty
+            except OSError:
+                pass
 
 
 def prepare_corpus(input_file: str, output_file: str, options: CorpusOptions | None = None,
@@ -356,6 +368,10 @@ def prepare_corpus(input_file: str, output_file: str, options: CorpusOptions | N
                             f"{_describe(dropped) or 'no document read'}); check "
                             "--input_format, --text_field and --min_sentences / "
                             "--min_document_words")
+        if shards.documents < len(paths):  # an empty shard would stop the next script's glob
+            raise DataError(f"{input_file}: {shards.documents} document(s) kept for "
+                            f"--num_output_shards={len(paths)}: every shard needs one; lower "
+                            "--num_output_shards")
         shard_counts = shards.finish()
     except BaseException:
         shards.discard()
@@ -398,6 +414,12 @@ def _describe(dropped: dict) -> str:
 def _check_outputs(paths: list[str], inputs: list[str], overwrite_output: bool) -> None:
     read = {os.path.realpath(p) for p in inputs}
     for path in paths:
+        parent = os.path.dirname(os.path.abspath(path))
+        while parent and not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if parent and not os.path.isdir(parent):
+            raise UsageError(f"--output_file: {parent} is a file, not a folder; choose another "
+                             "--output_file")
         if os.path.realpath(path) in read:
             raise UsageError(f"--output_file: {path} is also an input; write elsewhere")
         if os.path.isdir(path):
@@ -425,6 +447,7 @@ def _summary(files, stats, dropped, shard_counts, seconds, total, options, flags
                                                  "preformatted_lines", "label_lines", "tables",
                                                  "formulas")
                            if stats.get(k)},
+        "documents_cut_at_1m_characters": stats.get("documents_cut_at_1m_characters", 0),
         "invalid_utf8_bytes": stats.get("invalid_utf8_bytes", 0),
         "first_invalid_utf8": stats.get("first_invalid_utf8"),
         "shards": shard_counts,

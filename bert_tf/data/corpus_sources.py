@@ -18,7 +18,10 @@ from typing import Callable, Iterator
 from bert_tf.data import mediawiki
 from bert_tf.data.glue import DataError
 
-FORMATS = ("auto", "mediawiki", "jsonl", "parquet", "text")
+FORMATS = ("auto", "mediawiki", "jsonl", "parquet", "text", "lines")
+# A text document longer than this is cut (and counted): text without blank lines would
+# otherwise be one document held whole in memory.
+MAX_DOCUMENT_CHARS = 1_000_000
 Progress = Callable[[int], None] | None
 
 
@@ -69,6 +72,10 @@ def read_source(path: str, input_format: str, stats: dict, text_field: str = "te
         yield from _read_parquet(path, stats, text_field, progress)
     elif input_format == "text":
         yield from _read_text(path, stats, progress)
+    elif input_format == "lines":  # one document a line (the peers' intermediate format)
+        for _, line in _lines(path, stats, progress):
+            if line.strip():
+                yield "plain", line
     else:
         raise ValueError(f"unknown input format {input_format!r}; one of {FORMATS}")
 
@@ -134,19 +141,27 @@ def _lines(path: str, stats: dict, progress: Progress) -> Iterator[tuple[int, st
 
 def _read_text(path, stats, progress):
     paragraphs: list[str] = []
+    chars = 0
     for _, line in _lines(path, stats, progress):
         line = line.strip()
         if line:
             paragraphs.append(line)
-        elif paragraphs:
+            chars += len(line)
+            if chars < MAX_DOCUMENT_CHARS:
+                continue
+            stats["documents_cut_at_1m_characters"] = \
+                stats.get("documents_cut_at_1m_characters", 0) + 1
+        if paragraphs:
             yield "plain", "\n".join(paragraphs)
-            paragraphs = []
+            paragraphs, chars = [], 0
     if paragraphs:
         yield "plain", "\n".join(paragraphs)
 
 
 def _read_jsonl(path, stats, text_field, progress):
     for line_number, line in _lines(path, stats, progress):
+        if line_number == 1:
+            line = line.removeprefix("\ufeff")
         if not line.strip():
             continue
         try:

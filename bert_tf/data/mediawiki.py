@@ -19,6 +19,7 @@ here, node by node (WikiExtractor is AGPL and is not used):
 from __future__ import annotations
 
 import bz2
+import gzip
 import html
 import re
 import xml.etree.ElementTree as ET
@@ -36,8 +37,12 @@ _PRE_MARK = "\ue003"  # a line that starts with a space: preformatted (code, pse
 _PREFORMATTED = re.compile(r"(?m)^ (?=\S)")
 # Cut before parsing, as they never nest and hold most of an article's templates (citations):
 # parsing them only to drop them was most of the time.
-_REFS_AND_COMMENTS = re.compile(r"<!--.*?(-->|$)|<ref\b[^>/]*/>|<ref\b[^>]*>.*?</ref\s*>",
-                                re.DOTALL | re.IGNORECASE)
+_REF_ATTRS = r"""(?:[^>"'/]|"[^"]*"|'[^']*'|/(?!>))*"""  # quoted values may hold "/" or ">"
+_REFS_AND_COMMENTS = re.compile(
+    r"<!--.*?(?:-->|$)"  # a comment (an unclosed one runs to the end, as MediaWiki reads it)
+    rf"|<ref\b{_REF_ATTRS}/>"  # <ref name="a/b"/>
+    rf"|<ref\b{_REF_ATTRS}>(?:(?!<ref\b).)*?</ref\s*>",  # never across another <ref
+    re.DOTALL | re.IGNORECASE)
 # Innermost templates and tables, cut repeatedly until none is left (they nest): every template
 # and table is dropped anyway, and building their parse trees was most of what remained.
 _INNER_TEMPLATE = re.compile(r"\{\{(?:[^{}]|\{(?!\{)|\}(?!\}))*?\}\}")
@@ -140,7 +145,8 @@ def read_dump(path: str, stats: dict, progress: Callable[[int], None] | None = N
     `<mediawiki>`, a truncated or corrupt `.bz2`, XML cut short.
     """
     raw = open(path, "rb")
-    stream = bz2.BZ2File(raw) if path.endswith(".bz2") else raw
+    stream = bz2.BZ2File(raw) if path.endswith(".bz2") else \
+        gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
     decoder = _Utf8Replacing(path, stats)
     parser = ET.XMLPullParser(events=("start", "end"))
     root = None
@@ -151,11 +157,11 @@ def read_dump(path: str, stats: dict, progress: Callable[[int], None] | None = N
             try:
                 data = stream.read(chunk_bytes)
             except EOFError:
-                raise DataError(f"{path}: the .bz2 file is truncated (it ends before the end of "
-                                "its compressed stream); download it again") from None
+                raise DataError(f"{path}: the compressed file is truncated (it ends before the end "
+                                "of its compressed stream); download it again") from None
             except OSError as error:
-                raise DataError(f"{path}: not a valid .bz2 file ({error}); download it again or "
-                                "pass the uncompressed XML") from None
+                raise DataError(f"{path}: not a valid compressed file ({error}); download it "
+                                "again or pass the uncompressed XML") from None
             if progress is not None:
                 position = raw.tell()
                 progress(position - seen_disk)
@@ -235,7 +241,7 @@ def article_paragraphs(wikitext: str, counts: dict | None = None) -> list[str]:
     # A line that starts with a space is preformatted text (MediaWiki renders it as <pre>):
     # marked before parsing, so that a template spanning such lines still parses.
     wikitext = _REFS_AND_COMMENTS.sub("", _PREFORMATTED.sub(_PRE_MARK, wikitext))
-    wikitext = _cut_nested(_INNER_TEMPLATE, wikitext, "", counts, None)
+    wikitext = _cut_nested(_INNER_TEMPLATE, wikitext, _template_text, counts, None)
     wikitext = _cut_nested(_INNER_TABLE, wikitext, "\n", counts, "tables")
     wikitext = _cut_nested(_INNER_LINK, wikitext, _link_text, counts, None)
     _render(mwparserfromhell.parse(wikitext, skip_style_tags=True).nodes, out, counts)
@@ -279,22 +285,70 @@ def article_paragraphs(wikitext: str, counts: dict | None = None) -> list[str]:
     return paragraphs
 
 
-def _link_text(match) -> str:
-    """`[[target|text]]` -> text, `[[target]]` -> target; "" for file, category,
-    interlanguage and other namespace links (see `_render`, which does the same on a tree)."""
-    target, _, text = match.group(1).partition("|")
+def _link_shows(target: str, text: str | None) -> str:
+    """What a link `[[target|text]]` shows: its text, else the target (the pipe trick and
+    `[[target]]`); "" for file, category, interlanguage and other namespace links."""
     target = target.strip()
     if ":" in target and not target.startswith(":"):
         prefix = target.split(":", 1)[0].strip().lower()
         if prefix in _MEDIA_PREFIXES or _LANGUAGE_LINK.fullmatch(prefix):
             return ""
     if text:
-        return text.rsplit("|", 1)[-1] if "|" in text else text
+        return text
     target = target.lstrip(":")
     return target.split("#", 1)[0] or target
 
 
-def _cut_nested(pattern, text: str, replacement: str, counts: dict, name: str | None) -> str:
+def _link_text(match) -> str:
+    target, _, text = match.group(1).partition("|")
+    return _link_shows(target, text.rsplit("|", 1)[-1] if text else None)
+
+
+_RANGE_WORDS = frozenset({"to", "-", "–", "and", "or", "x", "×", "by", "+/-", "±"})
+_UNITS = {"c": "°C", "f": "°F", "k": "K"}
+_TEXT_TEMPLATES = frozenset({"convert", "cvt", "val", "frac", "nowrap", "nobr", "small",
+                             "smaller", "big", "abbr", "sic", "ill", "lang", "transl"})
+
+
+def _template_text(match) -> str:
+    """The text an inline template stands for when it is part of a sentence: quantities
+    ({{convert|15|km}} -> "15 km", {{val|1.5|u=m}}, {{frac|1|2}} -> "1/2") and wrappers of
+    plain text ({{nowrap|...}}, {{lang|fr|...}}, {{transl|...}}, ...). Every other template
+    (infoboxes, citations, navigation) stands for nothing here. Dropping quantities left
+    sentences with holes ("lengths of when its tail is")."""
+    inner = match.group(0)[2:-2]
+    bar = inner.find("|")
+    name = (inner if bar < 0 else inner[:bar]).strip().lower()
+    if name not in _TEXT_TEMPLATES and not name.startswith("lang-"):
+        return ""  # most templates: nothing to split
+    if "[[" in inner:  # a link's pipe would split wrongly; rare here
+        return ""
+    params = [p.strip() for p in inner.split("|")[1:]]
+    positional = [p for p in params if "=" not in p]
+    named = dict(p.split("=", 1) for p in params if "=" in p)
+    if name in ("convert", "cvt") and positional:
+        words = [positional[0]]
+        for value in positional[1:]:
+            words.append(value)
+            if value.lower() not in _RANGE_WORDS and not words[-2].lower() in _RANGE_WORDS:
+                break
+        if len(words) > 1:
+            words[-1] = _UNITS.get(words[-1].lower(), words[-1])
+        return " ".join(words)
+    if name == "val" and positional:
+        unit = named.get("u", named.get("ul", "")).strip()
+        return f"{positional[0]} {unit}".strip()
+    if name == "frac" and positional:
+        return (f"{positional[0]} " if len(positional) == 3 else "") + "/".join(positional[-2:])
+    if name in ("nowrap", "nobr", "small", "smaller", "big", "abbr", "sic", "ill", "lang") \
+            and positional:
+        return positional[-1] if name == "lang" else positional[0]
+    if (name.startswith("lang-") or name == "transl") and positional:
+        return positional[-1]
+    return ""
+
+
+def _cut_nested(pattern, text: str, replacement, counts: dict, name: str | None) -> str:
     """`text` with every match of `pattern` removed, innermost first, until none is left."""
     while True:
         text, n = pattern.subn(replacement, text)
@@ -326,9 +380,10 @@ def _tidy(line: str) -> str:
     line = _SPACES.sub(" ", html.unescape(line)).strip()  # entities inside template output
     if not line or _LEFTOVER_MARKUP.search(line):
         return ""
-    line = _EMPTY_BRACKETS.sub("", _BOLD_ITALIC.sub("", _MAGIC_WORD.sub("", line)))
+    line = re.sub(r"\(\s*([,;]\s*)+", "(", _BOLD_ITALIC.sub("", _MAGIC_WORD.sub("", line)))
+    line = re.sub(r"(\s*[,;])+\s*\)", ")", line)  # "(text; )": what was cut left its separator
+    line = _EMPTY_BRACKETS.sub("", line)  # after the collapse above: "(; )" -> "()" -> ""
     line = _SPACE_BEFORE_PUNCT.sub(r"\1", _SPACES.sub(" ", line)).strip()
-    line = re.sub(r"\(\s*([,;]\s*)+", "(", line)
     return line
 
 
@@ -338,16 +393,14 @@ def _render(nodes, out: list[str], counts: dict) -> None:
     for node in nodes:
         if isinstance(node, n.Text):
             out.append(node.value)
-        elif isinstance(node, n.Wikilink):
-            title = str(node.title).strip()
-            prefix = title.split(":", 1)[0].strip().lower() if ":" in title else ""
-            if prefix and (prefix in _MEDIA_PREFIXES or _LANGUAGE_LINK.fullmatch(prefix)) and \
-                    not title.startswith(":"):
+        elif isinstance(node, n.Wikilink):  # the few the regex left (brackets in the text)
+            title = str(node.title)
+            if not _link_shows(title, "text"):
                 continue
             if node.text is not None:
                 _render(node.text.nodes, out, counts)
             else:
-                out.append(title.lstrip(":").split("#", 1)[0] or title.lstrip(":"))
+                out.append(_link_shows(title, None))
         elif isinstance(node, n.ExternalLink):
             if node.title is not None:
                 _render(node.title.nodes, out, counts)

@@ -600,8 +600,13 @@ def expand_input_files(input_file: str) -> list[str]:
     for pattern in (p.strip() for p in input_file.split(",")):
         if not pattern:
             continue
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else (
-            [pattern] if os.path.exists(pattern) else [])
+        if glob.has_magic(pattern):  # folders a glob matches are not inputs
+            matches = sorted(p for p in glob.glob(pattern) if not os.path.isdir(p))
+        elif os.path.isdir(pattern):
+            raise DataError(f"--input_file={pattern} is a folder; pass its files (a glob such "
+                            f"as {os.path.join(pattern, '*.txt')})")
+        else:
+            matches = [pattern] if os.path.exists(pattern) else []
         if not matches:
             raise DataError(f"--input_file={pattern}: no such file (nor files matching it); "
                             "check the path or glob")
@@ -798,11 +803,11 @@ def create_pretraining_data(input_file: str, output_file: str, vocab_file: str,
 
     if not os.path.isfile(vocab_file):
         raise UsageError(f"--vocab_file={vocab_file}: file not found")
-    vocab = load_vocab(vocab_file)
     try:
+        vocab = load_vocab(vocab_file)
         check_vocab_has_unk(vocab, vocab_file)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    except ValueError as e:  # not UTF-8, empty, no [UNK]
+        raise UsageError(f"--vocab_file: {e}") from None
     vocab_ids(vocab, vocab_file)  # fails early on a missing [CLS]/[SEP]/[MASK]
     _warn_if_case_mismatch(vocab, vocab_file, do_lower_case)
     input_files = expand_input_files(input_file)

@@ -1,4 +1,5 @@
-"""A WordPiece vocabulary learned from a corpus, in Google's layout (`build_vocab.py`).
+"""A WordPiece vocabulary learned from text, in Google's layout (`build_vocab.py`; the files and
+the run are `bert_tf.vocab_building`'s).
 
 The text is normalised and split into words exactly as the model will see it (`WordSplitter`:
 Google's basic tokenization; lower-casing and accent stripping for uncased), then Hugging Face
@@ -12,17 +13,16 @@ Google's basic tokenization; lower-casing and accent stripping for uncased), the
   words with them with it: WordPiece cannot segment a word with one missing piece).
 - No duplicates, no blank lines, the size asked for: a first pass over the text counts the
   twins the trainer will leave out, and the trainer is asked for that many fewer pieces.
-- Reproducible: the same text and options give the same file (the trainer's own order of
-  equal-count merges varies from run to run, so its pieces are written in a fixed order).
+- A fixed order (whole-word pieces, then `##` pieces, each by code point). Which pieces the
+  trainer keeps is not quite fixed: among merges of equal count it picks in an order that
+  varies from run to run, so two runs on the same text can differ in a few rare pieces.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Iterable
 
 from bert_tf.assets import UsageError
 
@@ -69,25 +69,6 @@ def layout_head(num_unused: int) -> list[str]:
     head = ["[PAD]"] + [f"[unused{i}]" for i in range(FIRST_SPECIAL_ID - 1)]
     head += list(SPECIAL_TOKENS)
     return head + [f"[unused{i}]" for i in range(FIRST_SPECIAL_ID - 1, num_unused)]
-
-
-def sampled_lines(paths: list[str], max_bytes: int,
-                  progress: Callable[[int], None] | None = None) -> Iterator[str]:
-    """The lines of `paths`, all of them if they hold at most `max_bytes`, else a deterministic
-    sample keeping each line with probability max_bytes / total (a hash of its position)."""
-    total = sum(os.path.getsize(p) for p in paths)
-    keep = min(1.0, max_bytes / max(total, 1))
-    threshold = int(keep * 2**64)
-    for path in paths:
-        with open(path, "rb") as f:
-            for number, raw in enumerate(f):
-                if progress is not None:
-                    progress(len(raw))
-                if keep < 1.0:
-                    digest = hashlib.blake2b(f"{path}:{number}".encode(), digest_size=8).digest()
-                    if int.from_bytes(digest, "little") >= threshold:
-                        continue
-                yield raw.decode("utf-8", errors="replace")
 
 
 def alphabet(lines: Iterable[str], options: VocabOptions) -> tuple[list[str], int]:
@@ -200,78 +181,3 @@ def check_layout(tokens: list[str], num_unused: int) -> None:
         for c in bare:
             if c not in present or f"##{c}" not in present:
                 raise ValueError(f"character {c!r} of {t!r} lacks its row or its ## twin")
-
-
-def build_vocab(input_file: str, output_dir: str, options: VocabOptions | None = None,
-                bert_config_file: str | None = None, heldout_file: str | None = None,
-                compare_vocab_file: str | None = None, overwrite_output: bool = False,
-                show_progress: bool = True) -> dict:
-    """Learns a vocabulary from `input_file` (comma-separated files or globs of text, e.g.
-    prepare_corpus.py's output) and writes into `output_dir`:
-      vocab.txt          Google's layout (see the module docstring), `vocab_size` lines;
-      bert_config.json   `bert_config_file` (default: BERT-Base's) with that `vocab_size`;
-      vocab_summary.json the options, what was fixed, and with `heldout_file` the [UNK] rate
-                         and pieces per word of this vocabulary and of `compare_vocab_file`.
-    Returns the summary. Raises UsageError for settings the vocabulary cannot meet or outputs
-    that exist (without overwrite_output); nothing is written then.
-    """
-    import json
-    import sys
-    import time
-
-    from bert_tf.config import BertConfig
-    from bert_tf.data.pretraining import expand_input_files
-
-    options = options or VocabOptions()
-    options.check()
-    paths = expand_input_files(input_file)
-    outputs = [os.path.join(output_dir, n) for n in ("vocab.txt", "bert_config.json",
-                                                     "vocab_summary.json")]
-    existing = [p for p in outputs if os.path.exists(p)]
-    if existing and not overwrite_output:
-        raise UsageError(f"{existing[0]} exists; pass --overwrite_output or another --output_dir")
-    config_file = bert_config_file or os.path.join(
-        os.path.dirname(__file__), "..", "..", "configs", "bert_base_config.json")
-    config = BertConfig.from_json_file(config_file)
-    started = time.time()
-    bar = None
-    if show_progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=2 * sum(os.path.getsize(p) for p in paths), unit="B",
-                   unit_scale=True, file=sys.stderr, desc="reading (2 passes)")
-    def lines():
-        return sampled_lines(paths, options.max_corpus_bytes, bar.update if bar else None)
-
-    try:
-        _, missing = alphabet(lines(), options)
-        pieces = learn_pieces(lines(), options, missing)
-    finally:
-        if bar is not None:
-            bar.close()
-    tokens, stats = google_layout(pieces, options)
-    check_layout(tokens, options.num_unused)
-    os.makedirs(output_dir, exist_ok=True)
-    _write_atomic(outputs[0], "".join(t + "\n" for t in tokens))
-    config_dict = config.to_dict()
-    config_dict["vocab_size"] = len(tokens)
-    _write_atomic(outputs[1], json.dumps(config_dict, indent=2) + "\n")
-    summary = {"vocab_file": outputs[0], "size": len(tokens), **stats,
-               "seconds": round(time.time() - started, 2), "options": vars(options),
-               "inputs": paths}
-    if heldout_file:
-        with open(heldout_file, encoding="utf-8", errors="replace") as f:
-            lines = f.readlines()
-        summary["heldout"] = {"file": heldout_file, "this": heldout_report(
-            outputs[0], lines, options.do_lower_case)}
-        if compare_vocab_file:
-            summary["heldout"]["compared"] = heldout_report(compare_vocab_file, lines,
-                                                            options.do_lower_case)
-    _write_atomic(outputs[2], json.dumps(summary, indent=1) + "\n")
-    return summary
-
-
-def _write_atomic(path: str, text: str) -> None:
-    with open(path + ".tmp", "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
