@@ -1,19 +1,23 @@
-"""MediaWiki dumps -> article prose: streaming the XML of a `pages-articles` dump (`.xml` or
-`.bz2`, multistream too) and turning an article's wikitext into plain paragraphs.
+"""MediaWiki dumps -> article prose: streaming the XML of a `pages-articles` dump (`.xml`,
+`.bz2` (multistream too) or `.gz`) and turning an article's wikitext into plain paragraphs.
 
-The markup is parsed by `mwparserfromhell` (a maintained parser, MIT); what is kept is decided
-here, node by node (WikiExtractor is AGPL and is not used):
-  kept       text, the visible text of internal links (`[[target|text]]` -> text), the label of
-             external links, bold/italic and other formatting tags' contents, HTML entities
-             (decoded);
-  removed    templates (infoboxes, citations, `{{convert}}`...), `<ref>` and other invisible
-             tags, tables, galleries, comments, file/image/category and interlanguage links;
-  dropped    headings (a heading ends a paragraph and is never a line), list and
-             definition-list lines, the sections that hold no prose ("See also",
-             "References", "External links", ...), and every sentence that held a formula or
-             code (`<math>`, `<chem>`, `<code>`, `<syntaxhighlight>`...): WikiExtractor turns
-             those into `formula_N`/`codice_N` placeholders inside sentences; here the sentence
-             goes, and the summary counts it.
+What is kept is decided here (WikiExtractor is AGPL and is not used). Constructs that are
+dropped anyway are cut first with regular expressions, which is most of the speed: comments and
+`<ref>`s (they never nest), then templates, tables and links, innermost first until none is
+left. `mwparserfromhell` (a maintained parser, MIT) then parses what remains, node by node:
+  kept       text, the visible text of internal links (`[[target|text]]` -> text, the pipe
+             trick), the label of external links, formatting tags' contents, HTML entities
+             (decoded), quantities from `{{convert}}`, `{{val}}`, `{{frac}}` ("15 km") and the
+             text of wrappers such as `{{lang}}`, `{{nowrap}}` (see `_template_text`);
+  removed    every other template (infoboxes, citations, navigation), `<ref>`s and other
+             invisible tags, tables, galleries, comments, file/image/category and
+             interlanguage links, magic words;
+  dropped    headings (a heading ends a paragraph and is never a line), list, definition-list
+             and preformatted lines, short label lines (a bold name above a list), the sections
+             that hold no prose ("See also", "References", ...), and every sentence that held a
+             formula or code (`<math>`, `<chem>`, `<code>`, ...): WikiExtractor turns those into
+             `formula_N`/`codice_N` placeholders inside sentences; here the sentence goes, and
+             the summary counts it.
 """
 
 from __future__ import annotations
@@ -43,8 +47,8 @@ _REFS_AND_COMMENTS = re.compile(
     rf"|<ref\b{_REF_ATTRS}/>"  # <ref name="a/b"/>
     rf"|<ref\b{_REF_ATTRS}>(?:(?!<ref\b).)*?</ref\s*>",  # never across another <ref
     re.DOTALL | re.IGNORECASE)
-# Innermost templates and tables, cut repeatedly until none is left (they nest): every template
-# and table is dropped anyway, and building their parse trees was most of what remained.
+# Innermost templates, tables and links, replaced repeatedly until none is left (they nest):
+# building their parse trees only to drop or flatten them was most of what remained.
 _INNER_TEMPLATE = re.compile(r"\{\{(?:[^{}]|\{(?!\{)|\}(?!\}))*?\}\}")
 _INNER_LINK = re.compile(r"\[\[([^\[\]]*)\]\]")
 _INNER_TABLE = re.compile(r"(?m)^[ \t:]*\{\|(?:(?!^[ \t:]*\{\|).)*?^[ \t]*\|\}", re.DOTALL)
