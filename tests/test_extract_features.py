@@ -59,6 +59,7 @@ def test_features_match_transformers_hidden_states(tmp_path, minilm, mrpc_pairs)
             assert np.abs(ours - hidden[layer][0].numpy()).max() <= 1e-4
 
 
+@pytest.mark.slow  # 27 s of subprocesses; the default run stays under 15 min
 def test_bad_inputs_exit_with_clear_errors(tmp_path, minilm):
     good = tmp_path / "in.txt"
     good.write_text("hello world\n")

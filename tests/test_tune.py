@@ -348,6 +348,7 @@ def _wait_for(predicate, timeout, what):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.slow  # 33-43 s: two sweep processes and a kill; the default run stays under 15 min
 def test_sweep_kill_and_resume(tmp_path, tiny_bert):
     """4 trials, 2 at a time, of run_classifier.py on a tiny random BERT and 64 real MRPC
     pairs; the sweep is SIGKILLed while trials run, and the same command finishes it."""
