@@ -30,7 +30,9 @@ import numpy as np
 from bert_tf.assets import UsageError
 from bert_tf.data import corpus_sources
 from bert_tf.data.glue import DataError
-from bert_tf.data.mediawiki import FORMULA_MARK
+from bert_tf.data.mediawiki import FORMULA_MARK, article_paragraphs
+from bert_tf.data.pretraining import expand_input_files, output_paths, split_sentences, \
+    summary_path
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +91,6 @@ def clean_document(kind: str, text: str, options: CorpusOptions):
     and counted. `digest` is an 8-byte hash of the kept text (exact de-duplication); `minhash`
     the document's MinHash values (uint64[NUM_PERM]) when near duplicates are looked for.
     """
-    from bert_tf.data.mediawiki import article_paragraphs
-    from bert_tf.data.pretraining import split_sentences
-
     counts: dict[str, int] = collections.Counter()
     if kind == "wiki":
         paragraphs = article_paragraphs(text, counts)
@@ -344,8 +343,6 @@ def prepare_corpus(input_file: str, output_file: str, options: CorpusOptions | N
     Raises UsageError for bad settings or outputs that exist (without overwrite_output),
     DataError for unreadable input or a corpus with no document left; nothing is written then.
     """
-    from bert_tf.data.pretraining import expand_input_files, output_paths, summary_path
-
     options = options or CorpusOptions()
     options.check()
     inputs = expand_input_files(input_file)
