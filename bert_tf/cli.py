@@ -35,6 +35,7 @@ _KNOWN_ERRORS = (
     ("bert_tf.config", "ConfigError"),
     ("bert_tf.checkpoints", "CheckpointError"),
     ("bert_tf.data.glue", "DataError"),
+    ("bert_tf.data.text_files", "DataError"),  # the same class, where it is defined
     ("bert_tf.training.loop", "TrainingError"),
     # Records that fail mid-run (a corrupt record, a shard cut short): with the resume hint.
     ("bert_tf.data.pretraining_reader", "RecordError"),

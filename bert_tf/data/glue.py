@@ -30,14 +30,12 @@ import math
 import os
 from typing import Any, Iterator, Sequence
 
+from bert_tf.data.text_files import DataError, utf8_lines  # DataError: defined there, public here
+
 __all__ = [
     "DataError", "InputExample", "GlueProcessor", "PROCESSORS", "TASKS", "get_processor",
     "convert_examples_to_features", "truncate_pair", "write_submission",
 ]
-
-
-class DataError(ValueError):
-    """A data file that cannot be read as the task expects; message is `path:line: problem`."""
 
 
 @dataclasses.dataclass
@@ -73,8 +71,6 @@ def _read_tsv(path: str) -> Iterator[tuple[int, list[str]]]:
     """(1-based line number, fields) for every line; BOM stripped, line ends (\\n or \\r\\n)
     removed, fields split on tabs only. Trailing blank lines are skipped; a blank line with data
     after it is an error."""
-    from bert_tf.data.text_files import utf8_lines  # it imports DataError from here
-
     blank_line = None
     for line_number, line in utf8_lines(path, "a GLUE TSV file"):
         line = line[:-1] if line.endswith("\n") else line

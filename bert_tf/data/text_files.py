@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from bert_tf.data.glue import DataError
+
+class DataError(ValueError):
+    """A data file that cannot be read as expected; the message names the file (and line or
+    byte): `path:line: problem`. Also importable as bert_tf.data.glue.DataError."""
 
 
 def utf8_lines(path: str, what: str = "text") -> Iterator[tuple[int, str]]:
