@@ -81,7 +81,10 @@ def build_vocab(input_file: str, output_dir: str, options: VocabOptions | None =
     from bert_tf.data.pretraining import expand_input_files
 
     options = options or VocabOptions()
-    options.check()
+    try:
+        options.check()
+    except ValueError as e:  # the tokenization layer's messages already name the flag
+        raise UsageError(str(e)) from None
     paths = expand_input_files(input_file)
     for flag, path in (("--heldout_file", heldout_file), ("--compare_vocab_file",
                                                           compare_vocab_file),
@@ -133,7 +136,10 @@ def _learn(paths: list[str], options: VocabOptions, stats: dict, show_progress: 
     finally:
         if bar is not None:
             bar.close()
-    tokens, layout_stats = google_layout(pieces, options)
+    try:
+        tokens, layout_stats = google_layout(pieces, options)
+    except ValueError as e:  # a --vocab_size too small for the characters
+        raise UsageError(str(e)) from None
     check_layout(tokens, options.num_unused)
     return tokens, layout_stats
 

@@ -55,7 +55,10 @@ def extend_vocab(args: ExtendArgs) -> dict:
         do_lower_case = assets.do_lower_case if assets.do_lower_case is not None else \
             guess_lower_case(old_tokens)
     wanted, proposed = _wanted_tokens(args, old_tokens, do_lower_case)
-    plan = extension.plan(old_tokens, wanted, args.mode, do_lower_case)
+    try:
+        plan = extension.plan(old_tokens, wanted, args.mode, do_lower_case)
+    except ValueError as e:  # tokens refused, no unused lines left: the message says which
+        raise UsageError(str(e)) from None
     counts = {p["token"]: p["count"] for p in proposed}
     summary = {"init_checkpoint": args.init_checkpoint, "vocab_file": vocab_file,
                "do_lower_case": do_lower_case, "mode": args.mode,

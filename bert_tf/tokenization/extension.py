@@ -16,7 +16,6 @@ import dataclasses
 import re
 from typing import Iterable
 
-from bert_tf.assets import UsageError
 from bert_tf.tokenization.wordpiece import (
     MAX_INPUT_CHARS_PER_WORD,
     SUFFIX_INDICATOR,
@@ -97,24 +96,24 @@ def plan(old_tokens: list[str], new_tokens: Iterable[str], mode: str,
          do_lower_case: bool) -> Plan:
     """Rows for `new_tokens` by `mode`: replace_unused (each takes the next `[unusedN]` line,
     by id; size unchanged), append (rows after the last), auto (unused first, then append).
-    Raises UsageError naming every token that cannot be added and why, or when replace_unused
+    Raises ValueError naming every token that cannot be added and why, or when replace_unused
     runs out of `[unusedN]` lines."""
     if mode not in MODES:
-        raise UsageError(f"--mode={mode}: one of {', '.join(MODES)}")
+        raise ValueError(f"--mode={mode}: one of {', '.join(MODES)}")
     vocab = {t: i for i, t in enumerate(old_tokens)}
     wanted = list(dict.fromkeys(t.strip() for t in new_tokens if t.strip()))
     if not wanted:
-        raise UsageError("no new token given (--new_tokens, --new_tokens_file or "
+        raise ValueError("no new token given (--new_tokens, --new_tokens_file or "
                          "--corpus_file with --num_new_tokens)")
     refused = [(t, refusal(t, vocab, do_lower_case)) for t in wanted]
     refused = [f"{t!r}: {why}" for t, why in refused if why]
     if refused:
-        raise UsageError(f"{len(refused)} token(s) cannot be added: " + "; ".join(refused[:10])
+        raise ValueError(f"{len(refused)} token(s) cannot be added: " + "; ".join(refused[:10])
                          + ("; ..." if len(refused) > 10 else ""))
     unused = [i for i, t in enumerate(old_tokens) if _UNUSED.fullmatch(t)] \
         if mode != "append" else []
     if mode == "replace_unused" and len(unused) < len(wanted):
-        raise UsageError(f"--mode=replace_unused: {len(wanted)} new tokens but the vocabulary "
+        raise ValueError(f"--mode=replace_unused: {len(wanted)} new tokens but the vocabulary "
                          f"has {len(unused)} [unusedN] lines; use --mode=auto or append")
     tokens = list(old_tokens)
     rows = {}

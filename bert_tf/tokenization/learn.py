@@ -24,7 +24,6 @@ import logging
 from dataclasses import dataclass
 from typing import Iterable
 
-from bert_tf.assets import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +52,10 @@ class VocabOptions:
 
     def check(self) -> None:
         if self.num_unused < FIRST_SPECIAL_ID - 1:
-            raise UsageError(f"--num_unused={self.num_unused}: at least 99, so that [UNK], "
+            raise ValueError(f"--num_unused={self.num_unused}: at least 99, so that [UNK], "
                              "[CLS], [SEP] and [MASK] keep Google's ids 100-103")
         if self.limit_alphabet < 1 or self.min_frequency < 1 or self.max_corpus_bytes < 1:
-            raise UsageError("--limit_alphabet, --min_frequency and --max_corpus_bytes must be "
+            raise ValueError("--limit_alphabet, --min_frequency and --max_corpus_bytes must be "
                              "at least 1")
 
     @property
@@ -125,13 +124,13 @@ def google_layout(pieces: list[str], options: VocabOptions) -> tuple[list[str], 
     """The final vocabulary: Google's head, every character and its `##` twin, then the other
     pieces (whole-word pieces, then `##` pieces, each in code-point order), `vocab_size` rows at
     most: if still over, the longest pieces give way. Returns (tokens, stats).
-    Raises UsageError when vocab_size cannot hold the head and every character twice."""
+    Raises ValueError when vocab_size cannot hold the head and every character twice."""
     head = layout_head(options.num_unused)
     chars = sorted({p.removeprefix("##") for p in pieces if len(p.removeprefix("##")) == 1})
     singles = chars + [f"##{c}" for c in chars]
     need = len(head) + len(singles)
     if options.vocab_size < need:
-        raise UsageError(
+        raise ValueError(
             f"--vocab_size={options.vocab_size} cannot hold the {len(head)} reserved rows and "
             f"{len(chars)} characters twice (as c and ##c): {need} rows at least. Raise "
             f"--vocab_size, or lower --limit_alphabet / --num_unused")
