@@ -513,6 +513,7 @@ def test_a_vocabulary_other_than_the_records_is_refused(tmp_path, corpus):
     assert ok.returncode == 0, ok.stderr[-2000:]
 
 
+@pytest.mark.slow  # 15-26 s; keeps the default run under 15 min on this machine
 def test_a_corrupt_record_mid_run_is_one_line_or_skipped_and_counted(tmp_path, corpus):
     from bert_tf.data import record_index
 

@@ -118,6 +118,7 @@ def test_bad_input_clear_errors(tmp_path, tiny_bert):
     assert "bert-base-uncased" in proc.stderr and not (tmp_path / "f").exists()
 
 
+@pytest.mark.slow  # 15-26 s; keeps the default run under 15 min on this machine
 def test_output_dir_of_another_run_is_refused_and_random_init_warns(tmp_path, tiny_bert):
     out = tmp_path / "run"
     common = [f"--task=RTE", f"--data_dir={shared('glue', 'RTE')}", f"--output_dir={out}",
