@@ -13,11 +13,6 @@ does the model learn the new tokens?
    masked-LM accuracy over all masked positions, and over those whose target is a new token.
 5. The export loaded by transformers' BertForPreTraining: missing and unexpected keys listed.
 Each step is skipped when its output exists (re-running resumes).
-
-Known problem (2026-12-06): `checkpoints.load` of a training checkpoint (`checkpoints/ckpt-N`)
-restores the encoder but not the MLM/NSP heads (they are reported missing), so the scores of
-step 4 for those checkpoints are not the model's; the final export (with heads) scores right.
-To be fixed in checkpoints.load before this bench is rerun.
 """
 
 from __future__ import annotations
@@ -125,7 +120,10 @@ def main():
     for step, prefix in [(0, extended)] + [
             (int(re.search(r"ckpt-(\d+)", n).group(1)), n[:-len(".index")]) for n in prefixes]:
         model = BertPretrainer(config)
-        checkpoints.load(model, prefix)  # step 0: no heads yet, they start fresh (reported)
+        report = checkpoints.load(model, prefix)  # step 0: no heads yet, they start fresh
+        if step > 0 and report.missing:
+            sys.exit(f"{prefix}: the heads did not load ({report.missing}): the score would "
+                     "not be the model's")
         curve.append({"step": step, **score(model, heldout, new_ids)})
         print(json.dumps(curve[-1]), flush=True)
     import transformers

@@ -252,6 +252,47 @@ def test_native_checkpoint_round_trip_and_encoder_transfer(tmp_path):
         ck.load(BertEncoder(tiny_config(hidden_size=16, intermediate_size=20)), prefix)
 
 
+def test_training_checkpoint_loads_heads_only_into_the_class_it_names(tmp_path):
+    """A run's ckpt-N (tf.train.Checkpoint of model, encoder, optimizer, step: the training
+    loop's layout) loads whole into the model class its marker names. With no marker (a run's
+    checkpoint from before runs wrote one) or into another class, the encoder only: a 2-label
+    classifier's head has the NSP head's shapes, and must not be given it."""
+    import keras
+    import tensorflow as tf
+
+    config = tiny_config()
+    trained = BertPretrainer(config)
+    optimizer = keras.optimizers.Adam()
+    optimizer.build(trained.trainable_variables)
+    directory = tmp_path / "checkpoints"
+    prefix = tf.train.Checkpoint(model=trained, encoder=trained.encoder, optimizer=optimizer,
+                                 step=tf.Variable(7, dtype=tf.int64)).write(
+        str(directory / "ckpt-7"))
+
+    def fresh_loads(model, path):
+        before = [w.numpy() for w in model.weights]
+        report = ck.load(model, path)
+        return report, before
+
+    again = BertPretrainer(config)
+    report, _ = fresh_loads(again, prefix)  # no marker yet: encoder only, heads reported
+    assert len(report.missing) == len(trained.weights) - len(trained.encoder.weights) > 0
+    ck.write_marker(str(directory), trained)
+    again = BertPretrainer(config)
+    report, _ = fresh_loads(again, prefix)
+    assert report.missing == [] and len(report.loaded) == len(trained.weights)
+    for a, b in zip(trained.weights, again.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    classifier = BertClassifier(config, num_labels=2)
+    report, before = fresh_loads(classifier, prefix)
+    assert sorted(report.missing) == ["classifier/logits/bias", "classifier/logits/kernel"]
+    np.testing.assert_array_equal(classifier.head.dense.kernel.numpy(),
+                                  before[[w.path for w in classifier.weights].index(
+                                      classifier.head.dense.kernel.path)])
+    np.testing.assert_array_equal(classifier.encoder.weights[0].numpy(),
+                                  trained.encoder.weights[0].numpy())
+
+
 def test_find_assets_in_hf_directory():
     directory = shared("models", "all-MiniLM-L6-v2")
     assets = ck.find_assets(str(directory))

@@ -169,7 +169,7 @@ def test_accumulation_equals_the_big_batch(tmp_path):
 
 def test_loss_goes_down_and_logs_are_written(tmp_path):
     table = _table()
-    _, summary = _run(tmp_path, "run", table, steps=24)
+    trained, summary = _run(tmp_path, "run", table, steps=24)
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     import json
     losses = [json.loads(line)["loss"] for line in lines]
@@ -177,6 +177,19 @@ def test_loss_goes_down_and_logs_are_written(tmp_path):
     assert (tmp_path / "run" / "tensorboard").is_dir()
     ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("*.index"))
     assert ckpts == ["ckpt-24.index"]
+    # A run's ckpt-N loads whole (head included) into its model class, through checkpoints.load;
+    # into another class (same head shapes), only the encoder.
+    from bert_tf import checkpoints
+    from bert_tf.modeling import BertTokenClassifier
+
+    again = BertClassifier(tiny_config(), 2)
+    report = checkpoints.load(again, str(tmp_path / "run" / "checkpoints" / "ckpt-24"))
+    assert report.missing == [] and len(report.loaded) == len(trained.weights)
+    for a, b in zip(trained.weights, again.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    tagger = BertTokenClassifier(tiny_config(), 2)
+    report = checkpoints.load(tagger, str(tmp_path / "run" / "checkpoints"))
+    assert len(report.missing) == 2 and len(report.loaded) == len(tagger.encoder.weights)
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])

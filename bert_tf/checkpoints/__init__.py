@@ -65,9 +65,9 @@ def _tf_prefix(path: str) -> str | None:
         marker = os.path.join(path, NATIVE_MARKER)
         if os.path.exists(marker):
             with open(marker, encoding="utf-8") as f:
-                native = os.path.join(path, json.load(f)["prefix"])
-            if os.path.exists(native + ".index"):
-                return native
+                native = json.load(f).get("prefix")  # none in a training run's checkpoints/
+            if native and os.path.exists(os.path.join(path, native) + ".index"):
+                return os.path.join(path, native)
         import tensorflow as tf
         latest = tf.train.latest_checkpoint(path)
         if latest:
@@ -176,6 +176,10 @@ def _load_by_name(model, reader, fmt, path, allow_missing_encoder=False,
 
 
 def _load_native(model, prefix) -> LoadReport:
+    """Load this project's checkpoint: `save`'s export or a training run's ckpt-N. The whole
+    model (heads included) when the marker beside it names the model's class, else the encoder
+    (a checkpoint with no marker, e.g. a run's ckpt-N from before runs wrote one, gives the
+    encoder only: a head is never guessed, since an NSP head fits a 2-label classifier)."""
     import tensorflow as tf
 
     marker = os.path.join(os.path.dirname(prefix), NATIVE_MARKER)
@@ -184,10 +188,8 @@ def _load_native(model, prefix) -> LoadReport:
         with open(marker, encoding="utf-8") as f:
             saved_class = json.load(f).get("model_class")
     encoder = model if not hasattr(model, "encoder") else model.encoder
-    names = [n for n, _ in tf.train.list_variables(prefix)]
-    has_model = any(n.startswith("model/") for n in names)
     try:
-        if saved_class == type(model).__name__ and has_model:
+        if saved_class == type(model).__name__:
             status = tf.train.Checkpoint(model=model).read(prefix)
             status.expect_partial()
             status.assert_existing_objects_matched()
@@ -334,9 +336,19 @@ def save(model, prefix: str) -> str:
     encoder.config.to_json_file(os.path.join(directory, "bert_config.json"))
     if getattr(model, "label_names", None):
         write_label_names(directory, model.label_names)
-    with open(os.path.join(directory, NATIVE_MARKER), "w", encoding="utf-8") as f:
-        json.dump({"model_class": type(model).__name__, "prefix": os.path.basename(prefix)}, f)
+    write_marker(directory, model, prefix)
     return path
+
+
+def write_marker(directory: str, model, prefix: str | None = None) -> None:
+    """bert_tf_checkpoint.json in `directory`: the model class the checkpoints there hold (so
+    `load` restores the heads into the same class) and, for `save`'s export, its prefix (a
+    training run's checkpoints/ has none: its newest ckpt-N is taken)."""
+    marker = {"model_class": type(model).__name__}
+    if prefix is not None:
+        marker["prefix"] = os.path.basename(prefix)
+    with open(os.path.join(directory, NATIVE_MARKER), "w", encoding="utf-8") as f:
+        json.dump(marker, f)
 
 
 def save_google(model, prefix: str) -> str:
@@ -359,6 +371,18 @@ class Assets:
     do_lower_case: bool | None = None  # known for presets and Hugging Face tokenizer configs
 
 
+def side_file_dirs(directory: str) -> list[str]:
+    """Where a checkpoint's config sits: its directory, and for a training run's checkpoints/
+    (a marker that names no prefix) the run's output_dir above it, where the run wrote
+    bert_config.json."""
+    marker = os.path.join(directory, NATIVE_MARKER)
+    if os.path.exists(marker):
+        with open(marker, encoding="utf-8") as f:
+            if "prefix" not in json.load(f):
+                return [directory, os.path.dirname(os.path.abspath(directory))]
+    return [directory]
+
+
 def find_assets(path: str | None) -> Assets:
     """For --init_checkpoint: the bert_config.json / config.json and vocab.txt that sit next to
     the checkpoint (a directory, a prefix inside one, or a preset name that is downloaded)."""
@@ -372,10 +396,10 @@ def find_assets(path: str | None) -> Assets:
             path = presets.resolve(path)
     directory = path if os.path.isdir(path) else os.path.dirname(path)
     config_file = None
-    for name in ("bert_config.json", "config.json"):
-        if os.path.exists(os.path.join(directory, name)):
-            config_file = os.path.join(directory, name)
-            break
+    for folder in side_file_dirs(directory):
+        for name in ("bert_config.json", "config.json"):
+            if config_file is None and os.path.exists(os.path.join(folder, name)):
+                config_file = os.path.join(folder, name)
     vocab = os.path.join(directory, "vocab.txt")
     tok_config = os.path.join(directory, "tokenizer_config.json")
     if do_lower_case is None and os.path.exists(tok_config):

@@ -18,7 +18,8 @@ import shutil
 
 import numpy as np
 
-from bert_tf.checkpoints import LABELS_FILE, NATIVE_MARKER, CheckpointError, detect_format
+from bert_tf.checkpoints import (LABELS_FILE, NATIVE_MARKER, CheckpointError, detect_format,
+                                 side_file_dirs)
 from bert_tf.tokenization.extension import Plan
 
 # The word-embedding and masked-LM output-bias tensors, by format.
@@ -109,6 +110,8 @@ def extend_checkpoint(init_checkpoint: str, output_dir: str, plan: Plan,
             report = _extend_tf(path, fmt, partial, plan, old_ids)
         source_dir = path if os.path.isdir(path) else os.path.dirname(path)
         _copy_side_files(source_dir, partial, fmt, len(plan.tokens))
+        if fmt == "bert_tf":
+            _name_prefix(partial, os.path.basename(path))
         vocab_file = os.path.join(partial, "vocab.txt")
         with open(vocab_file, "w", encoding="utf-8", newline="\n") as f:
             f.write("".join(t + "\n" for t in plan.tokens))
@@ -173,13 +176,28 @@ def _extend_safetensors(path: str, output_dir: str, plan: Plan, old_ids: dict) -
     return {"resized": resized_names, "copied": copied}
 
 
+def _name_prefix(output_dir: str, prefix_name: str) -> None:
+    """The native marker in `output_dir` names the written prefix (a training run's ckpt-N is
+    found through its `checkpoint` file, which is not copied), keeping the model class when the
+    source's marker named one."""
+    marker_file = os.path.join(output_dir, NATIVE_MARKER)
+    marker = {}
+    if os.path.exists(marker_file):
+        with open(marker_file, encoding="utf-8") as f:
+            marker = json.load(f)
+    marker["prefix"] = prefix_name
+    with open(marker_file, "w", encoding="utf-8") as f:
+        json.dump(marker, f)
+
+
 def _copy_side_files(source_dir: str, output_dir: str, fmt: str, vocab_size: int) -> None:
     """The config with the new vocab_size, and what else describes the checkpoint (the native
     marker, label names, tokenizer_config.json, safetensors index). tokenizer.json holds the old
     vocabulary and is left out (transformers rebuilds it from vocab.txt)."""
     for name in ("bert_config.json", "config.json"):
-        source = os.path.join(source_dir, name)
-        if os.path.exists(source):
+        source = next((os.path.join(d, name) for d in side_file_dirs(source_dir)
+                       if os.path.exists(os.path.join(d, name))), "")
+        if source:
             with open(source, encoding="utf-8") as f:
                 config = json.load(f)
             config["vocab_size"] = vocab_size

@@ -36,6 +36,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from bert_tf.checkpoints import write_marker
 from bert_tf.training.optimization import create_optimizer
 from bert_tf.training import preemption
 from bert_tf.training.preemption import (DEFAULT_GRACE_SECONDS, EvaluationInterrupted,
@@ -353,6 +354,7 @@ def _train(model, loss_fn, batches, settings, dist, progress, eval_fn, eval_ever
             if dist.is_chief and (done % s.save_checkpoints_steps == 0 or
                                   done == s.num_train_steps or stop):
                 saved = manager.save(checkpoint_number=done)
+                write_marker(manager.directory, model)  # ckpt-N names its model class
                 log.flush()
             if stop:
                 _stop(bar, dist, stop_request, done, saved)
