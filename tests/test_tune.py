@@ -19,6 +19,9 @@ optuna = pytest.importorskip("optuna")
 from optuna.trial import TrialState, create_trial  # noqa: E402
 
 from bert_tf import sweeps, tune  # noqa: E402
+from bert_tf.sweeps import bandit, tracking  # noqa: E402
+from bert_tf.sweeps import report as sweep_report  # noqa: E402
+from bert_tf.sweeps import study as sweep_study  # noqa: E402
 from bert_tf.sweeps import Bandit  # noqa: E402
 
 
@@ -46,7 +49,7 @@ def _verdicts(study, values):
 
 def test_bandit_factor_maximize():
     # best / (1 + 0.1) against each trial's best value so far
-    pruner = tune.BanditPruner(slack_factor=0.1)
+    pruner = bandit.BanditPruner(slack_factor=0.1)
     finished = [(TrialState.COMPLETE, {1: 0.60, 2: 0.80, 3: 0.85}),
                 (TrialState.PRUNED, {1: 0.70, 2: 0.72}),
                 (TrialState.FAIL, {1: 0.99, 2: 0.99, 3: 0.99})]  # failed trials do not count
@@ -61,14 +64,14 @@ def test_bandit_factor_maximize():
 
 
 def test_bandit_amount_minimize_and_factor_minimize():
-    amount = _study("minimize", tune.BanditPruner(slack_amount=0.2),
+    amount = _study("minimize", bandit.BanditPruner(slack_amount=0.2),
                     [(TrialState.COMPLETE, {1: 1.0, 2: 0.5})])
     # report 1: best 1.0 -> limit 1.2; report 2: best 0.5 -> 0.7, own best 0.75
     assert _verdicts(amount, [1.15, 0.75]) == [False, True]
     assert _verdicts(amount, [1.25]) == [True]
     assert _verdicts(amount, [1.2, 0.7]) == [False, False]  # on the limit: goes on
 
-    factor = _study("minimize", tune.BanditPruner(slack_factor=0.5),
+    factor = _study("minimize", bandit.BanditPruner(slack_factor=0.5),
                     [(TrialState.COMPLETE, {1: 1.0})])
     assert _verdicts(factor, [1.4]) == [False]   # limit 1.0 * 1.5
     assert _verdicts(factor, [1.6]) == [True]
@@ -76,9 +79,9 @@ def test_bandit_amount_minimize_and_factor_minimize():
 
 
 def test_bandit_amount_maximize_first_trial_and_nan():
-    study = _study("maximize", tune.BanditPruner(slack_amount=0.05), [])
+    study = _study("maximize", bandit.BanditPruner(slack_amount=0.05), [])
     assert _verdicts(study, [0.1, 0.1]) == [False, False]  # alone: it is the best
-    study = _study("maximize", tune.BanditPruner(slack_amount=0.05),
+    study = _study("maximize", bandit.BanditPruner(slack_amount=0.05),
                    [(TrialState.COMPLETE, {1: 0.8})])
     assert _verdicts(study, [0.76]) == [False]  # limit 0.75
     assert _verdicts(study, [0.74]) == [True]
@@ -88,18 +91,18 @@ def test_bandit_amount_maximize_first_trial_and_nan():
 def test_bandit_delay_and_interval():
     # Azure ML: "the policy applies every multiple of evaluation_interval that is greater than or
     # equal to delay_evaluation"; delay 200, interval 100 -> first at 200.
-    assert [n for n in range(1, 500) if tune.bandit_applies(Bandit(0.1, None, 100, 200), n)] \
+    assert [n for n in range(1, 500) if bandit.bandit_applies(Bandit(0.1, None, 100, 200), n)] \
         == [200, 300, 400]
-    assert [n for n in range(1, 6) if tune.bandit_applies(Bandit(0.1, None, 1, 0), n)] \
+    assert [n for n in range(1, 6) if bandit.bandit_applies(Bandit(0.1, None, 1, 0), n)] \
         == [1, 2, 3, 4, 5]
-    assert [n for n in range(1, 10) if tune.bandit_applies(Bandit(0.1, None, 2, 3), n)] \
+    assert [n for n in range(1, 10) if bandit.bandit_applies(Bandit(0.1, None, 2, 3), n)] \
         == [4, 6, 8]
-    study = _study("maximize", tune.BanditPruner(slack_factor=0.1, evaluation_interval=2,
+    study = _study("maximize", bandit.BanditPruner(slack_factor=0.1, evaluation_interval=2,
                                                  delay_evaluation=3),
                    [(TrialState.COMPLETE, {n: 0.9 for n in range(1, 7)})])
     assert _verdicts(study, [0.1] * 6) == [False, False, False, True, False, True]
     # the reason names the numbers
-    prune, reason = tune.bandit_decision(Bandit(0.1, None, 1, 0), "maximize", 2,
+    prune, reason = bandit.bandit_decision(Bandit(0.1, None, 1, 0), "maximize", 2,
                                          {1: 0.5, 2: 0.6}, [{1: 0.7, 2: 0.88}])
     assert prune and "0.6 < 0.88 / (1 + 0.1) = 0.8" in reason
 
@@ -108,11 +111,11 @@ def test_make_pruner_from_file(tmp_path):
     spec = sweeps.load(str(_yaml(tmp_path, "s.yaml", early="{type: bandit, slack_amount: 0.02, "
                                                        "evaluation_interval: 2, "
                                                        "delay_evaluation: 4}")))
-    pruner = tune.make_pruner(spec)
+    pruner = bandit.make_pruner(spec)
     assert isinstance(pruner, optuna.pruners.BasePruner)
     assert pruner.bandit == Bandit(None, 0.02, 2, 4)
     spec = sweeps.load(str(_yaml(tmp_path, "n.yaml", early=None)))
-    assert isinstance(tune.make_pruner(spec), optuna.pruners.NopPruner)
+    assert isinstance(bandit.make_pruner(spec), optuna.pruners.NopPruner)
 
 
 # -- the report -----------------------------------------------------------------------------------
@@ -134,14 +137,14 @@ def _yaml(tmp_path, name, space="learning_rate: {type: loguniform, min_value: 1.
 def _records():
     curve = [(s, 0.7 - 0.02 * s) for s in range(1, 11)]
     return [
-        tune.TrialRecord(0, {"learning_rate": 1e-5}, "COMPLETE", 0.70, curve,
+        sweep_report.TrialRecord(0, {"learning_rate": 1e-5}, "COMPLETE", 0.70, curve,
                          [(5, 0.69), (10, 0.70)]),
-        tune.TrialRecord(1, {"learning_rate": 1e-4}, "COMPLETE", 0.78,
+        sweep_report.TrialRecord(1, {"learning_rate": 1e-4}, "COMPLETE", 0.78,
                          [(s, 0.7 - 0.04 * s) for s in range(1, 11)], [(5, 0.75), (10, 0.78)]),
-        tune.TrialRecord(2, {"learning_rate": 1e-3}, "PRUNED", 0.684,
+        sweep_report.TrialRecord(2, {"learning_rate": 1e-3}, "PRUNED", 0.684,
                          [(s, 0.7 + 0.05 * s) for s in range(1, 6)], [(5, 0.684)]),
-        tune.TrialRecord(3, {"learning_rate": 5e-6}, "FAIL", None, [], []),
-        tune.TrialRecord(4, {"learning_rate": 3e-5}, "RUNNING", 0.72, curve[:7], [(5, 0.72)]),
+        sweep_report.TrialRecord(3, {"learning_rate": 5e-6}, "FAIL", None, [], []),
+        sweep_report.TrialRecord(4, {"learning_rate": 3e-5}, "RUNNING", 0.72, curve[:7], [(5, 0.72)]),
     ]
 
 
@@ -156,7 +159,7 @@ def _check_png(path):
 
 def test_write_report_files(tmp_path):
     spec = sweeps.load(str(_yaml(tmp_path, "lr_sweep.yaml")))
-    paths = tune.write_report(spec, _records(), str(tmp_path / "report"))
+    paths = sweep_report.write_report(spec, _records(), str(tmp_path / "report"))
     assert set(paths) >= {"loss_plot", "metric_plot", "table"}
     assert paths["loss_plot"].endswith("loss_curves.png")
     assert paths["metric_plot"].endswith("metric_vs_lr.png")
@@ -183,23 +186,25 @@ def test_write_report_minimize_without_learning_rate(tmp_path):
         tmp_path, "wp.yaml", goal="minimize", metric="train/loss",
         space="warmup_proportion: {type: uniform, min_value: 0.0, max_value: 0.3}\n"
               "  train_batch_size: {type: choice, values: [16, 32]}")))
-    records = [tune.TrialRecord(i, {"warmup_proportion": w, "train_batch_size": 16}, s, v,
+    records = [sweep_report.TrialRecord(i, {"warmup_proportion": w, "train_batch_size": 16}, s, v,
                                 [(1, 1.0), (2, v or 1.0)], [(2, v)] if v else [])
                for i, (w, s, v) in enumerate([(0.0, "COMPLETE", 0.5), (0.1, "COMPLETE", 0.3),
                                               (0.2, "PRUNED", 0.9)])]
-    paths = tune.write_report(spec, records, str(tmp_path))
+    paths = sweep_report.write_report(spec, records, str(tmp_path))
     _check_png(paths["metric_plot"])
-    assert tune.best_trial(spec, records).number == 1
+    assert sweep_report.best_trial(spec, records).number == 1
     assert "| **1** | **COMPLETE** | **0.1** | **16** | **0.3000** |" in open(paths["table"]).read()
 
 
 def test_write_report_needs_no_optuna(tmp_path):
     code = textwrap.dedent(f"""
         import sys
-        from bert_tf import sweeps, tune
+        from bert_tf import sweeps, tune  # the command line's module loads neither
+        from bert_tf.sweeps import report as sweep_report
         spec = sweeps.load({str(_yaml(tmp_path, 'x.yaml'))!r})
-        tune.write_report(spec, [tune.TrialRecord(0, {{"learning_rate": 1e-5}}, "COMPLETE",
-                                                  0.7, [(1, 0.7)], [(1, 0.7)])], {str(tmp_path)!r})
+        sweep_report.write_report(spec, [sweep_report.TrialRecord(
+            0, {{"learning_rate": 1e-5}}, "COMPLETE", 0.7, [(1, 0.7)], [(1, 0.7)])],
+            {str(tmp_path)!r})
         assert "optuna" not in sys.modules and "tensorflow" not in sys.modules
         assert "matplotlib.pyplot" not in sys.modules
     """)
@@ -262,23 +267,23 @@ def test_bad_input_one_line_exit_2(tmp_path, case):
 def test_output_dir_of_another_sweep_refused(tmp_path):
     out = tmp_path / "out"
     first = sweeps.load(str(_yaml(tmp_path, "a.yaml")))
-    study = tune.open_study(first, [], str(out))
+    study = sweep_study.open_study(first, [], str(out))
     assert study.study_name == "a" and study.direction.name == "MAXIMIZE"
-    tune.check_output_dir(first, [], str(out))  # the same file and flags: resumes
+    sweep_study.check_output_dir(first, [], str(out))  # the same file and flags: resumes
     (tmp_path / "other").mkdir()
     edited = sweeps.load(str(_yaml(tmp_path / "other", "a.yaml", goal="minimize")))
     with pytest.raises(sweeps.SweepError, match="another search-space file"):
-        tune.check_output_dir(edited, [], str(out))
+        sweep_study.check_output_dir(edited, [], str(out))
     with pytest.raises(sweeps.SweepError, match=r"another fixed flags after -- \(none\)"):
-        tune.check_output_dir(first, ["--seed=3"], str(out))
+        sweep_study.check_output_dir(first, ["--seed=3"], str(out))
     proc = run_tune(["--sweep", str(_yaml(tmp_path, "b.yaml")), "--output_dir", str(out)],
                     timeout=120)
     _one_line_error(proc, "holds the sweep a, not b")
     # one sweep process per folder
-    lock = tune._lock(str(out))
+    lock = sweep_study.lock_output_dir(str(out))
     try:
         with pytest.raises(sweeps.SweepError, match="another bert_tf.tune"):
-            tune._lock(str(out))
+            sweep_study.lock_output_dir(str(out))
     finally:
         lock.close()
 
@@ -300,7 +305,7 @@ def test_a_trial_whose_script_refuses_its_flags_stops_the_sweep(tmp_path):
     assert "trial 0 stopped the sweep" in line and "no_such_model" in line
     assert "Traceback" not in proc.stderr
     study = optuna.load_study(study_name="broken", storage=f"sqlite:///{out}/optuna.db")
-    assert tune.counted_trials(study) == []
+    assert sweep_study.counted_trials(study) == []
     assert study.trials[0].state == TrialState.FAIL
     assert "interrupted" in study.trials[0].user_attrs
 
@@ -309,7 +314,7 @@ def test_mlflow_run_of_a_stopped_trial_gets_its_unsent_metrics(tmp_path):
     """A pruned trial's script is stopped with values still in its MLflow buffer: the sweep
     sends what metrics.jsonl has and MLflow lacks (once), then ends the run KILLED."""
     lines = []
-    runs = tune._MlflowRuns(tune.tracking_uri(str(tmp_path)), "exp", "exp",
+    runs = tracking.MlflowRuns(tracking.tracking_uri(str(tmp_path)), "exp", "exp",
                             lambda text, err=False: lines.append(text))
     run_id = runs.start(3, {"learning_rate": 1e-5}, str(tmp_path))
     rows = [{"step": 10, "split": "train", "loss": 0.7, "converged": False},
@@ -426,7 +431,7 @@ def test_sweep_kill_and_resume(tmp_path, tiny_bert):
         assert retry.params == trials[number].params
         assert retry.state in (TrialState.COMPLETE, TrialState.PRUNED)
         assert f"(retry of trial {number})" in second
-    counted = tune.counted_trials(study)
+    counted = sweep_study.counted_trials(study)
     assert len(counted) == 4 and len(study.trials) == 4 + len(running)
     values = [t.value for t in counted]
     assert all(v is not None and 0 <= v <= 1 for v in values)
@@ -452,7 +457,7 @@ def test_sweep_kill_and_resume(tmp_path, tiny_bert):
         elif "interrupted" in t.user_attrs:
             assert run.info.status == "KILLED"
         # what metrics.jsonl holds, MLflow holds too, also for runs stopped before they flushed
-        _, metric_curve = tune.read_curves(os.path.join(t.user_attrs["output_dir"],
+        _, metric_curve = tracking.read_curves(os.path.join(t.user_attrs["output_dir"],
                                                         "metrics.jsonl"), spec)
         if metric_curve:
             assert run.data.metrics["eval/eval_accuracy"] == pytest.approx(metric_curve[-1][1])
@@ -479,7 +484,7 @@ def test_mrpc_tiny_sweep(tmp_path):
                     timeout=3600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     study = optuna.load_study(study_name="mrpc_tiny", storage=f"sqlite:///{out}/optuna.db")
-    trials = tune.counted_trials(study)
+    trials = sweep_study.counted_trials(study)
     rates = [t.params["learning_rate"] for t in trials]
     assert len(trials) >= 6
     assert min(rates) < 1e-5 and max(rates) > 1e-4
@@ -488,3 +493,13 @@ def test_mrpc_tiny_sweep(tmp_path):
     for name in ("loss_curves.png", "metric_vs_lr.png"):
         _check_png(out / name)
     assert "PRUNED" in proc.stdout and "best: trial" in proc.stdout
+
+
+def test_the_names_code_used_from_bert_tf_tune_still_import_from_it():
+    """bert_tf.tune is the command line since the sweep code became the bert_tf.sweeps package;
+    the names outside code imported from it before stay there, as the package's own objects."""
+    assert tune.BanditPruner is bandit.BanditPruner
+    assert tune.write_report is sweep_report.write_report
+    assert tune.TrialRecord is sweep_report.TrialRecord
+    assert tune.open_study is sweep_study.open_study and tune.read_curves is tracking.read_curves
+    assert {name for name in tune.__all__ if getattr(tune, name, None) is None} == set()

@@ -27,7 +27,7 @@ worse than the best value any trial reached by that report by more than the slac
 (best / (1 + slack_factor) when maximizing, best * (1 + slack_factor) when minimizing) or an
 amount (best -/+ slack_amount). A report is one evaluation during training, so early
 termination needs `eval_every_steps` among the flags when the metric is an eval/ one.
-(bert_tf.tune.BanditPruner is the local implementation.)
+(bert_tf.sweeps.bandit.BanditPruner is the local implementation.)
 """
 
 from __future__ import annotations
