@@ -24,6 +24,10 @@ import yaml
 
 from tests.conftest import REPO, shared
 
+import bert_tf.azure_ml.cli  # noqa: F401  (loads every module: azure_ml.sizes, ...)
+from bert_tf import azure_ml
+from bert_tf.assets import UsageError
+
 SUBMIT = REPO / "azure" / "submit.py"
 SWEEP = REPO / "configs" / "sweeps" / "mrpc_lr.yaml"
 FAKE_SUBSCRIPTION = "0f1e2d3c-4b5a-4978-8a9b-0c1d2e3f4a5b"
@@ -224,17 +228,17 @@ def test_train_dry_run_pretraining_records_and_named_inputs(submit, sdk, tmp_pat
 
 
 def test_flag_files_travel_with_the_code_and_are_checked(submit, tmp_path, monkeypatch):
-    pairs = submit.parse_script_flags("run_pretraining.py", [
+    pairs = azure_ml.script_flags.parse_script_flags("run_pretraining.py", [
         f"--flagfile={REPO / 'configs' / 'pretraining' / 'bert_base_phase1.flags'}", "--do_train"])
     assert pairs == [("flagfile", "configs/pretraining/bert_base_phase1.flags"),
                      ("do_train", None)]
     # a flag file of this repository (tmp_path stands in for it) is read and checked too
-    monkeypatch.setattr(submit, "REPO", tmp_path)
-    with pytest.raises(submit.UsageError, match="--output_dir is set by submit.py"):
-        submit.parse_script_flags("run_classifier.py", [
+    monkeypatch.setattr(azure_ml.script_flags, "REPO", tmp_path)
+    with pytest.raises(UsageError, match="--output_dir is set by submit.py"):
+        azure_ml.script_flags.parse_script_flags("run_classifier.py", [
             f"--flagfile={_flag_file(tmp_path, '--task=MRPC', '--output_dir=out')}"])
-    with pytest.raises(submit.UsageError, match="from a --flagfile"):
-        submit.parse_script_flags("run_classifier.py", [
+    with pytest.raises(UsageError, match="from a --flagfile"):
+        azure_ml.script_flags.parse_script_flags("run_classifier.py", [
             f"--flagfile={_flag_file(tmp_path, '--data_dir=/elsewhere/MRPC')}"])
 
 
@@ -254,7 +258,7 @@ def test_flag_files_travel_with_the_code_and_are_checked(submit, tmp_path, monke
      "azureml://datastores/b/paths/seq128"),
 ])
 def test_data_flags_become_inputs(submit, flag, value, kind, want_type, want_value, want_path):
-    job_input, new_value = submit.resolve_data_flag(flag, value, kind)
+    job_input, new_value = azure_ml.inputs.resolve_data_flag(flag, value, kind)
     assert new_value == want_value
     if want_type is None:
         assert job_input is None
@@ -264,17 +268,17 @@ def test_data_flags_become_inputs(submit, flag, value, kind, want_type, want_val
 
 def test_local_checkpoint_prefix_uploads_its_folder(submit, tmp_path):
     (tmp_path / "bert_model.ckpt.index").write_bytes(b"")
-    job_input, value = submit.resolve_data_flag(
+    job_input, value = azure_ml.inputs.resolve_data_flag(
         "init_checkpoint", str(tmp_path / "bert_model.ckpt"), "checkpoint")
     assert (job_input.type, job_input.path, job_input.local) == ("uri_folder", str(tmp_path), True)
     assert value == "${{inputs.init_checkpoint}}/bert_model.ckpt"
 
 
 def test_shell_words_keep_placeholders_and_quote_the_rest(submit):
-    assert submit.shell_word("--data_dir=${{inputs.data_dir}}") == "--data_dir=${{inputs.data_dir}}"
-    assert submit.shell_word("--task=MRPC") == "--task=MRPC"
-    assert submit.shell_word("--experiment_name=my run") == "'--experiment_name=my run'"
-    assert submit.shell_word("--input_file=${{inputs.x}}/a-*") == "'--input_file=${{inputs.x}}/a-*'"
+    assert azure_ml.script_flags.shell_word("--data_dir=${{inputs.data_dir}}") == "--data_dir=${{inputs.data_dir}}"
+    assert azure_ml.script_flags.shell_word("--task=MRPC") == "--task=MRPC"
+    assert azure_ml.script_flags.shell_word("--experiment_name=my run") == "'--experiment_name=my run'"
+    assert azure_ml.script_flags.shell_word("--input_file=${{inputs.x}}/a-*") == "'--input_file=${{inputs.x}}/a-*'"
 
 
 # -- sweep --dry-run ---------------------------------------------------------------------------
@@ -359,13 +363,13 @@ def test_compute_dry_run_yaml_loads_back(submit, sdk, tmp_path, capsys):
     ("Standard_E16s_v5", 0, ""),  # not in the table: not an N-series size, so no GPUs
 ])
 def test_vm_size_table(submit, size, gpus, model):
-    info = submit.vm_size_info(size)
+    info = azure_ml.sizes.vm_size_info(size)
     assert info.gpus == gpus and model in info.gpu
     if gpus:
-        assert submit.gpus_per_node(size, None) == gpus
+        assert azure_ml.sizes.gpus_per_node(size, None) == gpus
     else:
-        with pytest.raises(submit.UsageError, match="no GPUs"):
-            submit.gpus_per_node(size, None)
+        with pytest.raises(UsageError, match="no GPUs"):
+            azure_ml.sizes.gpus_per_node(size, None)
 
 
 @pytest.mark.parametrize("size,replacement", [
@@ -374,19 +378,19 @@ def test_vm_size_table(submit, size, gpus, model):
     ("standard_nc12s_v3", "Standard_NC48ads_A100_v4"),
 ])
 def test_retired_ncv3_sizes_name_a_replacement(submit, size, replacement):
-    with pytest.raises(submit.UsageError, match="retired") as e:
-        submit.gpus_per_node(size, None)
+    with pytest.raises(UsageError, match="retired") as e:
+        azure_ml.sizes.gpus_per_node(size, None)
     assert replacement in str(e.value) and "V100" in str(e.value)
 
 
 def test_gpus_per_node_rules(submit):
-    assert submit.vm_size_info("Standard_NC99future_v9") is None
-    with pytest.raises(submit.UsageError, match="--gpus_per_node"):
-        submit.gpus_per_node("Standard_NC99future_v9", None)
-    assert submit.gpus_per_node(A100_8, 4) == 4  # fewer workers than GPUs: allowed
-    with pytest.raises(submit.UsageError, match="8 x A100"):
-        submit.gpus_per_node(A100_8, 16)
-    assert submit.gpus_per_node(None, None) is None
+    assert azure_ml.sizes.vm_size_info("Standard_NC99future_v9") is None
+    with pytest.raises(UsageError, match="--gpus_per_node"):
+        azure_ml.sizes.gpus_per_node("Standard_NC99future_v9", None)
+    assert azure_ml.sizes.gpus_per_node(A100_8, 4) == 4  # fewer workers than GPUs: allowed
+    with pytest.raises(UsageError, match="8 x A100"):
+        azure_ml.sizes.gpus_per_node(A100_8, 16)
+    assert azure_ml.sizes.gpus_per_node(None, None) is None
 
 
 # -- bad input: one line, exit 2, nothing written ----------------------------------------------
@@ -562,7 +566,7 @@ def test_dry_run_constructs_no_client_or_credential(submit, tmp_path, monkeypatc
 
     monkeypatch.setattr(azure.identity, "DefaultAzureCredential", forbidden)
     monkeypatch.setattr(azure.ai.ml, "MLClient", forbidden)
-    monkeypatch.setattr(submit, "make_client", forbidden)
+    monkeypatch.setattr(azure_ml.commands, "make_client", forbidden)
     assert submit.main([*TRAIN, "--dry-run", str(tmp_path / "j.yaml"), "--", "--task=MRPC",
                         "--do_train"]) == 0
     assert submit.main([*SWEEP_ARGS, "--sweep", str(SWEEP), "--dry-run",
@@ -599,10 +603,10 @@ class _FakeJobs:
 
 @pytest.mark.parametrize("fail", [True, False])
 def test_azure_answers_are_redacted(submit, monkeypatch, capsys, fail):
-    for key, value in zip(submit.WORKSPACE_ENV, (FAKE_SUBSCRIPTION, "rg", "ws")):
+    for key, value in zip(azure_ml.workspace.WORKSPACE_ENV, (FAKE_SUBSCRIPTION, "rg", "ws")):
         monkeypatch.setenv(key, value)
     client = types.SimpleNamespace(jobs=_FakeJobs(fail))
-    monkeypatch.setattr(submit, "make_client", lambda workspace: client)
+    monkeypatch.setattr(azure_ml.commands, "make_client", lambda workspace: client)
     status = submit.main(["status", "sweep_abc"])
     out = capsys.readouterr()
     assert FAKE_SUBSCRIPTION not in out.out + out.err and "eyJ" not in out.out + out.err
@@ -677,7 +681,7 @@ def test_submission_sends_what_the_dry_run_writes(submit, sdk, sdk_jobs, tmp_pat
     from azure.ai.ml.entities import AmlCompute, Command
     from azure.ai.ml.sweep import SweepJob
 
-    for key, value in zip(submit.WORKSPACE_ENV, (FAKE_SUBSCRIPTION, "rg", "ws")):
+    for key, value in zip(azure_ml.workspace.WORKSPACE_ENV, (FAKE_SUBSCRIPTION, "rg", "ws")):
         monkeypatch.setenv(key, value)
     sent = []
 
@@ -698,7 +702,7 @@ def test_submission_sends_what_the_dry_run_writes(submit, sdk, sdk_jobs, tmp_pat
         jobs=types.SimpleNamespace(create_or_update=create_or_update),
         compute=types.SimpleNamespace(get=lambda name: types.SimpleNamespace(size=A100_8),
                                       begin_create_or_update=begin_create_or_update))
-    monkeypatch.setattr(submit, "make_client", lambda workspace: client)
+    monkeypatch.setattr(azure_ml.commands, "make_client", lambda workspace: client)
     train = ["train", "--compute", "gpu-a100", "--instance_count", "2", "--script",
              "run_classifier.py"]
     flags = ["--", "--task=MRPC", "--do_train", "--learning_rate=3e-5"]
@@ -745,11 +749,11 @@ def test_submission_sends_what_the_dry_run_writes(submit, sdk, sdk_jobs, tmp_pat
 def test_the_sdk_refuses_the_built_command_job(submit, sdk_jobs):
     """Why submissions go through load_job: the SDK's create_or_update refuses the CommandJob
     entity build_command_job makes (what submit.py used to send)."""
-    plan = submit.JobPlan(script="run_classifier.py", flags=[("task", "MRPC")], inputs={},
+    plan = azure_ml.jobs.JobPlan(script="run_classifier.py", flags=[("task", "MRPC")], inputs={},
                           compute="gpu", instance_count=1, gpus=1, vm_size=None,
                           experiment_name="x", display_name="x", tags={})
     with pytest.raises(Exception, match="Non supported job type"):
-        sdk_jobs.jobs.create_or_update(submit.build_command_job(plan))
+        sdk_jobs.jobs.create_or_update(azure_ml.jobs.build_command_job(plan))
 
 
 def test_azure_logging_never_debug(submit):
@@ -757,7 +761,7 @@ def test_azure_logging_never_debug(submit):
 
     logging.getLogger("azure").setLevel(logging.DEBUG)
     logging.getLogger("azure.identity").setLevel(logging.DEBUG)
-    submit.quiet_azure_logging()
+    azure_ml.workspace.quiet_azure_logging()
     assert not logging.getLogger("azure.core.pipeline.policies.http_logging_policy").isEnabledFor(
         logging.DEBUG)
     assert not logging.getLogger("azure.identity").isEnabledFor(logging.DEBUG)
@@ -815,7 +819,7 @@ def test_read_trials_from_mlflow_store(submit, sweep_store):
     from bert_tf import sweeps
 
     spec = sweeps.load(str(SWEEP))
-    trials = submit.read_trials(sweep_store, SWEEP_JOB, spec, experiment_name="bert_tf")
+    trials = azure_ml.trials.read_trials(sweep_store, SWEEP_JOB, spec, experiment_name="bert_tf")
     assert [t["number"] for t in trials] == [0, 1, 2, 3]
     assert [t["state"] for t in trials] == ["PRUNED", "FAIL", "COMPLETE", "RUNNING"]
     assert [t["value"] for t in trials] == [0.62, None, 0.83, 0.75]
@@ -828,15 +832,15 @@ def test_read_trials_from_mlflow_store(submit, sweep_store):
     assert trials[0]["metric_curve"] == [(50, 0.60), (100, 0.62)]
     assert trials[1]["metric_curve"] == []
     # without the experiment name: every experiment is searched, the same trials come back
-    assert submit.read_trials(sweep_store, SWEEP_JOB, spec) == trials
+    assert azure_ml.trials.read_trials(sweep_store, SWEEP_JOB, spec) == trials
 
 
 def test_download_writes_trials_json_and_the_report(submit, sweep_store, tmp_path, monkeypatch,
                                                      capsys):
     """download end to end against a fake workspace whose MLflow store is the SQLite one."""
-    from bert_tf.tune import TrialRecord
+    from bert_tf.sweeps.report import TrialRecord
 
-    for key, value in zip(submit.WORKSPACE_ENV, (FAKE_SUBSCRIPTION, "rg", "ws")):
+    for key, value in zip(azure_ml.workspace.WORKSPACE_ENV, (FAKE_SUBSCRIPTION, "rg", "ws")):
         monkeypatch.setenv(key, value)
     job = types.SimpleNamespace(
         name=SWEEP_JOB, type="sweep", experiment_name="bert_tf",
@@ -846,8 +850,8 @@ def test_download_writes_trials_json_and_the_report(submit, sweep_store, tmp_pat
         workspace_name="ws", jobs=types.SimpleNamespace(get=lambda name: job),
         workspaces=types.SimpleNamespace(
             get=lambda name: types.SimpleNamespace(mlflow_tracking_uri=sweep_store)))
-    monkeypatch.setattr(submit, "make_client", lambda workspace: client)
-    monkeypatch.setattr(submit, "require_azureml_mlflow", lambda: None)
+    monkeypatch.setattr(azure_ml.commands, "make_client", lambda workspace: client)
+    monkeypatch.setattr(azure_ml.commands, "require_azureml_mlflow", lambda: None)
     out = tmp_path / "report"
     status = submit.main(["download", SWEEP_JOB, "--output_dir", str(out)])
     printed = capsys.readouterr()
@@ -861,12 +865,12 @@ def test_download_writes_trials_json_and_the_report(submit, sweep_store, tmp_pat
 
 
 def test_download_of_a_command_job_is_refused(submit, monkeypatch, tmp_path, capsys):
-    for key, value in zip(submit.WORKSPACE_ENV, (FAKE_SUBSCRIPTION, "rg", "ws")):
+    for key, value in zip(azure_ml.workspace.WORKSPACE_ENV, (FAKE_SUBSCRIPTION, "rg", "ws")):
         monkeypatch.setenv(key, value)
     job = types.SimpleNamespace(name="j", type="command", tags={})
     client = types.SimpleNamespace(jobs=types.SimpleNamespace(get=lambda name: job))
-    monkeypatch.setattr(submit, "make_client", lambda workspace: client)
-    monkeypatch.setattr(submit, "require_azureml_mlflow", lambda: None)
+    monkeypatch.setattr(azure_ml.commands, "make_client", lambda workspace: client)
+    monkeypatch.setattr(azure_ml.commands, "require_azureml_mlflow", lambda: None)
     assert submit.main(["download", "j", "--output_dir", str(tmp_path / "r")]) == 2
     assert "not a sweep" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
@@ -940,8 +944,8 @@ def test_train_output_path_is_a_read_write_datastore_folder(submit, sdk, tmp_pat
                                             "mode": "rw_mount"}
     job = sdk.load_job(str(out))
     assert job.outputs["output_dir"].path == uri and job.outputs["output_dir"].mode == "rw_mount"
-    with pytest.raises(submit.UsageError, match="--output_path=/tmp/x: give a datastore folder"):
-        submit.check_output_path("/tmp/x")
+    with pytest.raises(UsageError, match="--output_path=/tmp/x: give a datastore folder"):
+        azure_ml.jobs.check_output_path("/tmp/x")
 
 
 # -- SQuAD ------------------------------------------------------------------------------------------
