@@ -133,7 +133,7 @@ def _google_truncate(tokens_a, tokens_b, max_num_tokens, rng):
 def test_truncation_takes_what_googles_loop_takes():
     import random
 
-    from bert_tf.data.pretraining import _truncate_seq_pair
+    from bert_tf.data.pretraining.instances import truncate_seq_pair
 
     rng = random.Random(0)
     for la in range(1, 30):
@@ -142,14 +142,14 @@ def test_truncation_takes_what_googles_loop_takes():
                 a, b = list(range(la)), list(range(100, 100 + lb))
                 want_a, want_b = list(a), list(b)
                 _google_truncate(want_a, want_b, max_num_tokens, rng)
-                got_a, got_b, removed = _truncate_seq_pair(a, b, max_num_tokens, rng)
+                got_a, got_b, removed = truncate_seq_pair(a, b, max_num_tokens, rng)
                 assert (len(got_a), len(got_b)) == (len(want_a), len(want_b))
                 assert removed == la + lb - len(got_a) - len(got_b)
                 # What is left is a contiguous run of each side.
                 assert got_a == a[got_a[0]:got_a[0] + len(got_a)] if got_a else not want_a
                 assert got_b == b[got_b[0] - 100:got_b[0] - 100 + len(got_b)]
     # The front/back choice is a fair coin per removed token: fronts ~ Binomial(n, 1/2).
-    fronts = [_truncate_seq_pair(list(range(60)), [1], 21, rng)[0][0] for _ in range(2000)]
+    fronts = [truncate_seq_pair(list(range(60)), [1], 21, rng)[0][0] for _ in range(2000)]
     assert abs(np.mean(fronts) - 20) < 0.5
 
 
@@ -301,6 +301,49 @@ def test_masking_rates_and_next_sentence_balance(masked_run, vocab):
     assert sum(s["instances"] for s in summary["shards"]) == summary["instances"]
     assert summary["documents"] == 67 and summary["sentences"] == 3304
     assert summary["truncation"]["truncated_instances"] > 0
+
+
+def test_the_masking_stage_alone_follows_googles_rules():
+    """mask_tokens on a synthetic batch, no text, no file: only real non-special tokens are
+    masked, round(length x masked_lm_prob) of them (at least 1, at most P), positions sorted,
+    labels the original ids, and [MASK] / kept / random at 80 / 10 / 10."""
+    from bert_tf.data.pretraining import PretrainingOptions, VocabIds, mask_tokens
+    from bert_tf.data.pretraining.options import COUNTERS
+
+    rng = np.random.default_rng(1)
+    I, S, P = 4000, 64, 10
+    ids = VocabIds(cls=101, sep=102, mask=103, random_ids=np.arange(1000, 2000),
+                   is_suffix=np.zeros(30522, bool))
+    len_a = rng.integers(1, 25, I)
+    lengths = len_a + rng.integers(1, 30, I) + 3
+    positions = np.arange(S)
+    valid = positions < lengths[:, None]
+    tokens = np.where(valid, rng.integers(2000, 3000, (I, S)), 0)
+    tokens[:, 0] = 101
+    tokens[np.arange(I), len_a + 1] = 102
+    tokens[np.arange(I), lengths - 1] = 102
+    original = tokens.copy()
+    counts = dict.fromkeys(COUNTERS, 0)
+    options = PretrainingOptions(max_seq_length=S, max_predictions_per_seq=P)
+    out = mask_tokens(tokens, valid, len_a, lengths, options, ids, rng, counts)
+    weights = out["masked_lm_weights"]
+    n = weights.sum(axis=1).astype(int)
+    np.testing.assert_array_equal(n, np.minimum(P, np.maximum(1, np.round(lengths * 0.15))))
+    rows, cols = np.nonzero(weights)
+    where = out["masked_lm_positions"][rows, cols]
+    assert (original[rows, where] >= 2000).all()  # never [CLS], [SEP] or padding
+    padded_sorted = np.where(weights > 0, out["masked_lm_positions"], S + np.arange(P))
+    assert (np.diff(padded_sorted, axis=1) > 0).all()  # sorted, as Google sorts them
+    np.testing.assert_array_equal(out["masked_lm_ids"][rows, cols], original[rows, where])
+    now = tokens[rows, where]
+    total = len(now)
+    assert abs((now == 103).sum() / total - 0.8) < 0.02
+    assert abs((now == original[rows, where]).sum() / total - 0.1) < 0.015
+    assert abs(((now >= 1000) & (now < 2000)).sum() / total - 0.1) < 0.015
+    unmasked = np.ones_like(valid)
+    unmasked[rows, where] = False
+    np.testing.assert_array_equal(tokens[unmasked], original[unmasked])
+    assert counts["masked_tokens"] == total
 
 
 def test_whole_word_masking_never_masks_part_of_a_word(whole_word_run, vocab):
@@ -506,25 +549,32 @@ def test_output_order_is_a_global_shuffle(tmp_path, vocab, shuffle_buffer):
         ["out.tfrecord.summary.json"])
 
 
-def test_waiting_documents_are_capped_by_wordpieces(tmp_path):
+def test_waiting_documents_are_capped_by_wordpieces():
     """Long documents: the window (processed and waiting documents) stays near window_tokens
-    WordPieces instead of holding document_window // 2 waiting documents whatever their size."""
-    from bert_tf.data.pretraining import PretrainingOptions, ShardWriter, VocabIds
+    WordPieces instead of holding document_window // 2 waiting documents whatever their size.
+    The instance stage alone: no vocabulary, no file."""
+    import random
 
-    ids = VocabIds(cls=101, sep=102, mask=103, random_ids=np.arange(1000, 2000),
-                   is_suffix=np.zeros(30522, bool))
+    from bert_tf.data.pretraining import InstanceMaker, PretrainingOptions
+    from bert_tf.data.pretraining.options import COUNTERS
+
     options = PretrainingOptions(dupe_factor=1, document_window=2048, window_tokens=20_000)
-    writer = ShardWriter(0, str(tmp_path / "shard.partial"), options, ids)
+    counts = dict.fromkeys(COUNTERS, 0)
+    batches = []
+    maker = InstanceMaker(options, random.Random(0), counts, sink=batches.append, batch_size=256)
     rng = np.random.default_rng(0)
     document = [list(rng.integers(1000, 2000, 40)) for _ in range(100)]  # 4,000 WordPieces
     peak = 0
     for _ in range(60):
-        writer.add_document(document)
-        assert writer.window_tokens == sum(len(s) for d in writer.window for s in d)
-        peak = max(peak, writer.window_tokens)
-    writer.close()
+        maker.add_document(document)
+        assert maker.window_tokens == sum(len(s) for d in maker.window for s in d)
+        peak = max(peak, maker.window_tokens)
+    maker.flush()
     assert peak <= 20_000 + 4_000
-    assert writer.counts["documents"] == 60
+    assert counts["documents"] == 60
+    # Every instance handed over, in batches of at least 256 but the last; each fits.
+    assert all(len(b) >= 256 for b in batches[:-1]) and maker.instances == []
+    assert all(len(a) + len(b) <= 128 - 3 for batch in batches for a, b, _ in batch)
 
 
 # ---- Interrupted runs ------------------------------------------------------------------------
