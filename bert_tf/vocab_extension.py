@@ -76,7 +76,7 @@ def extend_vocab(args: ExtendArgs) -> dict:
     report = extend_checkpoint(assets.checkpoint or args.init_checkpoint, args.output_dir,
                                plan, old_ids)
     summary.update(format=report["format"], resized=report["resized"],
-                   copied_unchanged=report["copied"])
+                   copied_unchanged=report["copied"], training_state_dropped=report["dropped"])
     summary["summary_file"] = os.path.join(args.output_dir, "extension.json")
     with open(summary["summary_file"], "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1, ensure_ascii=False)

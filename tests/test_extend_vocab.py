@@ -111,6 +111,11 @@ def test_old_weights_and_old_logits_are_bit_identical(tmp_path, fmt, mode):
     kept = [i for i in range(99) if i not in rows.values()]  # every row not given away
 
     a, b = tensors(init, fmt), tensors(out, fmt)
+    if fmt == "bert_tf_run":  # a run's optimizer slots and counters are not carried over
+        state = {n for n in a if n.startswith(("optimizer/_variables/", "optimizer/_iter"))}
+        assert state
+        assert summary["training_state_dropped"] == len(state)
+        a = {n: v for n, v in a.items() if n not in state}
     assert set(a) == set(b)
     resized = set(summary["resized"])
     assert resized and all(n in b for n in resized)

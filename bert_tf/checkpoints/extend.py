@@ -89,7 +89,8 @@ def extend_checkpoint(init_checkpoint: str, output_dir: str, plan: Plan,
     into `output_dir`, in the same format, with its config (`vocab_size` updated), the new
     vocab.txt and its fingerprint. Everything is written into `output_dir.partial` and moved
     into place at the end: a failure leaves nothing under `output_dir`.
-    Returns {"format", "resized": [names], "copied": count}. Raises CheckpointError if the
+    A training checkpoint's optimizer slots and counters are left out (`_training_state`).
+    Returns {"format", "resized": [names], "copied": count, "dropped": count}. Raises CheckpointError if the
     checkpoint has no word-embedding tensor or one of another size than the vocabulary."""
     fmt, path = detect_format(init_checkpoint)
     rows = embedding_rows(path, fmt)
@@ -133,8 +134,12 @@ def _extend_tf(prefix: str, fmt: str, output_dir: str, plan: Plan, old_ids: dict
 
     reader = tf.train.load_checkpoint(prefix)
     dtypes = reader.get_variable_to_dtype_map()
+    all_names = sorted(reader.get_variable_to_shape_map())
+    state = _training_state(all_names, fmt)
     names, tensors, resized_names = [], [], []
-    for name in sorted(reader.get_variable_to_shape_map()):
+    for name in all_names:
+        if name in state:
+            continue
         value = reader.get_tensor(name)
         role = _role(name, fmt)
         if role is not None and np.ndim(value) >= 1 and np.shape(value)[0] == plan.old_size:
@@ -148,7 +153,25 @@ def _extend_tf(prefix: str, fmt: str, output_dir: str, plan: Plan, old_ids: dict
                       tensors=tensors)
     for suffix in (".index", ".data-00000-of-00001"):
         os.replace(tmp + suffix, target + suffix)
-    return {"resized": resized_names, "copied": len(names) - len(resized_names)}
+    return {"resized": resized_names, "copied": len(names) - len(resized_names),
+            "dropped": len(state)}
+
+
+def _training_state(names: list[str], fmt: str) -> set[str]:
+    """What a training checkpoint holds besides weights, left out of an extended one (a new
+    starting point, not a run to resume; slots of the word embeddings would not fit it
+    either): a Google checkpoint's slots and counters; in this project's format (a run's
+    ckpt-N) the optimizer's slots and iterations and the loop's counters. (A run's checkpoint
+    stores each variable once, under its shortest path: weights the encoder does not reach are
+    under `optimizer/_trainable_variables/`, and stay.)"""
+    if fmt == "google":
+        from bert_tf.checkpoints.google import optimizer_state
+
+        return optimizer_state(names)
+    counters = tuple(f"{name}/.ATTRIBUTES/" for name in (
+        "step", "loss_scale", "good_since_growth", "nonfinite_total"))
+    return {n for n in names if n.startswith(("optimizer/_variables/", "optimizer/_iterations/"))
+            or n.startswith(counters)}
 
 
 def _extend_safetensors(path: str, output_dir: str, plan: Plan, old_ids: dict) -> dict:
@@ -172,8 +195,10 @@ def _extend_safetensors(path: str, output_dir: str, plan: Plan, old_ids: dict) -
                 tensors[name] = value
         target = os.path.join(output_dir, os.path.basename(file))
         save_file(tensors, target, metadata=metadata)
-        os.chmod(target, os.stat(file).st_mode & 0o777)  # safetensors writes 0600
-    return {"resized": resized_names, "copied": copied}
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(target, 0o666 & ~umask)  # safetensors writes 0600: a plain file's mode
+    return {"resized": resized_names, "copied": copied, "dropped": 0}
 
 
 def _name_prefix(output_dir: str, prefix_name: str) -> None:
