@@ -331,17 +331,17 @@ def test_dropout_statistics_scale_and_gradient():
 
 def test_dropout_masks_follow_the_seed_generator_state():
     """The training loop makes masks a function of (seed, micro-batch) by setting every
-    dropout layer's SeedGenerator state (loop.seed_dropout): same state, same mask."""
+    dropout layer's SeedGenerator state (step.seed_dropout): same state, same mask."""
     import tensorflow as tf
 
     from bert_tf.modeling import BertPretrainer
-    from bert_tf.training.loop import _seed_variables, seed_dropout
+    from bert_tf.training.step import seed_dropout, seed_variables
 
     config = tiny_config()
     model = BertPretrainer(config)
     batch = random_batch(config)
     model(batch)
-    seeds = _seed_variables(model)
+    seeds = seed_variables(model)
     # embeddings + (attention, hidden) per layer + the classifier-head-free pretrainer
     assert len(seeds) >= 1 + 2 * config.num_hidden_layers
     outs = []

@@ -228,11 +228,11 @@ def test_fp16_overflow_is_skipped_and_recovers(tmp_path):
 def test_micro_batches_draw_disjoint_dropout_seeds():
     """Micro-batch m's dropout layers draw seeds that micro-batch m+1 never draws again, even
     for a layer called twice per forward pass (the block's hidden dropout)."""
-    from bert_tf.training.loop import SEED_STRIDE, _seed_variables, seed_dropout
+    from bert_tf.training.step import SEED_STRIDE, seed_dropout, seed_variables
 
     model = BertClassifier(tiny_config(), 2)
     batch = _table().batch(np.arange(4), 32)
-    seed_vars = _seed_variables(model)
+    seed_vars = seed_variables(model)
     assert seed_vars
     drawn, calls = {}, []
     for m in (0, 1):
@@ -250,12 +250,12 @@ def test_xla_compiled_step_and_update_match_eager_kernels(tmp_path, monkeypatch,
     """--use_xla compiles the grad step, and on a GPU the optimizer update too (norm, clip,
     AdamW, the non-finite skip): same weights as the uncompiled run; fp16's overflow skip still
     works. "gpu" compiles the update here as a GPU run would."""
-    from bert_tf.training import loop
+    from bert_tf.training import step
 
-    assert loop.compile_update(True) == bool(tf.config.list_logical_devices("GPU"))
-    assert not loop.compile_update(False)
+    assert step.compile_update(True) == bool(tf.config.list_logical_devices("GPU"))
+    assert not step.compile_update(False)
     if update == "gpu":
-        monkeypatch.setattr(loop, "compile_update", lambda use_xla: bool(use_xla))
+        monkeypatch.setattr(step, "compile_update", lambda use_xla: bool(use_xla))
     config = tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     table = _table()
     plain, _ = _run(tmp_path, "plain", table, config, steps=6)

@@ -192,7 +192,7 @@ class Dropout(keras.layers.Layer):
       draws bfloat16 uniforms: 0.1 becomes 13/128 = 0.1016.
     - the mask is applied as a product, x * m, so the backward pass is one multiply.
     Masks come from a SeedGenerator like Keras' (its state is what the training loop seeds
-    per micro-batch: bert_tf.training.loop.seed_dropout).
+    per micro-batch: bert_tf.training.step.seed_dropout).
 
     inputs: any float tensor [..., W]; returns the same shape and dtype.
     Raises ValueError for a rate outside [0, 1) or so close to 1 that it rounds to 1.

@@ -19,6 +19,10 @@ pre-training differ only in those.
         else: skip the step, count it, halve the fp16 loss scale
         chief: log (tracking.TrackingLog: metrics.jsonl, TensorBoard, MLflow), checkpoint
 
+`_train` reads top to bottom: the set-up (`step.TrainState.create`: optimizer, counters,
+checkpoint manager, resume), then per step `step.StepRunner.run` (one optimizer step) and the
+periodic work: logging (`_Reporter`), checkpointing, evaluation, a stop request.
+
 Resuming is exact: the checkpoint holds weights, optimizer slots, the step, the loss scale and
 counters; the data order is a function of (seed, epoch) and the dropout RNG a function of
 (seed, slice of the global batch), so a restarted run sees the same batches and masks, and the
@@ -37,17 +41,13 @@ import numpy as np
 import tensorflow as tf
 
 from bert_tf.checkpoints import write_marker
-from bert_tf.training.optimization import create_optimizer
 from bert_tf.training import preemption
 from bert_tf.training.preemption import (DEFAULT_GRACE_SECONDS, EvaluationInterrupted,
                                          Preempted, StopRequest)
+from bert_tf.training.step import StepRunner, TrainingError, TrainState
 from bert_tf.training.tracking import TrackingLog, flatten_params
 
 logger = logging.getLogger("bert_tf.training")
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. losses stay NaN); the message says what to try."""
 
 
 @dataclasses.dataclass
@@ -85,43 +85,6 @@ def checkpoint_dir(output_dir: str) -> str:
     return os.path.join(output_dir, "checkpoints")
 
 
-# Each call of a dropout layer advances its SeedGenerator's counter by one, and a layer may be
-# called more than once per forward pass (the transformer block's hidden dropout is called twice).
-# Micro-batch m starts every counter at m * SEED_STRIDE, so the seeds two micro-batches draw
-# never overlap (with a stride of 1, micro-batch m's second call would reuse m+1's first mask).
-SEED_STRIDE = 1024
-
-
-def _seed_variables(model):
-    """The state variables of every dropout layer's SeedGenerator (not saved in checkpoints)."""
-    return [v for v in model.variables if "seed_generator_state" in v.path]
-
-
-def seed_dropout(seed_vars, seed_base, micro_index) -> None:
-    """Dropout masks as a function of (seed, rank, micro-batch) only: resumable and
-    reproducible. Generator i of micro-batch m draws seeds (seed_base + i, m * SEED_STRIDE + k)."""
-    for i, var in enumerate(seed_vars):
-        var.assign(tf.cast(tf.stack([seed_base + i, micro_index * SEED_STRIDE]), var.dtype))
-
-
-def compile_update(use_xla: bool) -> bool:
-    """Whether train() XLA-compiles the optimizer update (global norm, clip, AdamW/LAMB over
-    every variable) as it does the grad step under use_xla: on a GPU only. There XLA fuses the
-    update's element-wise passes over each weight into one kernel. On a CPU the optimizers'
-    fused kernels (ResourceApplyAdam) beat XLA's loops: BERT-Small's AdamW update took 46.5 ms
-    a step against 72.1 compiled, LAMB 110 against 115 (bench/ab_update_bf16.json, from
-    bench/ab_pretrain_pieces.py --only update)."""
-    return bool(use_xla) and bool(tf.config.list_logical_devices("GPU"))
-
-
-def _split_loss(out):
-    """loss_fn's result -> (loss, metrics dict)."""
-    if isinstance(out, (tuple, list)):
-        loss, metrics = out
-        return loss, dict(metrics)
-    return out, {}
-
-
 def train(model, loss_fn, batches, settings: TrainSettings, dist,
           progress: bool = True, eval_fn=None, eval_every_steps: int = 0,
           log: TrackingLog | None = None) -> dict:
@@ -153,211 +116,30 @@ def train(model, loss_fn, batches, settings: TrainSettings, dist,
 
 def _train(model, loss_fn, batches, settings, dist, progress, eval_fn, eval_every_steps, log):
     s = settings
-    accum = s.num_accumulation_steps
-    # Variables no loss reaches (the pooler under a token-level head) are left out of the
-    # optimizer: no None gradients, and no weight decay slowly shrinking a pooler nobody trains.
-    unused = {id(v) for v in getattr(model, "unused_variables", [])}
-    tvars = [v for v in model.trainable_variables if id(v) not in unused]
-    optimizer = create_optimizer(s.optimizer, s.learning_rate, s.num_train_steps,
-                                 s.num_warmup_steps, weight_decay_rate=s.weight_decay_rate,
-                                 adam_bias_correction=s.adam_bias_correction)
-    optimizer.build(tvars)
-    fp16 = s.dtype == "fp16"
-
-    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-    loss_scale = tf.Variable(s.initial_loss_scale if fp16 else 1.0, dtype=tf.float32,
-                             trainable=False, name="loss_scale")
-    good_since_growth = tf.Variable(0, dtype=tf.int64, trainable=False)
-    nonfinite_total = tf.Variable(0, dtype=tf.int64, trainable=False)
-    consecutive_bad = tf.Variable(0, dtype=tf.int64, trainable=False)
-
-    ckpt = tf.train.Checkpoint(model=model, encoder=model.encoder, optimizer=optimizer,
-                               step=step, loss_scale=loss_scale,
-                               good_since_growth=good_since_growth,
-                               nonfinite_total=nonfinite_total)
-    manager = tf.train.CheckpointManager(ckpt, checkpoint_dir(s.output_dir),
-                                         max_to_keep=s.keep_checkpoint_max,
-                                         checkpoint_name="ckpt")
-    if manager.latest_checkpoint:
-        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        if dist.is_chief:
-            logger.info("resuming from %s (step %d)", manager.latest_checkpoint, int(step))
-    state_vars = [step, loss_scale, good_since_growth, nonfinite_total]
-    dist.broadcast_variables(list(model.variables) + list(optimizer.variables) + state_vars)
-
-    seed_vars = _seed_variables(model)
-    # Dropout is seeded by the micro-batch's slice of the global batch (slice a x workers + rank
-    # of the step, as the batch sources cut it), not by the rank: 2 workers, or 1 worker
-    # accumulating 2 micro-batches, draw the same masks for the same rows.
-    seed_base = np.int64(s.seed) * 1000003
-
-    @tf.function(jit_compile=s.use_xla, reduce_retracing=True)
-    def grad_step(batch, micro_index):
-        seed_dropout(seed_vars, seed_base, micro_index)
-        with tf.GradientTape() as tape:
-            loss, step_metrics = _split_loss(loss_fn(model, batch))
-            scaled = loss * loss_scale
-        grads = tape.gradient(scaled, tvars)
-        return loss, step_metrics, [tf.convert_to_tensor(g) for g in grads]
-
-    if accum > 1:
-        buffers = [tf.Variable(tf.zeros_like(v), trainable=False) for v in tvars]
-
-        @tf.function
-        def accumulate(grads):
-            for b, g in zip(buffers, grads):
-                b.assign_add(g)
-
-    @tf.function
-    def reduce(grads, scalars):
-        # Unscale (fp16 loss scale, accumulated micro-batches), then average over workers:
-        # Horovod's ops stay outside any XLA cluster. `scalars` = [loss, *metrics].
-        if fp16 or accum > 1:
-            grads = [g / (loss_scale * accum) for g in grads]
-        return dist.average(grads), dist.average(scalars)
-
-    update_xla = compile_update(s.use_xla)
-
-    @tf.function(jit_compile=update_xla)
-    def update(grads):
-        norm = tf.linalg.global_norm(grads)
-        finite = tf.math.is_finite(norm)
-
-        def do_apply():
-            clipped, _ = tf.clip_by_global_norm(grads, s.clip_norm, use_norm=norm)
-            optimizer.apply(clipped, tvars)
-            consecutive_bad.assign(0)
-            if fp16:
-                good_since_growth.assign_add(1)
-                grow = good_since_growth >= s.loss_scale_growth_interval
-                loss_scale.assign(tf.where(grow, loss_scale * 2.0, loss_scale))
-                good_since_growth.assign(tf.where(grow, tf.zeros_like(good_since_growth),
-                                                  good_since_growth))
-            return tf.constant(True)
-
-        def skip():
-            # The schedule reads optimizer.iterations: advance it as `step` and the data do, so
-            # skipped steps do not shift the schedule (which would leave lr > 0 at the end).
-            optimizer.iterations.assign_add(1)
-            nonfinite_total.assign_add(1)
-            consecutive_bad.assign_add(1)
-            if fp16:
-                loss_scale.assign(tf.maximum(loss_scale / 2.0, 1.0))
-                good_since_growth.assign(0)
-            return tf.constant(False)
-
-        applied = tf.cond(finite, do_apply, skip)
-        step.assign_add(1)
-        return norm, applied
-
-    def apply_step(grads, scalars):
-        grads, scalars = reduce(grads, scalars)
-        norm, applied = update(grads)
-        return scalars, norm, applied
-
-    start = int(step)
-    examples_per_step = s.train_batch_size * dist.size * accum
-    # What the flags resolved to (they may say "default"): under run.* in MLflow.
-    log.log_params({"run": {"num_train_steps": s.num_train_steps,
-                            "num_warmup_steps": s.num_warmup_steps, "use_xla": s.use_xla,
-                            "dtype": s.dtype, "num_workers": dist.size,
-                            "num_accumulation_steps": accum,
-                            "global_batch_size": examples_per_step, "start_step": start}})
+    state = TrainState.create(model, s, dist, checkpoint_dir(s.output_dir))
+    runner = StepRunner(model, loss_fn, state, s, dist)
+    start = int(state.step)
+    report = _Reporter(s, dist, state, log, batches, start, progress)
     stream = iter(batches(start))
-    metric_names = None
-    source_stats = getattr(batches, "stats", None)  # e.g. corrupt records skipped
-    stats = {}
-
-    bar = None
-    if dist.is_chief and progress:
-        from tqdm import tqdm
-        bar = tqdm(total=s.num_train_steps, initial=start, unit="step", desc="train",
-                   dynamic_ncols=True)
     t0 = time.time()
-    window_start, window_steps, window = time.time(), 0, []
-    last_loss, last_metrics = float("nan"), {}
     stop_request = StopRequest(s.preemption_grace_seconds)
     saved = None
     with stop_request, _active(stop_request):
         for current in range(start, s.num_train_steps):
-            sums = None
-            for _ in range(accum):
-                try:
-                    micro_index, batch = next(stream)
-                except StopIteration:
-                    raise TrainingError(
-                        f"the input ended at step {current} of {s.num_train_steps}: the batch "
-                        "source must yield num_train_steps x num_accumulation_steps micro-"
-                        "batches (repeat the data or lower the number of steps)") from None
-                # A tensor, never a Python int: each new int would retrace the step.
-                global_index = tf.convert_to_tensor(
-                    int(micro_index) * dist.size + dist.rank, tf.int64)
-                loss, step_metrics, grads = grad_step(batch, global_index)
-                if metric_names is None:
-                    metric_names = sorted(step_metrics)
-                scalars = [loss] + [step_metrics[k] for k in metric_names]
-                if accum > 1:
-                    # The step's loss and metrics are the means over its micro-batches.
-                    sums = scalars if sums is None else [a + b for a, b in zip(sums, scalars)]
-                    accumulate(grads)
-            if accum > 1:
-                scalars = [x / accum for x in sums]
-            # A stop request (SIGTERM, Ctrl-C) rides on the step's allreduce as one more scalar:
-            # every rank sees it at the same step, whichever rank got the signal.
-            flag = tf.constant(1.0 if stop_request.requested else 0.0)
-            if accum > 1:
-                scalars, norm, applied = apply_step([b.read_value() for b in buffers],
-                                                    scalars + [flag])
-                for b in buffers:
-                    b.assign(tf.zeros_like(b))
-            else:
-                scalars, norm, applied = apply_step(grads, scalars + [flag])
-            scalars, stop = scalars[:-1], float(scalars[-1]) > 0
-            window.append(scalars)
-            window_steps += 1
+            scalars, norm, stop = runner.run(stream, current, stop_request.requested)
             done = current + 1
-            if int(consecutive_bad) > s.max_consecutive_nonfinite:
-                raise TrainingError(
-                    f"{int(consecutive_bad)} consecutive steps with non-finite gradients up to "
-                    f"step {done}: the run is diverging. Try a lower --learning_rate, more "
-                    "warm-up, --dtype=bf16 or fp32 instead of fp16, and check the inputs (label "
-                    "ids in range, vocab matching the checkpoint). The limit is "
-                    "--max_consecutive_nonfinite")
-            if done % s.log_steps == 0 or done == s.num_train_steps:
-                elapsed = max(time.time() - window_start, 1e-9)
-                means = np.mean([[float(x) for x in row] for row in window], axis=0)
-                last_loss = float(means[0])
-                last_metrics = {k: float(v) for k, v in zip(metric_names, means[1:])}
-                # The rate this step was taken with (iterations has already moved past it).
-                lr = float(optimizer.learning_rate) if not callable(
-                    optimizer._learning_rate) else float(optimizer._learning_rate(
-                        optimizer.iterations - 1))
-                values = {"loss": last_loss, **last_metrics, "learning_rate": lr,
-                          "grad_norm": float(norm),
-                          "examples_per_second": window_steps * examples_per_step / elapsed,
-                          "nonfinite_steps": int(nonfinite_total)}
-                if fp16:
-                    values["loss_scale"] = float(loss_scale)
-                if source_stats is not None:
-                    stats = _summed_over_workers(source_stats(), dist)
-                    values.update(stats)
-                log.write(done, values)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}",
-                                    ex_s=f"{values['examples_per_second']:.1f}")
-                window_start, window_steps, window = time.time(), 0, []
-            if bar is not None:
-                bar.update(1)
-            saved = None
+            _check_finite(state, s, done)
+            report.step_done(done, scalars, norm, runner.metric_names)
             if stop:
                 stop_request.cancel_timer()  # every rank: the boundary came, let the save end
+            saved = None
             if dist.is_chief and (done % s.save_checkpoints_steps == 0 or
                                   done == s.num_train_steps or stop):
-                saved = manager.save(checkpoint_number=done)
-                write_marker(manager.directory, model)  # ckpt-N names its model class
+                saved = state.manager.save(checkpoint_number=done)
+                write_marker(state.manager.directory, model)  # ckpt-N names its model class
                 log.flush()
             if stop:
-                _stop(bar, dist, stop_request, done, saved)
+                _stop(report.bar, dist, stop_request, done, saved)
             if (eval_fn is not None and dist.is_chief and eval_every_steps and
                     done % eval_every_steps == 0 and done < s.num_train_steps):
                 try:
@@ -370,13 +152,84 @@ def _train(model, loss_fn, batches, settings, dist, progress, eval_fn, eval_ever
         if start < s.num_train_steps:
             late = dist.average([tf.constant(1.0 if stop_request.requested else 0.0)])[0]
             if float(late) > 0:
-                _stop(bar, dist, stop_request, s.num_train_steps, saved)
-    if bar is not None:
-        bar.close()
+                _stop(report.bar, dist, stop_request, s.num_train_steps, saved)
+    report.close()
     dist.barrier()
-    return {"step": int(step), "loss": last_loss, "metrics": last_metrics,
-            "nonfinite_steps": int(nonfinite_total), "seconds": time.time() - t0,
-            "source_stats": stats}
+    return {"step": int(state.step), "loss": report.last_loss, "metrics": report.last_metrics,
+            "nonfinite_steps": int(state.nonfinite_total), "seconds": time.time() - t0,
+            "source_stats": report.stats}
+
+
+def _check_finite(state: TrainState, s, done: int) -> None:
+    """TrainingError once more than max_consecutive_nonfinite steps in a row were skipped."""
+    if int(state.consecutive_bad) > s.max_consecutive_nonfinite:
+        raise TrainingError(
+            f"{int(state.consecutive_bad)} consecutive steps with non-finite gradients up to "
+            f"step {done}: the run is diverging. Try a lower --learning_rate, more "
+            "warm-up, --dtype=bf16 or fp32 instead of fp16, and check the inputs (label "
+            "ids in range, vocab matching the checkpoint). The limit is "
+            "--max_consecutive_nonfinite")
+
+
+class _Reporter:
+    """The run's logging: its resolved settings once, then every log_steps steps the means of
+    the window (loss, metrics), the learning rate, the gradient norm, examples/s, non-finite
+    steps, the fp16 loss scale and the batch source's counters (summed over workers); the
+    chief's progress bar."""
+
+    def __init__(self, s, dist, state: TrainState, log, batches, start: int, progress: bool):
+        self.s, self.dist, self.state, self.log = s, dist, state, log
+        self.examples_per_step = s.train_batch_size * dist.size * s.num_accumulation_steps
+        # What the flags resolved to (they may say "default"): under run.* in MLflow.
+        log.log_params({"run": {"num_train_steps": s.num_train_steps,
+                                "num_warmup_steps": s.num_warmup_steps, "use_xla": s.use_xla,
+                                "dtype": s.dtype, "num_workers": dist.size,
+                                "num_accumulation_steps": s.num_accumulation_steps,
+                                "global_batch_size": self.examples_per_step,
+                                "start_step": start}})
+        self.source_stats = getattr(batches, "stats", None)  # e.g. corrupt records skipped
+        self.stats = {}
+        self.bar = None
+        if dist.is_chief and progress:
+            from tqdm import tqdm
+            self.bar = tqdm(total=s.num_train_steps, initial=start, unit="step", desc="train",
+                            dynamic_ncols=True)
+        self.window_start, self.window = time.time(), []
+        self.last_loss, self.last_metrics = float("nan"), {}
+
+    def step_done(self, done: int, scalars: list, norm, metric_names: list) -> None:
+        s = self.s
+        self.window.append(scalars)
+        if done % s.log_steps == 0 or done == s.num_train_steps:
+            self._write(done, norm, metric_names)
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def _write(self, done: int, norm, metric_names: list) -> None:
+        state = self.state
+        elapsed = max(time.time() - self.window_start, 1e-9)
+        means = np.mean([[float(x) for x in row] for row in self.window], axis=0)
+        self.last_loss = float(means[0])
+        self.last_metrics = {k: float(v) for k, v in zip(metric_names, means[1:])}
+        lr = state.learning_rate()
+        values = {"loss": self.last_loss, **self.last_metrics, "learning_rate": lr,
+                  "grad_norm": float(norm),
+                  "examples_per_second": len(self.window) * self.examples_per_step / elapsed,
+                  "nonfinite_steps": int(state.nonfinite_total)}
+        if self.s.dtype == "fp16":
+            values["loss_scale"] = float(state.loss_scale)
+        if self.source_stats is not None:
+            self.stats = _summed_over_workers(self.source_stats(), self.dist)
+            values.update(self.stats)
+        self.log.write(done, values)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{self.last_loss:.4f}", lr=f"{lr:.2e}",
+                                 ex_s=f"{values['examples_per_second']:.1f}")
+        self.window_start, self.window = time.time(), []
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _stop(bar, dist, stop_request, step: int, saved) -> None:
