@@ -40,7 +40,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     from bert_tf import cli
-    from bert_tf.assets import UsageError
+    from bert_tf.errors import UsageError
     from bert_tf.tokenization.learn import VocabOptions
     from bert_tf.vocab_building import build_vocab
 

@@ -78,7 +78,7 @@ _LIBRARY_OPTIONS = ("max_seq_length", "max_predictions_per_seq", "masked_lm_prob
 def main(argv):
     del argv
     from bert_tf import cli
-    from bert_tf.assets import UsageError
+    from bert_tf.errors import UsageError
     from bert_tf.data.pretraining import PretrainingOptions, create_pretraining_data
 
     cli.setup_logging()

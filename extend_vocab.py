@@ -42,7 +42,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     from bert_tf import cli
-    from bert_tf.assets import UsageError
+    from bert_tf.errors import UsageError
     from bert_tf.vocab_extension import ExtendArgs, extend_vocab
 
     cli.setup_logging()

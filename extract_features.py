@@ -42,7 +42,8 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     from bert_tf import cli
-    from bert_tf.assets import UsageError, resolve_model_assets
+    from bert_tf.assets import resolve_model_assets
+    from bert_tf.errors import UsageError
 
     cli.setup_logging()
     for name in ("input_file", "output_file", "init_checkpoint"):

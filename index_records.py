@@ -38,7 +38,7 @@ COMMANDS = ("build", "verify")
 
 def main(argv):
     from bert_tf import cli
-    from bert_tf.assets import UsageError
+    from bert_tf.errors import UsageError
     from bert_tf.data import pretraining_reader as records, record_index
 
     cli.setup_logging()

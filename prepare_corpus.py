@@ -55,7 +55,7 @@ _OPTIONS = ("min_sentences", "min_document_words", "min_sentence_words", "dedup"
 def main(argv):
     del argv
     from bert_tf import cli
-    from bert_tf.assets import UsageError
+    from bert_tf.errors import UsageError
     from bert_tf.data.corpus import CorpusOptions, prepare_corpus
 
     cli.setup_logging()

@@ -9,12 +9,11 @@ import logging
 import os
 
 from bert_tf.config import BertConfig
+from bert_tf.errors import UsageError
 
 logger = logging.getLogger("bert_tf")
 
-
-class UsageError(ValueError):
-    """Flags that do not fit together; the message names the flag and says what to do."""
+__all__ = ["ModelAssets", "UsageError", "count_vocab", "resolve_model_assets"]
 
 
 @dataclasses.dataclass

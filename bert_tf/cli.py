@@ -31,12 +31,12 @@ def setup_logging() -> None:
 # consulted: an error class whose module was never loaded cannot have been raised, and importing
 # it on the way out (TensorFlow sits behind some) would cost seconds and ~400 MB.
 _KNOWN_ERRORS = (
-    ("bert_tf.assets", "UsageError"),
+    ("bert_tf.errors", "UsageError"),
     ("bert_tf.config", "ConfigError"),
     ("bert_tf.checkpoints", "CheckpointError"),
     ("bert_tf.data.glue", "DataError"),
     ("bert_tf.data.text_files", "DataError"),  # the same class, where it is defined
-    ("bert_tf.training.loop", "TrainingError"),
+    ("bert_tf.training.step", "TrainingError"),
     # Records that fail mid-run (a corrupt record, a shard cut short): with the resume hint.
     ("bert_tf.data.pretraining_reader", "RecordError"),
     # Every download error: bert_tf.data.download's DownloadError is this class, and the presets'

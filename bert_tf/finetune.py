@@ -11,7 +11,8 @@ import dataclasses
 import logging
 import os
 
-from bert_tf.assets import UsageError, resolve_model_assets
+from bert_tf.assets import resolve_model_assets
+from bert_tf.errors import UsageError
 from bert_tf.training.run import (EngineArgs, cached, check_engine_args, file_key, setup_runtime,
                                   guard_output_dir, init_model, open_tracking,
                                   restore_trained,

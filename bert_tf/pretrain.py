@@ -15,7 +15,8 @@ import logging
 import os
 import shutil
 
-from bert_tf.assets import UsageError, resolve_model_assets
+from bert_tf.assets import resolve_model_assets
+from bert_tf.errors import UsageError
 from bert_tf.data import pretraining_reader as records  # TF-free at import
 from bert_tf.training.run import (EngineArgs, check_engine_args, entries_digest,
                                   guard_output_dir,

@@ -15,7 +15,8 @@ import logging
 import os
 import time
 
-from bert_tf.assets import UsageError, resolve_model_assets
+from bert_tf.assets import resolve_model_assets
+from bert_tf.errors import UsageError
 from bert_tf.training.run import (EngineArgs, check_engine_args, guard_output_dir, init_model,
                                   open_tracking, restore_trained, setup_runtime,
                                   training_results, write_eval_results)

@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 
-from bert_tf.assets import UsageError
+from bert_tf.errors import UsageError
 from bert_tf.sweeps.bandit import (bandit_applies, bandit_decision, bandit_threshold,
                                    make_pruner)
 from bert_tf.sweeps.report import (STATES, TrialRecord, best_trial, format_value,

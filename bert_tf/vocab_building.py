@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Callable, Iterator
 
-from bert_tf.assets import UsageError
+from bert_tf.errors import UsageError
 from bert_tf.data.glue import DataError
 from bert_tf.tokenization.learn import (
     VocabOptions,

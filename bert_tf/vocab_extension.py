@@ -8,7 +8,7 @@ import dataclasses
 import json
 import os
 
-from bert_tf.assets import UsageError
+from bert_tf.errors import UsageError
 
 
 @dataclasses.dataclass

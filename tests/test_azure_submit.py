@@ -26,7 +26,7 @@ from tests.conftest import REPO, shared
 
 import bert_tf.azure_ml.cli  # noqa: F401  (loads every module: azure_ml.sizes, ...)
 from bert_tf import azure_ml
-from bert_tf.assets import UsageError
+from bert_tf.errors import UsageError
 
 SUBMIT = REPO / "azure" / "submit.py"
 SWEEP = REPO / "configs" / "sweeps" / "mrpc_lr.yaml"

@@ -114,7 +114,8 @@ def test_tiny_google_checkpoint_with_an_empty_vocab_line_is_accepted(tmp_path):
 
 
 def test_vocab_with_one_line_too_many_is_refused_naming_both_files(tmp_path):
-    from bert_tf.assets import UsageError, resolve_model_assets
+    from bert_tf.assets import resolve_model_assets
+    from bert_tf.errors import UsageError
 
     checkpoint = tmp_path / "ckpt"
     shutil.copytree(shared(*TINY_GOOGLE), checkpoint)

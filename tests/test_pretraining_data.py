@@ -610,7 +610,7 @@ def test_leftovers_of_a_killed_run_are_removed_not_appended_to(tmp_path):
 def test_shards_of_another_shard_count_are_refused_then_replaced(tmp_path):
     """A glob over the output (FILE-*) must never mix two runs, and only files the earlier
     run's summary lists are ever deleted."""
-    from bert_tf.assets import UsageError
+    from bert_tf.errors import UsageError
 
     _, four = _create(tmp_path, "run", num_output_shards=4)
     with pytest.raises(UsageError, match=r"out.tfrecord.summary.json exists; pass "):

@@ -140,7 +140,7 @@ def test_resume_with_another_worker_count_is_refused(tmp_path):
     """The global batch (and with it the step count, the schedule and the data position) depends
     on the number of Horovod workers: a resume under another count is refused, naming it."""
     from bert_tf import BertConfig
-    from bert_tf.assets import UsageError
+    from bert_tf.errors import UsageError
     from bert_tf.finetune import RunArgs, guard_output_dir
 
     config = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,

@@ -378,7 +378,7 @@ def _squad_file(tmp_path, name, transform):
 
 
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, tiny_bert):
-    from bert_tf.assets import UsageError
+    from bert_tf.errors import UsageError
     from bert_tf.data.glue import DataError
     from bert_tf.qa import SquadArgs, run_squad
 
@@ -475,7 +475,7 @@ def test_predict_only_run_keeps_the_training_record(tmp_path):
     run_config.json as training wrote it: the training command still resumes, another one is
     still refused."""
     from bert_tf import BertConfig
-    from bert_tf.assets import UsageError
+    from bert_tf.errors import UsageError
     from bert_tf.qa import SquadArgs
     from bert_tf.training.loop import checkpoint_dir
     from bert_tf.training.run import guard_output_dir

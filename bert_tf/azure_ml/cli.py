@@ -54,7 +54,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bert_tf.assets import UsageError
+from bert_tf.errors import UsageError
 from bert_tf.azure_ml import PROG
 from bert_tf.azure_ml.commands import COMMANDS
 from bert_tf.azure_ml.workspace import AzureFailure, Redactor, quiet_azure_logging

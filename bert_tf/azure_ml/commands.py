@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-from bert_tf.assets import UsageError
+from bert_tf.errors import UsageError
 from bert_tf.azure_ml import PROG, REPO
 from bert_tf.azure_ml.inputs import parse_named_inputs, plan_inputs
 from bert_tf.azure_ml.jobs import (SWEEP_TAG, JobPlan, build_command_job, build_sweep_job,

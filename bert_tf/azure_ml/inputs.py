@@ -8,7 +8,7 @@ import glob as globlib
 import os
 import re
 
-from bert_tf.assets import UsageError
+from bert_tf.errors import UsageError
 
 
 # Flags naming data the job must read: (input kind). folder: a folder; files: a file, a glob or a

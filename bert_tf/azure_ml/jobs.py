@@ -11,7 +11,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from bert_tf.assets import UsageError
+from bert_tf.errors import UsageError
 from bert_tf.azure_ml import ENVIRONMENT_DIR, REPO
 from bert_tf.azure_ml.script_flags import flag_words, shell_word
 

@@ -10,7 +10,7 @@ import re
 import shlex
 from pathlib import Path
 
-from bert_tf.assets import UsageError
+from bert_tf.errors import UsageError
 from bert_tf.azure_ml import REPO
 from bert_tf.azure_ml.inputs import DATA_FLAGS, PLACEHOLDER, RESERVED, is_remote
 from bert_tf.flags import SCRIPTS

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from bert_tf.assets import UsageError
+from bert_tf.errors import UsageError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,7 @@ import os
 import re
 from pathlib import Path
 
-from bert_tf.assets import UsageError
+from bert_tf.errors import UsageError
 from bert_tf.azure_ml.jobs import write_file
 
 

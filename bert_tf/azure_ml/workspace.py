@@ -12,7 +12,7 @@ import re
 import sys
 from pathlib import Path
 
-from bert_tf.assets import UsageError
+from bert_tf.errors import UsageError
 
 
 WORKSPACE_ENV = ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE_NAME")

@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from bert_tf.assets import UsageError
+from bert_tf.errors import UsageError
 from bert_tf.data import corpus_sources
 from bert_tf.data.glue import DataError
 from bert_tf.data.mediawiki import FORMULA_MARK, article_paragraphs

@@ -142,7 +142,7 @@ def ensure_squad_file(value: str, flag: str = "train_file", cache_dir: str | Non
     against their SHA-256; a mirror: base_url or $BERT_TF_SQUAD_BASE_URL). Raises
     FileNotFoundError naming the flag for anything else, DownloadError when a download fails."""
     if os.path.isdir(value):
-        from bert_tf.assets import UsageError
+        from bert_tf.errors import UsageError
 
         raise UsageError(f"--{flag}={value} is a folder: pass the SQuAD JSON file in it (e.g. "
                          f"{os.path.join(value, 'dev-v1.1.json')})")

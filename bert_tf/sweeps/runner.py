@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 
-from bert_tf.assets import UsageError
+from bert_tf.errors import UsageError
 from bert_tf.cli import EXIT_USAGE
 from bert_tf.sweeps.processes import (die_with_parent_fn, display_path, log_tail, script_path,
                                       stop_process)

@@ -36,7 +36,7 @@ import dataclasses
 import math
 import os
 
-from bert_tf.assets import UsageError
+from bert_tf.errors import UsageError
 
 GOALS = ("maximize", "minimize")
 PARAM_TYPES = ("loguniform", "uniform", "choice")

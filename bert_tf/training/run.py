@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from bert_tf.assets import UsageError
+from bert_tf.errors import UsageError
 
 logger = logging.getLogger("bert_tf")
 

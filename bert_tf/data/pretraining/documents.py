@@ -8,7 +8,7 @@ import os
 import re
 from typing import Iterator
 
-from bert_tf.assets import UsageError
+from bert_tf.errors import UsageError
 from bert_tf.data.text_files import DataError
 
 

@@ -7,7 +7,7 @@ import dataclasses
 
 import numpy as np
 
-from bert_tf.assets import UsageError
+from bert_tf.errors import UsageError
 
 
 CLS_TOKEN, SEP_TOKEN, MASK_TOKEN = "[CLS]", "[SEP]", "[MASK]"

@@ -19,7 +19,7 @@ import threading
 import time
 import traceback
 
-from bert_tf.assets import UsageError
+from bert_tf.errors import UsageError
 from bert_tf.data.pretraining.documents import expand_input_files, read_documents, split_sentences
 from bert_tf.data.pretraining.options import PretrainingOptions, vocab_ids
 from bert_tf.data.pretraining.shards import ShardWriter
