@@ -25,7 +25,7 @@ steps excluded; each worker documents its timing). Workers stay alive between ro
 trace (and under XLA compile) again in their warm-up steps, as every run_classifier.py run does.
 
     cd /work/main && PYTHONPATH=. TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python bench/bench_finetune.py \
-        --json bench/finetune_results.json
+        --json bench/results/finetune_results.json
 """
 
 from __future__ import annotations

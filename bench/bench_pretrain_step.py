@@ -31,7 +31,7 @@ steps, which trace and compile, excluded). The ratio is bert_tf's fastest settin
 fastest peer setting of the same dtype.
 
     cd /work/main && PYTHONPATH=. TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python bench/bench_pretrain_step.py \\
-        --json bench/pretrain_step_results.json
+        --json bench/results/pretrain_step_results.json
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ def parse_args(argv=None):
 
 def build(a):
     """The model, optimizer and data of the task -> (step(batch) -> float loss, batch iterator,
-    the tf.function of the step). bench/profile_pretrain_step.py reuses it."""
+    the tf.function of the step). bench/profile_step.py trace reuses it."""
     if os.environ.get("TF_USE_LEGACY_KERAS") != "1":
         raise SystemExit("run with TF_USE_LEGACY_KERAS=1 (Model Garden needs Keras 2)")
     import tensorflow as tf

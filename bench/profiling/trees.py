@@ -4,7 +4,7 @@ side: one bench/peers/bert_tf_step.py worker per setting, started together, roun
 change to the step (the trees share this project's venv).
 
     git worktree add /tmp/base HEAD~1
-    PYTHONPATH=. .venv/bin/python bench/ab_step_trees.py --dtype fp32 --rounds 4 \\
+    PYTHONPATH=. .venv/bin/python bench/profile_step.py trees --dtype fp32 --rounds 4 \\
         base=/tmp/base new=. ["flags=.::TF_XLA_FLAGS=--tf_xla_auto_jit=2;OTHER=1"]
 
 A setting is NAME=TREE[::ENV], ENV a ';'-separated list of VAR=VALUE for that worker (AB_XLA=on
@@ -21,7 +21,7 @@ import statistics
 import subprocess
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # bench/
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 

@@ -21,8 +21,8 @@ timing; the figure is the median over `--repeats` timings, in ms per call. Dense
 three projections of a layer (512->512, 512->2048, 2048->512). (The forms of every case are built
 before timing, whatever --only says: a few seconds.)
 
-    PYTHONPATH=. TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python bench/kernel_forms.py --dtype fp32 bf16 \\
-        --json bench/kernel_forms.json
+    PYTHONPATH=. TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python bench/profile_step.py kernels --dtype fp32 bf16 \\
+        --json bench/results/kernel_forms.json
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from bert_tf.modeling import layers  # noqa: E402
 from bert_tf.modeling.heads import _tied_decoder  # noqa: E402

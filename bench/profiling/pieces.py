@@ -1,5 +1,5 @@
 """A/B timings of pieces of bert_tf's pre-training step, for the changes the profile of
-bench/profile_pretrain_step.py points at. Nothing in bert_tf is edited: the alternatives are
+bench/profile_step.py trace points at. Nothing in bert_tf is edited: the alternatives are
 built here from the same weights, in one process, and timed alternately (A, B, A, B, ...) so a
 busy spell on the shared machine hits every variant; medians of the repetitions.
 
@@ -34,9 +34,9 @@ busy spell on the shared machine hits every variant; medians of the repetitions.
    GPU), XLA with the CPU's default runtime and with the thunk runtime off (XLA_FLAGS is per
    process: run the script twice, see --help).
 
-    PYTHONPATH=. TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python bench/ab_pretrain_pieces.py --dtype bf16
+    PYTHONPATH=. TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python bench/profile_step.py pieces --dtype bf16
     XLA_FLAGS=--xla_cpu_use_thunk_runtime=false PYTHONPATH=. TF_CPP_MIN_LOG_LEVEL=2 \\
-        .venv/bin/python bench/ab_pretrain_pieces.py --dtype bf16 --only update,step
+        .venv/bin/python bench/profile_step.py pieces --dtype bf16 --only update,step
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ import statistics
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # bench/
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(HERE, "peers"))
 sys.path.insert(0, HERE)

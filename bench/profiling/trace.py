@@ -12,10 +12,10 @@ With two inter-op threads kernels may overlap, so op times add up to more than t
 the shares are what to read. Under XLA a compiled cluster is one event (no per-op split).
 
     # bert_tf (project venv)
-    PYTHONPATH=. TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python bench/profile_pretrain_step.py --dtype fp32
+    PYTHONPATH=. TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python bench/profile_step.py trace --dtype fp32
     # Model Garden (peers venv)
     TF_USE_LEGACY_KERAS=1 PYTHONPATH=. TF_CPP_MIN_LOG_LEVEL=2 .venv-peers/bin/python \\
-        bench/profile_pretrain_step.py --framework model_garden --dtype fp32
+        bench/profile_step.py trace --framework model_garden --dtype fp32
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # bench/
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(HERE, "peers"))
 sys.path.insert(0, HERE)
