@@ -16,7 +16,7 @@ def _tied_decoder(x, table):
     gradients written out so that the table's comes straight out of one matmul,
     d_table = d_logits^T @ x [V,H]. Autodiff would make it [H,V] and transpose it, a pass over
     the whole table every step (7-10 ms of a BERT-Small step on a CPU,
-    bench/profile_pretrain_step.py)."""
+    bench/profile_step.py trace)."""
 
     def grad(*args, upstream=None):
         upstream = args[0] if upstream is None else upstream  # TF/JAX pass it first

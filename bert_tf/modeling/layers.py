@@ -41,13 +41,13 @@ def gelu(x):
     with its derivative written out: Phi(x) + x * phi(x), phi the normal density, Phi kept
     from the forward pass. Same values as keras.ops.gelu(approximate=False) to float rounding,
     in fewer kernels: 11.1 instead of 13.8 ms for a float32 [16,128,2048] forward and backward
-    on a 2-core CPU (bench/kernel_forms.py). x: any float tensor; returns its shape and dtype."""
+    on a 2-core CPU (bench/profile_step.py kernels). x: any float tensor; returns its shape and dtype."""
     with keras.name_scope("gelu"):
         cdf = 0.5 * (1.0 + ops.erf(x * (1.0 / math.sqrt(2.0))))
 
     def grad(*args, upstream=None):
         upstream = args[0] if upstream is None else upstream  # TF/JAX pass it first
-        with keras.name_scope("gelu_grad"):  # named for profiles (bench/profile_pretrain_step.py)
+        with keras.name_scope("gelu_grad"):  # named for profiles (bench/profile_step.py trace)
             pdf = ops.exp(-0.5 * ops.square(x)) * (1.0 / math.sqrt(2.0 * math.pi))
             return upstream * (cdf + x * pdf)
 
@@ -73,7 +73,7 @@ def matmul_transposed(a, m):
     gives: TensorFlow's oneDNN float32 kernel for that form is slow when K is large. The
     feed-forward's input gradient, [2048,2048] x [512,2048]^T, took 28.6 ms that way and 20.6
     batched; BERT-Small's masked-LM decoder, [320,512] x [30522,512]^T, 58.9 against 50.6
-    (bench/kernel_forms.py, 2-core CPU). bfloat16 is level either way."""
+    (bench/profile_step.py kernels, 2-core CPU). bfloat16 is level either way."""
     if len(a.shape) == 3:
         return ops.matmul(a, ops.transpose(ops.expand_dims(m, 0), (0, 2, 1)))
     rows = ops.reshape(a, (1, -1, ops.shape(a)[-1]))  # [1,N,K]
@@ -94,7 +94,7 @@ def _matmul_batched_input_grad(x, kernel):
     `matmul_transposed(d_y, kernel)`, not autodiff's slower 2-D transpose_b form:
     BERT-Small's 512->2048 feed-forward projection, forward and backward at batch 16 x seq 128,
     takes 62.9 ms this way against 75.9 for keras.layers.Dense; the 512->512 projections 16.2
-    against 17.2 (bench/kernel_forms.py, 2-core CPU, float32; bfloat16 is level). Same values
+    against 17.2 (bench/profile_step.py kernels, 2-core CPU, float32; bfloat16 is level). Same values
     as autodiff's to float rounding (tests/test_modeling.py)."""
 
     def grad(*args, upstream=None):
@@ -129,7 +129,7 @@ class LayerNorm(keras.layers.LayerNormalization):
         d_x = r * (g - mean(g) - x̂ * mean(g * x̂)),  g = d_y * gamma,  r = 1 / sqrt(var + epsilon)
 
     Fewer element-wise kernels than autodiff of Keras' formulation: 3.6 instead of 4.5 ms per
-    [16,128,512] LayerNorm, forward and backward, on a 2-core CPU (bench/kernel_forms.py).
+    [16,128,512] LayerNorm, forward and backward, on a 2-core CPU (bench/profile_step.py kernels).
     Values equal Keras' to float rounding (tests/test_modeling.py).
     Other axes or rms_scaling fall back to Keras' own call.
     """
@@ -181,9 +181,9 @@ class Dropout(keras.layers.Layer):
 
     Two differences from `keras.layers.Dropout`, both for speed: random numbers were 70% of
     Keras dropout's kernel time in a float32 BERT-Small step on a CPU (36 of 51 ms,
-    bench/pretrain_step_floor_sparse_2026-12-01.json), and a [16,8,128,128] attention dropout
+    bench/results/pretrain_step_floor_sparse_2026-12-01.json), and a [16,8,128,128] attention dropout
     now takes 6.0 instead of 8.0 ms forward and backward in float32, 6.0 instead of 10.2 in
-    bfloat16 (bench/kernel_forms.py):
+    bfloat16 (bench/profile_step.py kernels):
     - one float32 uniform u draws two elements' masks: keep the first if floor(2048 u) >= t,
       the second if frac(2048 u) >= t / 2048, t = round(2048 rate). So the drop probability
       is rate rounded to a multiple of 1/2048 (0.1 -> 0.10010; a rate below 1/4096 rounds to

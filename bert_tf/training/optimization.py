@@ -128,7 +128,7 @@ class AdamWeightDecay(_BertOptimizer):
         if decay:
             # w * (1 - lr wd) as one multiply whose result becomes the variable's buffer: 5.0 ms
             # for BERT's [30522,512] table on a 2-core CPU against 8.6 for the assign_sub form
-            # (bench/kernel_forms.py --only weight_decay)
+            # (bench/profile_step.py kernels --only weight_decay)
             variable.assign(ops.multiply(variable, 1.0 - lr * decay))
         if self.bias_correction:
             step = ops.cast(self.iterations + 1, dtype)

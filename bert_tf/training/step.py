@@ -47,8 +47,8 @@ def compile_update(use_xla: bool) -> bool:
     every variable) as it does the grad step under use_xla: on a GPU only. There XLA fuses the
     update's element-wise passes over each weight into one kernel. On a CPU the optimizers'
     fused kernels (ResourceApplyAdam) beat XLA's loops: BERT-Small's AdamW update took 46.5 ms
-    a step against 72.1 compiled, LAMB 110 against 115 (bench/ab_update_bf16.json, from
-    bench/ab_pretrain_pieces.py --only update)."""
+    a step against 72.1 compiled, LAMB 110 against 115 (bench/results/ab_update_bf16.json, from
+    bench/profile_step.py pieces --only update)."""
     return bool(use_xla) and bool(tf.config.list_logical_devices("GPU"))
 
 

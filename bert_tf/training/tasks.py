@@ -14,7 +14,7 @@ def sparse_cross_entropy(labels, logits):
     log(sum(exp(logits - max))) - (logits[label] - max) with the gradient written out,
     softmax - one_hot(label), from the forward's exp: on a 2-core CPU this takes 14.3 ms
     instead of TF's fused kernel's 28.0 for the masked-LM's [320, 30522] logits, forward and
-    backward (bench/kernel_forms.py). A label outside [0, V) gives NaN for its row on every
+    backward (bench/profile_step.py kernels). A label outside [0, V) gives NaN for its row on every
     device (as TF's kernel does on a GPU), which the training loop's non-finite guard turns
     into an error that names label ids as a cause."""
     shape = tf.shape(labels)
