@@ -28,8 +28,6 @@ from bert_tf.tokenization.normalization import GoogleCharClasses, class_body, ch
 from bert_tf.tokenization.wordpiece import (
     UNK_TOKEN,
     WordpieceTokenizer,
-    check_vocab_has_unk,
-    load_vocab,
 )
 
 DEFAULT_MAX_CACHED_WORDS = 1_000_000
@@ -71,7 +69,7 @@ class WordSplitter:
         return pattern.findall(text)
 
 
-class CachedTokenizer:
+class CachedTokenizer(wordpiece.VocabTokenizer):
     """FullTokenizer's ids (Google's tokenization), TensorFlow-free and fast.
 
     Usage:
@@ -85,11 +83,7 @@ class CachedTokenizer:
 
     def __init__(self, vocab_file: str | os.PathLike, do_lower_case: bool = True,
                  max_cached_words: int = DEFAULT_MAX_CACHED_WORDS):
-        self.vocab_file = os.fspath(vocab_file)
-        self.do_lower_case = do_lower_case
-        self.vocab = load_vocab(vocab_file)
-        check_vocab_has_unk(self.vocab, vocab_file)
-        self.inv_vocab = {index: token for token, index in self.vocab.items()}
+        super().__init__(vocab_file, do_lower_case)
         self.max_cached_words = max_cached_words
         self._splitter = WordSplitter(do_lower_case)
         self._wordpiece = WordpieceTokenizer(self.vocab)
@@ -129,14 +123,6 @@ class CachedTokenizer:
         """Word pieces of one text, as FullTokenizer.tokenize gives them."""
         return self.convert_ids_to_tokens(self.ids(text))
 
-    def convert_tokens_to_ids(self, tokens: Iterable[str]) -> list[int]:
-        return wordpiece.FullTokenizer.convert_tokens_to_ids(self, tokens)
-
-    def convert_ids_to_tokens(self, ids: Iterable[int]) -> list[str]:
-        return wordpiece.FullTokenizer.convert_ids_to_tokens(self, ids)
-
-    def __len__(self) -> int:
-        return len(self.vocab)
 
 
 __all__ = ["CachedTokenizer", "UNK_TOKEN"]

@@ -40,8 +40,6 @@ from bert_tf.tokenization.wordpiece import (
     MAX_INPUT_CHARS_PER_WORD,
     SUFFIX_INDICATOR,
     UNK_TOKEN,
-    check_vocab_has_unk,
-    load_vocab,
 )
 # Google's character classes and normalisation live in a TensorFlow-free module, shared
 # with CachedTokenizer (the tokenizer of create_pretraining_data's worker processes).
@@ -65,7 +63,7 @@ _LONG_RUN = re.compile(r"\S{%d}" % (MAX_INPUT_CHARS_PER_WORD + 1))
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-class FastTokenizer:
+class FastTokenizer(wordpiece.VocabTokenizer):
     """Batched BERT WordPiece tokenization on tensorflow-text, with Google's exact ids.
 
     Usage:
@@ -84,11 +82,7 @@ class FastTokenizer:
     """
 
     def __init__(self, vocab_file: str | os.PathLike, do_lower_case: bool = True):
-        self.vocab_file = os.fspath(vocab_file)
-        self.do_lower_case = do_lower_case
-        self.vocab = load_vocab(vocab_file)
-        check_vocab_has_unk(self.vocab, vocab_file)
-        self.inv_vocab = {index: token for token, index in self.vocab.items()}
+        super().__init__(vocab_file, do_lower_case)
         self._classes = _GoogleCharClasses.get()
 
         # tensorflow-text takes the vocabulary as a list indexed by id. An id that no
@@ -201,11 +195,3 @@ class FastTokenizer:
         """Word pieces of one text, as FullTokenizer.tokenize gives them."""
         return self.convert_ids_to_tokens(self.tokenize_to_ids([text])[0])
 
-    def convert_tokens_to_ids(self, tokens: Iterable[str]) -> list[int]:
-        return wordpiece.FullTokenizer.convert_tokens_to_ids(self, tokens)
-
-    def convert_ids_to_tokens(self, ids: Iterable[int]) -> list[str]:
-        return wordpiece.FullTokenizer.convert_ids_to_tokens(self, ids)
-
-    def __len__(self) -> int:
-        return len(self.vocab)

@@ -286,12 +286,15 @@ class WordpieceTokenizer:
         return pieces
 
 
-class FullTokenizer:
-    """Google BERT's end-to-end tokenizer: basic tokenization, then WordPiece.
+class VocabTokenizer:
+    """What every tokenizer of bert_tf shares: the vocabulary and the id <-> token maps.
 
     Attributes:
+      vocab_file: the path given; do_lower_case: the casing the tokenizer applies.
       vocab: OrderedDict token -> id, in file order.
       inv_vocab: dict id -> token.
+    Raises ValueError (from load_vocab / check_vocab_has_unk) for a vocabulary that is not
+    UTF-8, is empty or has no [UNK].
     """
 
     def __init__(self, vocab_file: str | os.PathLike, do_lower_case: bool = True):
@@ -300,14 +303,6 @@ class FullTokenizer:
         self.vocab = load_vocab(vocab_file)
         check_vocab_has_unk(self.vocab, vocab_file)
         self.inv_vocab = {index: token for token, index in self.vocab.items()}
-        self.basic_tokenizer = BasicTokenizer(do_lower_case=do_lower_case)
-        self.wordpiece_tokenizer = WordpieceTokenizer(self.vocab)
-
-    def tokenize(self, text: str | bytes) -> list[str]:
-        pieces: list[str] = []
-        for word in self.basic_tokenizer.tokenize(text):
-            pieces.extend(self.wordpiece_tokenizer.tokenize(word))
-        return pieces
 
     def convert_tokens_to_ids(self, tokens: Iterable[str]) -> list[int]:
         """Ids of `tokens`; a token not in the vocabulary gets the id of [UNK]."""
@@ -328,6 +323,26 @@ class FullTokenizer:
 
     def __len__(self) -> int:
         return len(self.vocab)
+
+
+class FullTokenizer(VocabTokenizer):
+    """Google BERT's end-to-end tokenizer: basic tokenization, then WordPiece.
+
+    Attributes:
+      vocab: OrderedDict token -> id, in file order.
+      inv_vocab: dict id -> token.
+    """
+
+    def __init__(self, vocab_file: str | os.PathLike, do_lower_case: bool = True):
+        super().__init__(vocab_file, do_lower_case)
+        self.basic_tokenizer = BasicTokenizer(do_lower_case=do_lower_case)
+        self.wordpiece_tokenizer = WordpieceTokenizer(self.vocab)
+
+    def tokenize(self, text: str | bytes) -> list[str]:
+        pieces: list[str] = []
+        for word in self.basic_tokenizer.tokenize(text):
+            pieces.extend(self.wordpiece_tokenizer.tokenize(word))
+        return pieces
 
 
 # A checkpoint name says "uncased" or "cased" as a word of its own:
