@@ -71,10 +71,12 @@ def main(argv):
               f"{len(built)} in {seconds:.1f} s ({built_bytes / 1e6 / max(seconds, 1e-9):.0f} "
               f"MB/s), {len(files) - len(built)} already up to date")
         return
-    result = records.verify_records(files, vocab_size=vocab["size"] if vocab else None,
-                                    progress=FLAGS.progress, index_dir=FLAGS.index_dir,
-                                    # a process per core pays off once the read outlasts
-                                    # their start (each imports TensorFlow, ~3 s)
+    from bert_tf.data.record_verify import verify_records
+
+    result = verify_records(files, vocab_size=vocab["size"] if vocab else None,
+                            progress=FLAGS.progress, index_dir=FLAGS.index_dir,
+                            # a process per core pays off once the read outlasts
+                            # their start (each imports TensorFlow, ~3 s)
                                     # (each process holds TensorFlow: at most 8)
                                     processes=min(8, os.cpu_count() or 1) if size > 2e9 else 1)
     seconds = time.time() - started

@@ -4,7 +4,7 @@
 
 The code lives in `bert_tf/azure_ml/`, a module per concern (VM sizes, job inputs, the script's
 flags, jobs and sweeps, workspace and secrets, sweep trials, the subcommands, the command line:
-cli.py, whose text is what --help prints). README.md, "Azure ML", says what to expect.
+cli.py, whose text is what --help prints). docs/azure.md says what to expect.
 """
 
 import sys

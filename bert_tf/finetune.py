@@ -105,10 +105,9 @@ def run_classifier(args: RunArgs) -> dict:
     """Fine-tune / evaluate / predict a GLUE task. Returns the eval results (empty if none)."""
     from bert_tf.data import glue
     from bert_tf.data.download import ensure_glue_data
-    from bert_tf.data.records import FeatureTable
     from bert_tf.modeling import BertClassifier
     from bert_tf.tokenization import make_tokenizer
-    from bert_tf.training import loop, tasks
+    from bert_tf.training import tasks
 
     check_args(args)
     try:
@@ -121,7 +120,51 @@ def run_classifier(args: RunArgs) -> dict:
     if args.init_checkpoint is None and not args.bert_config_file:
         raise UsageError("pass --init_checkpoint (or --bert_config_file to train from scratch)")
     data_dir = ensure_glue_data(processor.data_name, args.data_dir)
-    # Every split this run needs is read (and checked) before anything is written.
+    examples_of, dev_splits, test_splits = _read_glue_splits(args, processor, data_dir)
+    dist, use_xla = setup_runtime(args)
+    if args.do_train:  # at least one step, before anything is written
+        train_steps(len(examples_of[(processor.name, "train")]), args, dist.size)
+    labels = processor.get_labels()
+    num_labels = 1 if processor.is_regression else len(labels)
+    model = BertClassifier(assets.config, num_labels)
+    if not processor.is_regression:
+        model.label_names = list(labels)  # output i is labels[i]; saved with the checkpoint
+        model.label_aliases = list(processor.label_names)  # HF datasets' names of the same
+    init_model(model, assets, args, dist)
+    record = guard_output_dir(args, assets.config, dist.is_chief, dist.size,
+                              num_labels=num_labels)
+    tokenizer = make_tokenizer(assets.vocab_file, assets.do_lower_case,
+                               reference=args.reference_tokenizer)
+    run = _GlueRun(args, processor, data_dir, examples_of, dev_splits, assets, tokenizer, model,
+                   use_xla)
+    loss_fn = tasks.regression_loss if processor.is_regression else tasks.classification_loss
+    with open_tracking(args, record, dist.is_chief, processor.name) as log:
+        summary = {}
+        if args.do_train:
+            _, table = run.features_for("train")
+            summary = _train(model, loss_fn, table, args, dist, use_xla, log,
+                             eval_fn=run.evaluate_dev if args.eval_every_steps else None)
+        elif not restore_trained(model, args.output_dir) and dist.is_chief:
+            logger.warning("no fine-tuned checkpoint in %s: evaluating --init_checkpoint as is",
+                           args.output_dir)
+
+        results = {}
+        if args.do_eval and dist.is_chief:
+            results.update(run.evaluate_dev())
+            results.update(training_results(summary))
+            write_eval_results(args.output_dir, results)
+            log.write(results.get("global_step", 0), _scores(results), "eval")
+        if args.do_predict and dist.is_chief:
+            run.write_submissions(test_splits)
+        return results
+
+
+def _read_glue_splits(args: RunArgs, processor, data_dir: str):
+    """Every split this run needs, read (and checked) before anything is written.
+    -> ({(task, split): examples}, dev splits, [(test split, processor)]); MNLI has two dev
+    and two test splits, and predicts AX (GLUE's diagnostic set) when its file is there."""
+    from bert_tf.data import glue
+
     dev_splits = (["dev_matched", "dev_mismatched"] if processor.name == "MNLI"
                   else [processor.dev_split])
     test_splits = ([("test_matched", processor), ("test_mismatched", processor)]
@@ -141,49 +184,55 @@ def run_classifier(args: RunArgs) -> dict:
     if args.do_train and args.max_train_examples:
         key = (processor.name, "train")
         examples_of[key] = examples_of[key][:args.max_train_examples]
-    dist, use_xla = setup_runtime(args)
-    if args.do_train:  # at least one step, before anything is written
-        train_steps(len(examples_of[(processor.name, "train")]), args, dist.size)
-    labels = processor.get_labels()
-    num_labels = 1 if processor.is_regression else len(labels)
-    model = BertClassifier(assets.config, num_labels)
-    if not processor.is_regression:
-        model.label_names = list(labels)  # output i is labels[i]; saved with the checkpoint
-        model.label_aliases = list(processor.label_names)  # HF datasets' names of the same
-    init_model(model, assets, args, dist)
-    record = guard_output_dir(args, assets.config, dist.is_chief, dist.size,
-                              num_labels=num_labels)
-    tokenizer = make_tokenizer(assets.vocab_file, assets.do_lower_case,
-                               reference=args.reference_tokenizer)
-    cache_dir = os.path.join(args.output_dir, "cache")
-    label_dtype = "float32" if processor.is_regression else "int32"
+    return examples_of, dev_splits, test_splits
 
-    def features_for(split, proc=processor):
-        path = proc.split_path(data_dir, split)
-        examples = examples_of[(proc.name, split)]
+
+class _GlueRun:
+    """A GLUE run's features (cached per split), predictions, dev metrics and submission files."""
+
+    def __init__(self, args: RunArgs, processor, data_dir: str, examples_of: dict,
+                 dev_splits: list, assets, tokenizer, model, use_xla: bool):
+        self.args, self.processor, self.data_dir = args, processor, data_dir
+        self.examples_of, self.dev_splits = examples_of, dev_splits
+        self.assets, self.tokenizer, self.model, self.use_xla = assets, tokenizer, model, use_xla
+        self.labels = processor.get_labels()
+        self.cache_dir = os.path.join(args.output_dir, "cache")
+        self.label_dtype = "float32" if processor.is_regression else "int32"
+
+    def features_for(self, split: str, proc=None):
+        """-> (examples, FeatureTable) of a split, converted once and cached by its inputs."""
+        from bert_tf.data import glue
+        from bert_tf.data.records import FeatureTable
+
+        proc = proc or self.processor
+        args = self.args
+        path = proc.split_path(self.data_dir, split)
+        examples = self.examples_of[(proc.name, split)]
         key = {"task": proc.name, "split": split, "file": file_key(path),
-               "vocab": file_key(assets.vocab_file), "lower": assets.do_lower_case,
+               "vocab": file_key(self.assets.vocab_file), "lower": self.assets.do_lower_case,
                "max_seq_length": args.max_seq_length, "examples": len(examples)}
-        feats = cached(cache_dir, key, lambda: glue.convert_examples_to_features(
-            examples, labels, args.max_seq_length, tokenizer, processor.is_regression))
-        return examples, FeatureTable.from_features(feats, args.max_seq_length, label_dtype)
+        feats = cached(self.cache_dir, key, lambda: glue.convert_examples_to_features(
+            examples, self.labels, args.max_seq_length, self.tokenizer,
+            self.processor.is_regression))
+        return examples, FeatureTable.from_features(feats, args.max_seq_length, self.label_dtype)
 
-    loss_fn = tasks.regression_loss if processor.is_regression else tasks.classification_loss
+    def predictions(self, table, batch_size: int, progress: bool):
+        from bert_tf.training import loop
 
-    def predictions(table, batch_size, progress=args.progress):
-        logits = loop.predict(model, table, batch_size, use_xla=use_xla,
-                              max_seq_length=args.max_seq_length, progress=progress)
-        return logits[:, 0] if processor.is_regression else logits.argmax(-1)
+        logits = loop.predict(self.model, table, batch_size, use_xla=self.use_xla,
+                              max_seq_length=self.args.max_seq_length, progress=progress)
+        return logits[:, 0] if self.processor.is_regression else logits.argmax(-1)
 
-    def evaluate_dev(step=None):
+    def evaluate_dev(self, step=None) -> dict:
         """The task's metrics on its dev split(s): {eval_accuracy: ..., eval_examples: ...}
         (MNLI: dev_matched_eval_accuracy, ...). During training (step given) also logged."""
+        args = self.args
         results = {}
-        for split in dev_splits:
-            examples, table = features_for(split)
-            preds = predictions(table, args.eval_batch_size, args.progress and step is None)
-            scores = processor.compute_metrics(table.arrays["label_ids"], preds)
-            prefix = "" if len(dev_splits) == 1 else f"{split}_"
+        for split in self.dev_splits:
+            examples, table = self.features_for(split)
+            preds = self.predictions(table, args.eval_batch_size, args.progress and step is None)
+            scores = self.processor.compute_metrics(table.arrays["label_ids"], preds)
+            prefix = "" if len(self.dev_splits) == 1 else f"{split}_"
             results.update({f"{prefix}eval_{k}": float(v) for k, v in scores.items()})
             results[f"{prefix}eval_examples"] = len(examples)
         if step is not None:
@@ -191,32 +240,22 @@ def run_classifier(args: RunArgs) -> dict:
                 f"{k} {v:.4f}" for k, v in results.items() if "examples" not in k))
         return results
 
-    with open_tracking(args, record, dist.is_chief, processor.name) as log:
-        summary = {}
-        if args.do_train:
-            _, table = features_for("train")
-            summary = _train(model, loss_fn, table, args, dist, use_xla, log,
-                             eval_fn=evaluate_dev if args.eval_every_steps else None)
-        elif not restore_trained(model, args.output_dir) and dist.is_chief:
-            logger.warning("no fine-tuned checkpoint in %s: evaluating --init_checkpoint as is",
-                           args.output_dir)
+    def write_submissions(self, test_splits: list) -> None:
+        """GLUE's submission TSVs of the test split(s), named as GLUE wants them."""
+        from bert_tf.data import glue
+        from bert_tf.data.records import FeatureTable
 
-        results = {}
-        if args.do_eval and dist.is_chief:
-            results.update(evaluate_dev())
-            results.update(training_results(summary))
-            write_eval_results(args.output_dir, results)
-            log.write(results.get("global_step", 0), _scores(results), "eval")
-        if args.do_predict and dist.is_chief:
-            for split, proc in test_splits:
-                examples = examples_of[(proc.name, split)]
-                feats = glue.convert_examples_to_features(
-                    examples, labels, args.max_seq_length, tokenizer, processor.is_regression)
-                table = FeatureTable.from_features(feats, args.max_seq_length, label_dtype)
-                path = glue.write_submission(proc, args.output_dir, examples,
-                                             predictions(table, args.predict_batch_size), split)
-                logger.info("wrote %s", path)
-        return results
+        args = self.args
+        for split, proc in test_splits:
+            examples = self.examples_of[(proc.name, split)]
+            feats = glue.convert_examples_to_features(
+                examples, self.labels, args.max_seq_length, self.tokenizer,
+                self.processor.is_regression)
+            table = FeatureTable.from_features(feats, args.max_seq_length, self.label_dtype)
+            path = glue.write_submission(proc, args.output_dir, examples,
+                                         self.predictions(table, args.predict_batch_size,
+                                                          args.progress), split)
+            logger.info("wrote %s", path)
 
 
 # -- CoNLL-2003 NER ---------------------------------------------------------------------------------
@@ -225,13 +264,10 @@ def run_ner(args: RunArgs) -> dict:
     """Fine-tune / evaluate / predict CoNLL-2003 NER. Evaluation covers dev (testa) and test
     (testb) with entity-level precision/recall/F1 as conlleval computes them; predictions are
     written in CoNLL format (word gold predicted)."""
-    from bert_tf import metrics
     from bert_tf.data import conll
-    from bert_tf.data.glue import DataError
-    from bert_tf.data.records import FeatureTable
     from bert_tf.modeling import BertTokenClassifier
     from bert_tf.tokenization import make_tokenizer
-    from bert_tf.training import loop, tasks
+    from bert_tf.training import tasks
 
     check_args(args)
     if not args.data_dir:
@@ -242,21 +278,9 @@ def run_ner(args: RunArgs) -> dict:
                                   args.do_lower_case, args.do_lower_case_given,
                                   args.max_seq_length)
     labels = list(conll.LABELS)
-    # Every split this run needs is read (and its tags checked) before anything is written.
     splits = ([("dev", "eval")] if args.do_eval else []) + \
              ([("test", "test")] if args.do_predict or args.do_eval else [])
-    sentences_of = {split: conll.load_split(args.data_dir, split) for split in
-                    (["train"] if args.do_train else []) + [split for split, _ in splits]}
-    if args.do_train and args.max_train_examples:
-        sentences_of["train"] = sentences_of["train"][:args.max_train_examples]
-    known = set(labels)
-    for split, sentences in sentences_of.items():
-        path = os.path.join(args.data_dir, conll.SPLIT_FILES[split])
-        for sentence in sentences:
-            for offset, tag in enumerate(sentence.tags or []):
-                if tag not in known:
-                    raise DataError(f"{path}:{sentence.line + offset}: tag {tag!r} is not one "
-                                    f"of CoNLL-2003's tags ({', '.join(labels)})")
+    sentences_of = _read_conll_splits(args, ["train"] if args.do_train else [], splits, labels)
     dist, use_xla = setup_runtime(args)
     if args.do_train:
         train_steps(len(sentences_of["train"]), args, dist.size)
@@ -267,45 +291,14 @@ def run_ner(args: RunArgs) -> dict:
                               num_labels=len(labels))
     tokenizer = make_tokenizer(assets.vocab_file, assets.do_lower_case,
                                reference=args.reference_tokenizer)
-    cache_dir = os.path.join(args.output_dir, "cache")
-
-    def data_for(split):
-        path = os.path.join(args.data_dir, conll.SPLIT_FILES[split])
-        key = {"task": "conll2003", "split": split, "file": file_key(path) if
-               os.path.exists(path) else path, "vocab": file_key(assets.vocab_file),
-               "lower": assets.do_lower_case, "max_seq_length": args.max_seq_length,
-               "examples": len(sentences_of[split])}
-        sentences = sentences_of[split]
-        feats = cached(cache_dir, key, lambda: conll.convert_sentences_to_features(
-            sentences, labels, args.max_seq_length, tokenizer))
-        table = FeatureTable.from_features(feats, args.max_seq_length, token_labels=True)
-        return sentences, feats, table
-
-    def score(split, progress=args.progress):
-        """(sentences, predicted tags, {split_precision, split_recall, split_f1, split_f1_PER,
-        ...}) on one split."""
-        sentences, feats, table = data_for(split)
-        batch_size = args.eval_batch_size if split == "dev" else args.predict_batch_size
-        logits = loop.predict(model, table, batch_size, use_xla=use_xla,
-                              max_seq_length=args.max_seq_length, progress=progress)
-        predicted = conll.assemble_predictions(feats, logits.argmax(-1), sentences, labels)
-        scores = metrics.entity_scores([s.tags for s in sentences], predicted)
-        results = {f"{split}_{k}": float(scores[k]) for k in ("precision", "recall", "f1")}
-        for etype, values in sorted(scores["per_type"].items()):
-            results[f"{split}_f1_{etype}"] = float(values["f1"])
-        return sentences, predicted, results
-
-    def evaluate_dev(step):
-        results = score("dev", progress=False)[2]
-        logger.info("step %d: dev F1 %.4f", step, results["dev_f1"])
-        return results
-
+    run = _NerRun(args, sentences_of, labels, assets, tokenizer, model, use_xla)
     with open_tracking(args, record, dist.is_chief, "CoNLL-2003") as log:
         summary = {}
         if args.do_train:
-            _, _, table = data_for("train")
+            _, _, table = run.data_for("train")
             summary = _train(model, tasks.token_classification_loss, table, args, dist,
-                             use_xla, log, eval_fn=evaluate_dev if args.eval_every_steps else None)
+                             use_xla, log,
+                             eval_fn=run.evaluate_dev if args.eval_every_steps else None)
         elif not restore_trained(model, args.output_dir) and dist.is_chief:
             logger.warning("no fine-tuned checkpoint in %s: evaluating --init_checkpoint as is",
                            args.output_dir)
@@ -313,7 +306,7 @@ def run_ner(args: RunArgs) -> dict:
         results = {}
         if dist.is_chief:
             for split, _ in splits:
-                sentences, predicted, scores = score(split)
+                sentences, predicted, scores = run.score(split)
                 results.update(scores)
                 if args.do_predict:
                     path = os.path.join(args.output_dir, f"{split}_predictions.txt")
@@ -323,4 +316,77 @@ def run_ner(args: RunArgs) -> dict:
             if results:
                 write_eval_results(args.output_dir, results)
                 log.write(results.get("global_step", 0), _scores(results), "eval")
+        return results
+
+
+def _read_conll_splits(args: RunArgs, train: list, splits: list, labels: list) -> dict:
+    """Every split this run needs, read (and its tags checked) before anything is written:
+    {split: sentences}. Raises DataError naming the file and line of an unknown tag."""
+    from bert_tf.data import conll
+    from bert_tf.data.glue import DataError
+
+    sentences_of = {split: conll.load_split(args.data_dir, split)
+                    for split in train + [split for split, _ in splits]}
+    if args.do_train and args.max_train_examples:
+        sentences_of["train"] = sentences_of["train"][:args.max_train_examples]
+    known = set(labels)
+    for split, sentences in sentences_of.items():
+        path = os.path.join(args.data_dir, conll.SPLIT_FILES[split])
+        for sentence in sentences:
+            for offset, tag in enumerate(sentence.tags or []):
+                if tag not in known:
+                    raise DataError(f"{path}:{sentence.line + offset}: tag {tag!r} is not one "
+                                    f"of CoNLL-2003's tags ({', '.join(labels)})")
+    return sentences_of
+
+
+class _NerRun:
+    """A CoNLL run's features (cached per split) and entity-level scores."""
+
+    def __init__(self, args: RunArgs, sentences_of: dict, labels: list, assets, tokenizer,
+                 model, use_xla: bool):
+        self.args, self.sentences_of, self.labels = args, sentences_of, labels
+        self.assets, self.tokenizer, self.model, self.use_xla = assets, tokenizer, model, use_xla
+        self.cache_dir = os.path.join(args.output_dir, "cache")
+
+    def data_for(self, split: str):
+        """-> (sentences, features, FeatureTable) of a split, converted once and cached."""
+        from bert_tf.data import conll
+        from bert_tf.data.records import FeatureTable
+
+        args, assets = self.args, self.assets
+        path = os.path.join(args.data_dir, conll.SPLIT_FILES[split])
+        key = {"task": "conll2003", "split": split, "file": file_key(path) if
+               os.path.exists(path) else path, "vocab": file_key(assets.vocab_file),
+               "lower": assets.do_lower_case, "max_seq_length": args.max_seq_length,
+               "examples": len(self.sentences_of[split])}
+        sentences = self.sentences_of[split]
+        feats = cached(self.cache_dir, key, lambda: conll.convert_sentences_to_features(
+            sentences, self.labels, args.max_seq_length, self.tokenizer))
+        table = FeatureTable.from_features(feats, args.max_seq_length, token_labels=True)
+        return sentences, feats, table
+
+    def score(self, split: str, progress=None):
+        """(sentences, predicted tags, {split_precision, split_recall, split_f1, split_f1_PER,
+        ...}) on one split."""
+        from bert_tf import metrics
+        from bert_tf.data import conll
+        from bert_tf.training import loop
+
+        args = self.args
+        progress = args.progress if progress is None else progress
+        sentences, feats, table = self.data_for(split)
+        batch_size = args.eval_batch_size if split == "dev" else args.predict_batch_size
+        logits = loop.predict(self.model, table, batch_size, use_xla=self.use_xla,
+                              max_seq_length=args.max_seq_length, progress=progress)
+        predicted = conll.assemble_predictions(feats, logits.argmax(-1), sentences, self.labels)
+        scores = metrics.entity_scores([s.tags for s in sentences], predicted)
+        results = {f"{split}_{k}": float(scores[k]) for k in ("precision", "recall", "f1")}
+        for etype, values in sorted(scores["per_type"].items()):
+            results[f"{split}_f1_{etype}"] = float(values["f1"])
+        return sentences, predicted, results
+
+    def evaluate_dev(self, step: int) -> dict:
+        results = self.score("dev", progress=False)[2]
+        logger.info("step %d: dev F1 %.4f", step, results["dev_f1"])
         return results

@@ -155,49 +155,21 @@ def run_pretraining(args: PretrainArgs) -> dict:
     assets = resolve_model_assets(args.init_checkpoint, args.bert_config_file, args.vocab_file,
                                   args.do_lower_case, args.do_lower_case_given,
                                   args.max_seq_length, vocab_required=False)
-    try:
-        train_files = records.expand_files(args.input_file) if args.do_train else None
-    except records.RecordError as e:
-        raise UsageError(f"--input_file: {e}") from None
-    eval_flag = "--eval_input_file" if args.eval_input_file else "--input_file"
-    try:
-        eval_files = (records.expand_files(args.eval_input_file or args.input_file)
-                      if args.do_eval else None)
-    except records.RecordError as e:
-        raise UsageError(f"{eval_flag}: {e}") from None
-
+    train_files, eval_files, eval_flag = _input_files(args)
     dist, use_xla = setup_runtime(args)
-    # Counts, schema and vocabulary come from each shard's index: start-up does not read the
-    # records. Missing indexes are built once by the chief while the other workers wait.
-    train_records = eval_records = None
-    train_masker = eval_masker = None
-    if train_files:
-        train_records = _open_records(train_files, "--input_file", args, dist)
-        _check_vocab(train_records, assets, args, "--input_file")
-        train_masker = _masker(train_records, args, assets.vocab_file, args.seed)
-    if eval_files:
-        eval_records = _open_records(eval_files, eval_flag, args, dist)
-        _check_vocab(eval_records, assets, args, eval_flag)
-        # Held-out masks are drawn once, the same at every evaluation.
-        eval_masker = _masker(eval_records, args, assets.vocab_file, args.seed + 1)
-
+    data = _Inputs.open(args, assets, dist, train_files, eval_files, eval_flag)
     args.num_accumulation_steps = accumulation_steps(args, dist.size)
     model = BertPretrainer(assets.config)
     report = init_model(model, assets, args, dist, what="pre-training")
     record = guard_output_dir(args, assets.config, dist.is_chief, dist.size,
-                              input_data=_data_key(train_records))
+                              input_data=_data_key(data.train_records))
     if report is not None and dist.is_chief:
-        fresh = [n for n in report.missing if "cls" in n or "seq_relationship" in n]
-        if fresh:
-            logger.warning("the checkpoint has no pre-training heads: the masked-LM transform "
-                           "and bias and the next-sentence classifier start fresh (the masked-LM "
-                           "decoder is the word embedding table, as always): %s",
-                           ", ".join(fresh))
+        _warn_fresh_heads(report)
 
     def evaluate(step=None):
         batches = records.eval_pretraining_batches(
-            eval_records, args.eval_batch_size, max_steps=args.max_eval_steps or None,
-            masker=eval_masker, skip_corrupt=args.skip_corrupt_records)
+            data.eval_records, args.eval_batch_size, max_steps=args.max_eval_steps or None,
+            masker=data.eval_masker, skip_corrupt=args.skip_corrupt_records)
         result = loop.evaluate(model, tasks.pretraining_eval_metrics, batches,
                                use_xla=use_xla, progress=args.progress and step is None)
         if step is not None:
@@ -208,22 +180,7 @@ def run_pretraining(args: PretrainArgs) -> dict:
     with open_tracking(args, record, dist.is_chief, "pretraining") as log:
         summary = {}
         if args.do_train:
-            source = records.pretraining_batches(
-                train_records, args.train_batch_size, args.seed, rank=dist.rank,
-                num_workers=dist.size, accumulation=args.num_accumulation_steps,
-                block_records=args.shuffle_block_records, masker=train_masker,
-                skip_corrupt=args.skip_corrupt_records)
-            settings = train_settings(args, args.num_train_steps, use_xla)
-            if dist.is_chief:
-                global_batch = args.train_batch_size * dist.size * args.num_accumulation_steps
-                logger.info(
-                    "pre-training: %d records in %d file(s), %d steps (%d warm-up) of a global "
-                    "batch of %d (%d worker(s) x %d x %d accumulation; %.2f epochs), %s, "
-                    "dtype %s, XLA %s", source.records, len(train_files),
-                    settings.num_train_steps, settings.num_warmup_steps, global_batch, dist.size,
-                    args.train_batch_size, args.num_accumulation_steps,
-                    settings.num_train_steps / source.steps_per_epoch, args.optimizer,
-                    args.dtype, "on" if use_xla else "off")
+            source, settings = _train_source(args, data, dist, use_xla, len(train_files))
             during = args.do_eval and args.eval_every_steps
             summary = loop.train(model, tasks.pretraining_loss, source, settings, dist,
                                  progress=args.progress, eval_fn=evaluate if during else None,
@@ -231,26 +188,104 @@ def run_pretraining(args: PretrainArgs) -> dict:
         elif not restore_trained(model, args.output_dir) and dist.is_chief:
             logger.warning("no pre-trained checkpoint in %s: evaluating --init_checkpoint as is",
                            args.output_dir)
-
         results = {}
         if dist.is_chief:
-            if args.do_eval:
-                evaluated = evaluate()
-                results.update({k: float(v) for k, v in evaluated.items() if k != "examples"})
-                results["eval_examples"] = evaluated["examples"]
-            results.update(training_results(summary))
-            if results:
-                write_eval_results(args.output_dir, results)
-                evaluated = {k: v for k, v in results.items()
-                             if k.startswith(("masked", "next"))}
-                if evaluated:
-                    # The same keys as the evaluations during training ("examples" too).
-                    evaluated["examples"] = results["eval_examples"]
-                    log.write(results.get("global_step", 0), evaluated, "eval")
+            results = _final_results(args, evaluate, summary, log)
             if args.export:
                 _export(model, args, assets,
-                        train_records.vocab if train_records is not None else None)
+                        data.train_records.vocab if data.train_records is not None else None)
     dist.barrier()
+    return results
+
+
+def _input_files(args: PretrainArgs):
+    """--input_file / --eval_input_file globs -> (train files or None, eval files or None, the
+    flag the eval files came from). UsageError naming the flag when one matches nothing."""
+    try:
+        train_files = records.expand_files(args.input_file) if args.do_train else None
+    except records.RecordError as e:
+        raise UsageError(f"--input_file: {e}") from None
+    eval_flag = "--eval_input_file" if args.eval_input_file else "--input_file"
+    try:
+        eval_files = (records.expand_files(args.eval_input_file or args.input_file)
+                      if args.do_eval else None)
+    except records.RecordError as e:
+        raise UsageError(f"{eval_flag}: {e}") from None
+    return train_files, eval_files, eval_flag
+
+
+@dataclasses.dataclass
+class _Inputs:
+    """The run's records (through their indexes) and, for records without masks, the maskers
+    that draw them."""
+    train_records: object = None
+    train_masker: object = None
+    eval_records: object = None
+    eval_masker: object = None
+
+    @classmethod
+    def open(cls, args: PretrainArgs, assets, dist, train_files, eval_files,
+             eval_flag: str) -> "_Inputs":
+        """Counts, schema and vocabulary come from each shard's index: start-up does not read
+        the records. Missing indexes are built once by the chief while the other workers wait."""
+        data = cls()
+        if train_files:
+            data.train_records = _open_records(train_files, "--input_file", args, dist)
+            _check_vocab(data.train_records, assets, args, "--input_file")
+            data.train_masker = _masker(data.train_records, args, assets.vocab_file, args.seed)
+        if eval_files:
+            data.eval_records = _open_records(eval_files, eval_flag, args, dist)
+            _check_vocab(data.eval_records, assets, args, eval_flag)
+            # Held-out masks are drawn once, the same at every evaluation.
+            data.eval_masker = _masker(data.eval_records, args, assets.vocab_file, args.seed + 1)
+        return data
+
+
+def _warn_fresh_heads(report) -> None:
+    fresh = [n for n in report.missing if "cls" in n or "seq_relationship" in n]
+    if fresh:
+        logger.warning("the checkpoint has no pre-training heads: the masked-LM transform "
+                       "and bias and the next-sentence classifier start fresh (the masked-LM "
+                       "decoder is the word embedding table, as always): %s", ", ".join(fresh))
+
+
+def _train_source(args: PretrainArgs, data: _Inputs, dist, use_xla: bool, num_files: int):
+    """-> (this worker's batch source, the loop's settings); the chief logs the plan."""
+    source = records.pretraining_batches(
+        data.train_records, args.train_batch_size, args.seed, rank=dist.rank,
+        num_workers=dist.size, accumulation=args.num_accumulation_steps,
+        block_records=args.shuffle_block_records, masker=data.train_masker,
+        skip_corrupt=args.skip_corrupt_records)
+    settings = train_settings(args, args.num_train_steps, use_xla)
+    if dist.is_chief:
+        global_batch = args.train_batch_size * dist.size * args.num_accumulation_steps
+        logger.info(
+            "pre-training: %d records in %d file(s), %d steps (%d warm-up) of a global "
+            "batch of %d (%d worker(s) x %d x %d accumulation; %.2f epochs), %s, "
+            "dtype %s, XLA %s", source.records, num_files,
+            settings.num_train_steps, settings.num_warmup_steps, global_batch, dist.size,
+            args.train_batch_size, args.num_accumulation_steps,
+            settings.num_train_steps / source.steps_per_epoch, args.optimizer,
+            args.dtype, "on" if use_xla else "off")
+    return source, settings
+
+
+def _final_results(args: PretrainArgs, evaluate, summary: dict, log) -> dict:
+    """The chief's final evaluation (with --do_eval) and the training summary, written to
+    eval_results.txt/.json and tracked under the evaluations' names."""
+    results = {}
+    if args.do_eval:
+        evaluated = evaluate()
+        results.update({k: float(v) for k, v in evaluated.items() if k != "examples"})
+        results["eval_examples"] = evaluated["examples"]
+    results.update(training_results(summary))
+    if results:
+        write_eval_results(args.output_dir, results)
+        evaluated = {k: v for k, v in results.items() if k.startswith(("masked", "next"))}
+        if evaluated:
+            # The same keys as the evaluations during training ("examples" too).
+            evaluated["examples"] = results["eval_examples"]
+            log.write(results.get("global_step", 0), evaluated, "eval")
     return results
 
 
@@ -325,7 +360,7 @@ def _masker(recs, args: PretrainArgs, vocab_file: str | None, seed: int):
     """A DynamicMasker for records written without masks (--dynamic_masking), else None."""
     if recs.masked:
         return None
-    from bert_tf.data.masking import DynamicMasker
+    from bert_tf.data.dynamic_masking import DynamicMasker
 
     if vocab_file is None:
         raise UsageError("--vocab_file is required: the records were written without masks "

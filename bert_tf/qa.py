@@ -103,12 +103,10 @@ def _workers(args: SquadArgs, questions: int) -> int:
 def run_squad(args: SquadArgs) -> dict:
     """Fine-tune on --train_file and/or predict --predict_file. Returns the scores (empty when
     nothing was scored)."""
-    from bert_tf.data import squad, squad_answers
     from bert_tf.finetune import train_steps, _train, _scores
-    from bert_tf.metrics import squad_scores
     from bert_tf.modeling import BertSpanExtractor
     from bert_tf.tokenization import make_tokenizer
-    from bert_tf.training import loop, tasks
+    from bert_tf.training import tasks
 
     check_args(args)
     assets = resolve_model_assets(args.init_checkpoint, args.bert_config_file, args.vocab_file,
@@ -116,8 +114,67 @@ def run_squad(args: SquadArgs) -> dict:
                                   args.max_seq_length)
     if args.init_checkpoint is None and not args.bert_config_file:
         raise UsageError("pass --init_checkpoint (or --bert_config_file to train from scratch)")
-    # Both files are read and checked before anything is written; an official name that is
-    # not here (train-v1.1.json, ...) or a URL is downloaded into the cache first.
+    inputs = _read_inputs(args)
+    dist, use_xla = setup_runtime(args)
+    if args.do_train:  # at least one step, before anything is written (Google counts questions)
+        train_steps(len(inputs.train_data.examples), args, dist.size)
+    model = BertSpanExtractor(assets.config)
+    init_model(model, assets, args, dist)
+    identity = {}
+    if inputs.train_data is not None:
+        from bert_tf.data import squad
+
+        identity["train_data"] = squad.file_sha256(inputs.train_file)[:16]
+    record = guard_output_dir(args, assets.config, dist.is_chief, dist.size, **identity)
+    tokenizer = make_tokenizer(assets.vocab_file, assets.do_lower_case,
+                               reference=args.reference_tokenizer)
+    run = _SquadRun(args, assets, dist, model, tokenizer, use_xla, inputs.predict_data)
+    # The predict file's features are made before training, on every rank (features_of is a
+    # collective step); evaluations during training and the final prediction run on the chief.
+    if inputs.predict_data is not None:
+        run.predict_features = run.features_of(inputs.predict_data, False)
+    version_2 = args.version_2_with_negative
+    with open_tracking(args, record, dist.is_chief, "SQuAD2.0" if version_2 else "SQuAD1.1") \
+            as log:
+        summary = {}
+        if args.do_train:
+            features = run.features_of(inputs.train_data, True)
+            kept = len(inputs.train_data.examples) - features.meta["skipped"]
+            if dist.is_chief:
+                logger.info("training on %d questions in %d windows", kept, len(features))
+            if dist.is_chief and features.meta["skipped"]:
+                logger.warning("%d training question(s) skipped: their answer text cannot be "
+                               "recovered from the context's whitespace tokens (Google's rule)",
+                               features.meta["skipped"])
+            summary = _train(model, tasks.span_loss, features, args, dist, use_xla, log,
+                             eval_fn=run.evaluate_dev if args.eval_every_steps else None,
+                             num_examples=kept)
+        elif not restore_trained(model, args.output_dir) and dist.is_chief:
+            logger.warning("no fine-tuned checkpoint in %s: predicting with --init_checkpoint as "
+                           "is (its span head is untrained unless it was fine-tuned for SQuAD)",
+                           args.output_dir)
+        results = run.predict_and_score() if inputs.predict_data is not None and dist.is_chief \
+            else {}
+        if dist.is_chief:
+            results.update(training_results(summary))
+            if results:
+                write_eval_results(args.output_dir, results)
+                log.write(results.get("global_step", 0), _scores(results), "eval")
+        return results
+
+
+@dataclasses.dataclass
+class _Inputs:
+    train_file: str | None
+    predict_file: str | None
+    train_data: object      # squad.SquadData, or None without --do_train
+    predict_data: object    # squad.SquadData, or None without --do_predict / --do_eval
+
+
+def _read_inputs(args: SquadArgs) -> _Inputs:
+    """Both files read and checked before anything is written; an official name that is not
+    here (train-v1.1.json, ...) or a URL is downloaded into the cache first."""
+    from bert_tf.data import squad
     from bert_tf.data.download import ensure_squad_file
 
     version_2 = args.version_2_with_negative
@@ -135,28 +192,37 @@ def run_squad(args: SquadArgs) -> dict:
     if args.do_eval and not predict_data.has_answers:
         raise UsageError(f"--do_eval scores --predict_file={args.predict_file}, but some of its "
                          "questions carry no answers: use --do_predict alone to only predict")
-    dist, use_xla = setup_runtime(args)
-    if args.do_train:  # at least one step, before anything is written (Google counts questions)
-        train_steps(len(train_data.examples), args, dist.size)
-    model = BertSpanExtractor(assets.config)
-    init_model(model, assets, args, dist)
-    identity = {}
-    if train_data is not None:
-        identity["train_data"] = squad.file_sha256(train_file)[:16]
-    record = guard_output_dir(args, assets.config, dist.is_chief, dist.size, **identity)
-    tokenizer = make_tokenizer(assets.vocab_file, assets.do_lower_case,
-                               reference=args.reference_tokenizer)
-    cache_dir = args.feature_cache_dir or os.path.join(args.output_dir, "cache")
+    return _Inputs(train_file, predict_file, train_data, predict_data)
 
-    def features_of(data, for_training):
+
+class _SquadRun:
+    """A run's features (made once per file and settings, a collective step), predictions
+    (Google's n-best and final text) and official scores."""
+
+    def __init__(self, args: SquadArgs, assets, dist, model, tokenizer, use_xla: bool,
+                 predict_data):
+        from bert_tf.data import squad_answers
+
+        self.args, self.assets, self.dist, self.model = args, assets, dist, model
+        self.tokenizer, self.use_xla, self.predict_data = tokenizer, use_xla, predict_data
+        self.predict_features = None
+        self.cache_dir = args.feature_cache_dir or os.path.join(args.output_dir, "cache")
+        self.answer_settings = squad_answers.AnswerSettings(
+            args.n_best_size, args.max_answer_length, assets.do_lower_case,
+            args.version_2_with_negative, args.null_score_diff_threshold)
+
+    def features_of(self, data, for_training: bool):
         """The chief converts (worker processes); the other ranks wait and read its store. A
         collective step: every rank calls it, at the same point (never from chief-only code)."""
+        from bert_tf.data import squad
+
+        args, dist = self.args, self.dist
         settings = squad.FeatureSettings(args.max_seq_length, args.doc_stride,
                                          args.max_query_length, for_training)
 
         def convert():
-            return squad.convert_to_store(data, assets.vocab_file, assets.do_lower_case,
-                                          settings, cache_dir,
+            return squad.convert_to_store(data, self.assets.vocab_file,
+                                          self.assets.do_lower_case, settings, self.cache_dir,
                                           _workers(args, len(data.examples)),
                                           args.reference_tokenizer,
                                           args.progress and dist.is_chief)
@@ -166,75 +232,55 @@ def run_squad(args: SquadArgs) -> dict:
         dist.barrier()
         return features or convert()
 
-    answer_settings = squad_answers.AnswerSettings(
-        args.n_best_size, args.max_answer_length, assets.do_lower_case, version_2,
-        args.null_score_diff_threshold)
+    def predict(self, features, progress: bool):
+        """-> (predictions, nbest, null_odds) of the predict file's questions."""
+        from bert_tf.data import squad_answers
+        from bert_tf.training import loop
 
-    def predict(features, progress):
+        args = self.args
         started = time.perf_counter()
-        logits = loop.predict(model, features, args.predict_batch_size, use_xla=use_xla,
-                              output_key=("start_logits", "end_logits"),
+        logits = loop.predict(self.model, features, args.predict_batch_size,
+                              use_xla=self.use_xla, output_key=("start_logits", "end_logits"),
                               max_seq_length=args.max_seq_length, progress=progress,
                               pad_sequence=True)
-        answers = squad_answers.predict_answers(predict_data, features,
+        answers = squad_answers.predict_answers(self.predict_data, features,
                                                 logits["start_logits"], logits["end_logits"],
-                                                tokenizer, answer_settings)
-        logger.info("predicted %d questions (%d windows) in %.1f s", len(predict_data.examples),
-                    len(features), time.perf_counter() - started)
+                                                self.tokenizer, self.answer_settings)
+        logger.info("predicted %d questions (%d windows) in %.1f s",
+                    len(self.predict_data.examples), len(features),
+                    time.perf_counter() - started)
         return answers
 
-    def score(predictions, null_odds):
-        results = squad_scores(predict_data.examples, predictions,
-                               null_odds if version_2 else None, version_2)
+    def score(self, predictions, null_odds) -> dict:
+        """The official scores (evaluate-v1.1.py / evaluate-v2.0.py's)."""
+        from bert_tf.metrics import squad_scores
+
+        version_2 = self.args.version_2_with_negative
+        examples = self.predict_data.examples
+        results = squad_scores(examples, predictions, null_odds if version_2 else None,
+                               version_2)
         results = {k: (int(v) if k.endswith("_total") or k == "total" else float(v))
                    for k, v in results.items()}
-        results["eval_examples"] = len(predict_data.examples)
+        results["eval_examples"] = len(examples)
         if version_2:
-            results["null_score_diff_threshold"] = args.null_score_diff_threshold
+            results["null_score_diff_threshold"] = self.args.null_score_diff_threshold
         return results
 
-    # The predict file's features are made before training, on every rank (features_of is a
-    # collective step); evaluations during training and the final prediction run on the chief.
-    predict_features = features_of(predict_data, False) if predict_data is not None else None
-
-    def evaluate_dev(step):
-        predictions, _, null_odds = predict(predict_features, progress=False)
-        results = score(predictions, null_odds)
+    def evaluate_dev(self, step: int) -> dict:
+        predictions, _, null_odds = self.predict(self.predict_features, progress=False)
+        results = self.score(predictions, null_odds)
         logger.info("step %d: F1 %.2f, EM %.2f", step, results["f1"],
                     results.get("exact_match", results.get("exact")))
         return results
 
-    with open_tracking(args, record, dist.is_chief, "SQuAD2.0" if version_2 else "SQuAD1.1") \
-            as log:
-        summary = {}
-        if args.do_train:
-            features = features_of(train_data, True)
-            kept = len(train_data.examples) - features.meta["skipped"]
-            if dist.is_chief:
-                logger.info("training on %d questions in %d windows", kept, len(features))
-            if dist.is_chief and features.meta["skipped"]:
-                logger.warning("%d training question(s) skipped: their answer text cannot be "
-                               "recovered from the context's whitespace tokens (Google's rule)",
-                               features.meta["skipped"])
-            summary = _train(model, tasks.span_loss, features, args, dist, use_xla, log,
-                             eval_fn=evaluate_dev if args.eval_every_steps else None,
-                             num_examples=kept)
-        elif not restore_trained(model, args.output_dir) and dist.is_chief:
-            logger.warning("no fine-tuned checkpoint in %s: predicting with --init_checkpoint as "
-                           "is (its span head is untrained unless it was fine-tuned for SQuAD)",
-                           args.output_dir)
-        results = {}
-        if predict_data is not None and dist.is_chief:
-            predictions, nbest, null_odds = predict(predict_features, args.progress)
-            if args.do_predict:
-                for path in squad_answers.write_predictions(args.output_dir, predictions, nbest,
-                                                            null_odds):
-                    logger.info("wrote %s", path)
-            if predict_data.has_answers:
-                results.update(score(predictions, null_odds))
-        if dist.is_chief:
-            results.update(training_results(summary))
-            if results:
-                write_eval_results(args.output_dir, results)
-                log.write(results.get("global_step", 0), _scores(results), "eval")
-        return results
+    def predict_and_score(self) -> dict:
+        """The final prediction: files written with --do_predict, scores when the file has
+        answers (else {})."""
+        from bert_tf.data import squad_answers
+
+        predictions, nbest, null_odds = self.predict(self.predict_features, self.args.progress)
+        if self.args.do_predict:
+            for path in squad_answers.write_predictions(self.args.output_dir, predictions,
+                                                        nbest, null_odds):
+                logger.info("wrote %s", path)
+        return self.score(predictions, null_odds) if self.predict_data.has_answers else {}

@@ -693,7 +693,7 @@ def _real_batch(n=64, seq=128):
 def test_dynamic_masking_follows_googles_rules(whole_word):
     import tensorflow as tf
 
-    from bert_tf.data.masking import DynamicMasker
+    from bert_tf.data.dynamic_masking import DynamicMasker
 
     vocab, tok, batch = _real_batch()
     P = 20

@@ -13,7 +13,7 @@ model logic.
         --instance_count 1 --sweep configs/sweeps/mrpc_lr.yaml
     python azure/submit.py status JOB        # state (a sweep: its trials by state)
     python azure/submit.py stream JOB        # follow the logs until the job ends
-    # a finished sweep's trials -> trials.json + bert_tf.tune's plots (loss_curves.png, ...)
+    # a finished sweep's trials -> trials.json + the local sweep's plots (loss_curves.png, ...)
     python azure/submit.py download SWEEP_JOB --output_dir output/mrpc_lr_azure
 
 What a job is: a command job running `python <script> --use_horovod <flags> --output_dir=
@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     examples = __doc__.split("\n\n")[1]
     parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                     epilog="examples:\n" + examples + "\n\nMore: README.md, 'Azure ML'.")
+                     epilog="examples:\n" + examples + "\n\nMore: docs/azure.md.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def workspace_option(p):

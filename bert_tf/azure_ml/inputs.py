@@ -1,5 +1,5 @@
 """Flags that name data, turned into job inputs: a local path is uploaded, a datastore URI
-mounted, a preset name left as a flag; `--input name=path` named inputs."""
+mounted, a preset name left as a flag; `--inputs NAME=URI` named inputs."""
 
 from __future__ import annotations
 

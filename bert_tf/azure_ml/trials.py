@@ -13,8 +13,8 @@ from bert_tf.errors import UsageError
 from bert_tf.azure_ml.jobs import write_file
 
 
-# MLflow run status -> bert_tf.tune trial state. Azure ML ends an early-terminated trial as
-# canceled, which its MLflow store reports as KILLED.
+# MLflow run status -> a sweep trial state (bert_tf.sweeps.report.STATES). Azure ML ends an
+# early-terminated trial as canceled, which its MLflow store reports as KILLED.
 STATES = {"FINISHED": "COMPLETE", "COMPLETED": "COMPLETE", "KILLED": "PRUNED",
           "CANCELED": "PRUNED", "CANCELLED": "PRUNED", "FAILED": "FAIL", "RUNNING": "RUNNING",
           "SCHEDULED": "RUNNING"}
@@ -48,9 +48,9 @@ def read_trials(tracking_uri: str, parent_run_id: str, spec, experiment_name: st
                 ) -> list[dict]:
     """The trials of a sweep from an MLflow store: every run tagged mlflow.parentRunId =
     parent_run_id (how Azure ML's MLflow marks a sweep's children) -> dicts with the fields of
-    bert_tf.tune.TrialRecord, by trial number: number (the `_N` suffix of Azure's trial names,
-    else the start order), params (the search-space flags, typed as in the file), state
-    (COMPLETE, PRUNED for early-terminated, FAIL, RUNNING), value (the last reported primary
+    bert_tf.sweeps.report.TrialRecord, by trial number: number (the `_N` suffix of Azure's
+    trial names, else the start order), params (the search-space flags, typed as in the file),
+    state (COMPLETE, PRUNED for early-terminated, FAIL, RUNNING), value (the last reported primary
     metric; None for a failed trial), loss_curve [(step, train/loss)], metric_curve [(step,
     primary metric)]."""
     from mlflow.tracking import MlflowClient
@@ -99,8 +99,9 @@ def read_trials(tracking_uri: str, parent_run_id: str, spec, experiment_name: st
 
 
 def write_trials_report(spec, trials: list[dict], output_dir: str) -> dict:
-    """trials.json (the TrialRecords as JSON), then bert_tf.tune.write_report's plots and tables
-    (loss_curves.png, metric_vs_lr.png, trials.md/csv). Returns write_report's summary."""
+    """trials.json (the TrialRecords as JSON), then bert_tf.sweeps.report.write_report's plots
+    and tables (loss_curves.png, metric_vs_lr.png, trials.md/csv). Returns write_report's
+    summary."""
     os.makedirs(output_dir, exist_ok=True)
     write_file(Path(output_dir) / "trials.json", json.dumps(trials, indent=1) + "\n")
     from bert_tf.sweeps.report import TrialRecord, write_report

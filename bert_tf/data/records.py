@@ -159,4 +159,5 @@ def table_batches(table: FeatureTable, batch_size: int, seed: int, rank: int = 0
 from bert_tf.data.pretraining_reader import (  # noqa: E402,F401  (TF-free at import)
     CorruptRecordError, PretrainingRecords, RecordError, ensure_indexes,
     eval_pretraining_batches, expand_files, open_pretraining_records, parse_pretraining,
-    pretraining_batches, verify_records)
+    pretraining_batches)
+from bert_tf.data.record_verify import verify_records  # noqa: E402,F401
