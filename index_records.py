@@ -77,8 +77,8 @@ def main(argv):
                             progress=FLAGS.progress, index_dir=FLAGS.index_dir,
                             # a process per core pays off once the read outlasts
                             # their start (each imports TensorFlow, ~3 s)
-                                    # (each process holds TensorFlow: at most 8)
-                                    processes=min(8, os.cpu_count() or 1) if size > 2e9 else 1)
+                            # (each process holds TensorFlow: at most 8)
+                            processes=min(8, os.cpu_count() or 1) if size > 2e9 else 1)
     seconds = time.time() - started
     for p in result["problems"]:
         print(f"{p['file']}: byte {p['offset']:,}: {p['what']}")
