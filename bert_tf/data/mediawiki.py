@@ -370,6 +370,8 @@ def _is_label(paragraph: str) -> bool:
         (".", "!", "?", ":", ";"))
 
 
+_OPEN_THEN_SEPARATORS = re.compile(r"\(\s*([,;]\s*)+")
+_SEPARATORS_THEN_CLOSE = re.compile(r"(\s*[,;])+\s*\)")
 _EMPTY_BRACKETS = re.compile(r"\(\s*[,;:]?\s*\)|\[\s*\]")
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.;:!?])")
 _SPACES = re.compile(r"[ \t\u00a0\u2009\u202f]+")
@@ -384,11 +386,21 @@ def _tidy(line: str) -> str:
     line = _SPACES.sub(" ", html.unescape(line)).strip()  # entities inside template output
     if not line or _LEFTOVER_MARKUP.search(line):
         return ""
-    line = re.sub(r"\(\s*([,;]\s*)+", "(", _BOLD_ITALIC.sub("", _MAGIC_WORD.sub("", line)))
-    line = re.sub(r"(\s*[,;])+\s*\)", ")", line)  # "(text; )": what was cut left its separator
-    line = _EMPTY_BRACKETS.sub("", line)  # after the collapse above: "(; )" -> "()" -> ""
-    line = _SPACE_BEFORE_PUNCT.sub(r"\1", _SPACES.sub(" ", line)).strip()
-    return line
+    # Each substitution runs only where its pattern can match (most lines hold none of these
+    # characters: the checks cost far less than the regexes, a fifth of a dump's cleaning).
+    if "__" in line:
+        line = _MAGIC_WORD.sub("", line)
+    if "''" in line:
+        line = _BOLD_ITALIC.sub("", line)
+    if "(" in line:
+        line = _OPEN_THEN_SEPARATORS.sub("(", line)
+    if ")" in line:  # "(text; )": what was cut left its separator
+        line = _SEPARATORS_THEN_CLOSE.sub(")", line)
+    if "(" in line or "[" in line:
+        line = _EMPTY_BRACKETS.sub("", line)  # after the collapse above: "(; )" -> "()" -> ""
+    if "  " in line:  # removals above can leave two spaces side by side, nothing else
+        line = _SPACES.sub(" ", line)
+    return _SPACE_BEFORE_PUNCT.sub(r"\1", line).strip()
 
 
 def _render(nodes, out: list[str], counts: dict) -> None:
