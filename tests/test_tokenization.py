@@ -602,3 +602,95 @@ def test_check_do_lower_case_rejects_mismatch(do_lower_case, checkpoint, advice)
     message = str(error.value)
     assert f"do_lower_case={do_lower_case}" in message
     assert checkpoint in message and advice in message
+
+
+# ---- GraphTokenizer: Google's ids from TensorFlow ops alone (for SavedModels) ----------------
+
+_graph_memo: dict = {}
+
+
+def _graph_tokenizer(case: str):
+    if case not in _graph_memo:
+        from bert_tf.tokenization.graph import GraphTokenizer
+
+        _graph_memo[case] = GraphTokenizer(vocab_path(case), do_lower_case=VOCABS[case][1])
+    return _graph_memo[case]
+
+
+def _graph_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    import tensorflow as tf
+
+    out = []
+    for i in range(0, len(texts), 512):
+        out += tokenizer.tokenize(tf.constant(texts[i:i + 512])).to_list()
+    return out
+
+
+def _differences(case: str, texts: list[str]) -> list:
+    reference = FullTokenizer(str(vocab_path(case)), do_lower_case=VOCABS[case][1])
+    got = _graph_ids(_graph_tokenizer(case), texts)
+    return [(text, ids) for text, ids in zip(texts, got)
+            if ids != reference.convert_tokens_to_ids(reference.tokenize(text))]
+
+
+@needs_shared_data
+@pytest.mark.parametrize("case", sorted(VOCABS))
+@pytest.mark.parametrize("name", ["wikitext2_test", "mrpc_dev", "conll2003_testa"])
+def test_graph_tokenizer_gives_googles_ids_on_real_text(case, name):
+    texts = [t for t in corpus(name) if t.strip()]
+    assert len(texts) > 500
+    bad = _differences(case, texts)
+    assert not bad, f"{len(bad)} of {len(texts)} differ, first {bad[0][0][:200]!r}"
+
+
+@needs_shared_data
+def test_graph_tokenizer_edge_cases():
+    """Empty and blank texts, a word over 200 characters (one [UNK], as Google), accents,
+    CJK, control characters, U+2028 (Python's str.split splits there, Google's whitespace
+    rule does not clean it), a literal [UNK] in the text."""
+    texts = ["", "   \t\n", "x" * 201 + " ok", "é" * 200 + "!", "Ünïcödé naïve café",
+             "日本語のテキスト", "a\x00b\u200bc\x7fd", "one\u2028two\u2029three", "[UNK] [MASK]",
+             "Ǆ ǅ ǆ İstanbul ΟΔΟΣ ß ﬁ ½"]
+    assert not _differences("uncased", texts)
+    assert not _differences("cased", texts)
+
+
+@needs_shared_data
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(VOCABS))
+def test_graph_tokenizer_every_code_point(case):
+    """Every code point below U+30000 (surrogates aside) inside a word and alone, upper-cased
+    too: the character classes, lower-casing and NFD agree with Python's tables."""
+    chars = [chr(cp) for cp in range(0x20, 0x30000) if not 0xD800 <= cp <= 0xDFFF]
+    texts = [f"a{c}b {c.upper()} {c}" for c in chars]
+    bad = _differences(case, texts)
+    assert not bad, f"{len(bad)} differ: {[hex(ord(t[1])) for t, _ in bad[:20]]}"
+
+
+@needs_shared_data
+def test_graph_tokenizer_in_a_savedmodel_needs_only_tensorflow_and_tensorflow_text(tmp_path):
+    """Saved with tf.saved_model.save and loaded in a fresh process that imports tensorflow and
+    tensorflow_text only (bert_tf is never imported there: checked): FullTokenizer's ids."""
+    import subprocess
+
+    import tensorflow as tf
+
+    tokenizer = _graph_tokenizer("uncased")
+    tf.saved_model.save(tokenizer, str(tmp_path / "tok"))
+    texts = [t for t in corpus("mrpc_dev") if t.strip()][:50] + ["Ünïcödé naïve café!"]
+    (tmp_path / "texts.json").write_text(json.dumps(texts), encoding="utf-8")
+    code = (
+        "import json, sys\n"
+        "import tensorflow as tf, tensorflow_text  # noqa: F401 (registers its ops)\n"
+        f"m = tf.saved_model.load({str(tmp_path / 'tok')!r})\n"
+        f"texts = json.load(open({str(tmp_path / 'texts.json')!r}, encoding='utf-8'))\n"
+        "print(json.dumps(m.tokenize(tf.constant(texts)).to_list()))\n"
+        "assert 'bert_tf' not in sys.modules\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    reference = FullTokenizer(str(vocab_path("uncased")), do_lower_case=True)
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [
+        reference.convert_tokens_to_ids(reference.tokenize(t)) for t in texts]
