@@ -179,15 +179,9 @@ def _plot_losses(spec: SweepSpec, trials: list, best, axis: _XAxis, output_dir: 
     ax.set_title(f"Sweep {sweep_name(spec)}: training loss per trial "
                  "(dashed + x: pruned where it stopped; dotted: failed)")
     ax.grid(True, alpha=0.3)
-    if plotted:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9,
-                  title="thicker line: best trial", title_fontsize=9)
-    else:
-        ax.text(0.5, 0.5, "no trial logged a training loss", ha="center", va="center",
-                transform=ax.transAxes)
-    path = os.path.join(output_dir, "loss_curves.png")
-    fig.savefig(path, dpi=110)
-    return path
+    _legend_or_note(ax, plotted, "no trial logged a training loss",
+                    title="thicker line: best trial", title_fontsize=9)
+    return _save(fig, output_dir, "loss_curves.png")
 
 
 _KINDS = [("COMPLETE", "o", "tab:blue", "completed"),
@@ -237,12 +231,20 @@ def _plot_metric(spec: SweepSpec, trials: list, best, axis: _XAxis, output_dir: 
     ax.set_ylabel(f"{metric} ({spec.goal})")
     ax.set_title(f"Sweep {sweep_name(spec)}: {metric} against {axis.name or 'trial number'}")
     ax.grid(True, which="both", alpha=0.3)
-    if values:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
+    _legend_or_note(ax, values, "no trial reported the primary metric")
+    return _save(fig, output_dir, "metric_vs_lr.png")
+
+
+def _legend_or_note(ax, shown, note: str, **legend) -> None:
+    """The legend right of the plot when anything was drawn, else `note` in its middle."""
+    if shown:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, **legend)
     else:
-        ax.text(0.5, 0.5, "no trial reported the primary metric", ha="center", va="center",
-                transform=ax.transAxes)
-    path = os.path.join(output_dir, "metric_vs_lr.png")
+        ax.text(0.5, 0.5, note, ha="center", va="center", transform=ax.transAxes)
+
+
+def _save(fig, output_dir: str, name: str) -> str:
+    path = os.path.join(output_dir, name)
     fig.savefig(path, dpi=110)
     return path
 
