@@ -779,6 +779,7 @@ GOOGLE_BERT_DIR = os.environ.get("GOOGLE_BERT_DIR", "/tmp/google-bert")
                                                     "create_pretraining_data.py")),
                     reason=f"no google-research/bert checkout at {GOOGLE_BERT_DIR} (set "
                            "GOOGLE_BERT_DIR; `git clone https://github.com/google-research/bert`)")
+@pytest.mark.slow  # 26 s; the index build itself is tested on this project's records
 def test_records_of_googles_script_train_after_their_index_is_built(tmp_path):
     """Google's create_pretraining_data.py, unmodified (bench/peers runs it under TF 2), on
     real text: index_records.py indexes its output (with the vocabulary it was made with) and

@@ -289,6 +289,7 @@ def test_eval_every_steps_logs_the_dev_metric_during_training(tmp_path, tiny_ber
     assert "--do_eval" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow  # 25 s; two Horovod ranks stay in the default run (test_horovod_stack.py)
 def test_run_classifier_under_horovodrun(tmp_path, tiny_bert):
     pytest.importorskip("horovod.tensorflow", reason="Horovod not installed: run `make horovod`")
     horovodrun = shutil.which("horovodrun") or os.path.join(os.path.dirname(sys.executable),

@@ -245,7 +245,7 @@ def test_micro_batches_draw_disjoint_dropout_seeds():
     assert drawn[0] and drawn[1] and not drawn[0] & drawn[1]
 
 
-@pytest.mark.parametrize("update", ["cpu", "gpu"])
+@pytest.mark.parametrize("update", ["cpu", pytest.param("gpu", marks=pytest.mark.slow)])
 def test_xla_compiled_step_and_update_match_eager_kernels(tmp_path, monkeypatch, update):
     """--use_xla compiles the grad step, and on a GPU the optimizer update too (norm, clip,
     AdamW, the non-finite skip): same weights as the uncompiled run; fp16's overflow skip still
