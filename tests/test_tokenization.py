@@ -650,7 +650,11 @@ def test_graph_tokenizer_edge_cases():
     rule does not clean it), a literal [UNK] in the text."""
     texts = ["", "   \t\n", "x" * 201 + " ok", "é" * 200 + "!", "Ünïcödé naïve café",
              "日本語のテキスト", "a\x00b\u200bc\x7fd", "one\u2028two\u2029three", "[UNK] [MASK]",
-             "Ǆ ǅ ǆ İstanbul ΟΔΟΣ ß ﬁ ½"]
+             "Ǆ ǅ ǆ İstanbul ΟΔΟΣ ß ﬁ ½",
+             # Final_Sigma: context within a word, across punctuation, across dropped
+             # characters (gone before Google lower-cases) and case-ignorable ones
+             "ΟΔΟΣ, ΑΣΣ Σ ΣΑΣ's Α\x01Σ ΑΣ\x01Α ΑΣ\u00adΑ ΑΣ'Α Σ. ΑΣ1 1Σ 가Σ ΑΣ\u0301",
+             "\uf900\u037e\u1fee 한국어 ÅNGSTRÖM"]
     assert not _differences("uncased", texts)
     assert not _differences("cased", texts)
 
@@ -694,3 +698,70 @@ def test_graph_tokenizer_in_a_savedmodel_needs_only_tensorflow_and_tensorflow_te
     reference = FullTokenizer(str(vocab_path("uncased")), do_lower_case=True)
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == [
         reference.convert_tokens_to_ids(reference.tokenize(t)) for t in texts]
+
+
+@needs_shared_data
+@pytest.mark.parametrize("case", sorted(VOCABS))
+def test_graph_tokenizer_words_and_their_offsets_on_real_text(case):
+    """The words are Google's BasicTokenizer's, and each one's span in its text, cleaned and
+    put through the casing step, is the word: what NER serving reports entities with."""
+    from bert_tf.tokenization.graph import _uncased, _is_dropped
+    from bert_tf.tokenization.wordpiece import BasicTokenizer
+    import tensorflow as tf
+
+    lower = VOCABS[case][1]
+    texts = [t for t in corpus("conll2003_testa") + corpus("mrpc_dev") if t.strip()][:3000]
+    texts += ["ΟΔΟΣ, naïve café\x00s 日本語 İstanbul", "a\u2028b", " lead and trail "]
+    basic = BasicTokenizer(do_lower_case=lower)
+    words, starts, ends = _graph_tokenizer(case).words_with_offsets(tf.constant(texts))
+    checked = 0
+    for text, ws, ss, es in zip(texts, words.to_list(), starts.to_list(), ends.to_list()):
+        assert [w.decode() for w in ws] == basic.tokenize(text), text
+        for word, start, end in zip(ws, ss, es):
+            span = "".join(c for c in text[start:end] if not _is_dropped(c))
+            if lower:
+                span = "".join(_uncased(c) for c in span)
+                word = word.decode().replace("\u03c2", "\u03c3")  # final sigma
+            else:
+                word = word.decode()
+            assert span == word, (text, start, end)
+            checked += 1
+    assert checked > 30000
+
+
+@needs_shared_data
+def test_graph_tokenizer_ops_are_core_tensorflow_but_fast_wordpiece(tmp_path):
+    """The SavedModel's graph, read in a process that never imports tensorflow_text: every op
+    is registered by TensorFlow itself but FastWordpieceTokenizeWithOffsets (which
+    TensorFlow Serving links since 2.12). No NormalizeUTF8, whose ICU data Serving builds have
+    failed to find."""
+    import subprocess
+
+    import tensorflow as tf
+
+    for case in VOCABS:
+        tf.saved_model.save(_graph_tokenizer(case), str(tmp_path / case))
+    code = (
+        "import json, sys\n"
+        "import tensorflow as tf\n"
+        "from tensorflow.core.protobuf import saved_model_pb2\n"
+        "from tensorflow.python.framework import op_def_registry\n"
+        "out = {}\n"
+        "for case in sys.argv[1:]:\n"
+        "    sm = saved_model_pb2.SavedModel()\n"
+        "    sm.ParseFromString(open(case + '/saved_model.pb', 'rb').read())\n"
+        "    graph = sm.meta_graphs[0].graph_def\n"
+        "    ops = {n.op for n in graph.node}\n"
+        "    for f in graph.library.function:\n"
+        "        ops |= {n.op for n in f.node_def}\n"
+        "    names = {f.signature.name for f in graph.library.function}\n"
+        "    out[case] = sorted(o for o in ops - names if op_def_registry.get(o) is None)\n"
+        "assert 'tensorflow_text' not in sys.modules\n"
+        "print(json.dumps(out))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    proc = subprocess.run([sys.executable, "-c", code, *VOCABS], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {
+        case: ["FastWordpieceTokenizeWithOffsets"] for case in VOCABS}
