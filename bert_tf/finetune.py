@@ -29,6 +29,9 @@ class RunArgs(EngineArgs):
     data_dir: str | None = None
     do_predict: bool = False
     predict_batch_size: int = 64
+    predict_split: str = "test"
+    export: str | None = None
+    export_dir: str | None = None
     num_train_epochs: float = 3.0
     max_train_examples: int = 0
     reference_tokenizer: bool = False
@@ -156,6 +159,15 @@ def run_classifier(args: RunArgs) -> dict:
             log.write(results.get("global_step", 0), _scores(results), "eval")
         if args.do_predict and dist.is_chief:
             run.write_submissions(test_splits)
+        if args.export and dist.is_chief:
+            from bert_tf.export import default_export_dir, export_classifier
+
+            export_classifier(model, assets.vocab_file, assets.do_lower_case,
+                              args.export_dir or default_export_dir(args.output_dir),
+                              task_name=processor.name, label_names=labels,
+                              regression=processor.is_regression,
+                              pair_task=processor.is_pair_task,
+                              max_seq_length=args.max_seq_length)
         return results
 
 
@@ -169,7 +181,9 @@ def _read_glue_splits(args: RunArgs, processor, data_dir: str):
                   else [processor.dev_split])
     test_splits = ([("test_matched", processor), ("test_mismatched", processor)]
                    if processor.name == "MNLI" else [(processor.test_split, processor)])
-    if args.do_predict and processor.name == "MNLI":
+    if args.predict_split == "dev":
+        test_splits = [(split, processor) for split in dev_splits]
+    elif args.do_predict and processor.name == "MNLI":
         ax = glue.get_processor("AX")
         try:
             ax.split_path(data_dir, "test")
@@ -216,11 +230,14 @@ class _GlueRun:
             self.processor.is_regression))
         return examples, FeatureTable.from_features(feats, args.max_seq_length, self.label_dtype)
 
-    def predictions(self, table, batch_size: int, progress: bool):
+    def logits(self, table, batch_size: int, progress: bool):
         from bert_tf.training import loop
 
-        logits = loop.predict(self.model, table, batch_size, use_xla=self.use_xla,
-                              max_seq_length=self.args.max_seq_length, progress=progress)
+        return loop.predict(self.model, table, batch_size, use_xla=self.use_xla,
+                            max_seq_length=self.args.max_seq_length, progress=progress)
+
+    def predictions(self, table, batch_size: int, progress: bool):
+        logits = self.logits(table, batch_size, progress)
         return logits[:, 0] if self.processor.is_regression else logits.argmax(-1)
 
     def evaluate_dev(self, step=None) -> dict:
@@ -241,7 +258,9 @@ class _GlueRun:
         return results
 
     def write_submissions(self, test_splits: list) -> None:
-        """GLUE's submission TSVs of the test split(s), named as GLUE wants them."""
+        """--do_predict: per split, Google's `<split>_results.tsv` (test_results.tsv for the
+        test split: each example's class probabilities, tab-separated, no header; a
+        regression's score) and, for test splits, GLUE's submission TSV."""
         from bert_tf.data import glue
         from bert_tf.data.records import FeatureTable
 
@@ -252,10 +271,34 @@ class _GlueRun:
                 examples, self.labels, args.max_seq_length, self.tokenizer,
                 self.processor.is_regression)
             table = FeatureTable.from_features(feats, args.max_seq_length, self.label_dtype)
-            path = glue.write_submission(proc, args.output_dir, examples,
-                                         self.predictions(table, args.predict_batch_size,
-                                                          args.progress), split)
-            logger.info("wrote %s", path)
+            logits = self.logits(table, args.predict_batch_size, args.progress)
+            name = split if proc is self.processor else f"{proc.name}_{split}"  # AX_test
+            _write_results_tsv(os.path.join(args.output_dir, f"{name}_results.tsv"), logits,
+                               self.processor.is_regression)
+            if args.predict_split == "test":
+                preds = logits[:, 0] if self.processor.is_regression else logits.argmax(-1)
+                path = glue.write_submission(proc, args.output_dir, examples, preds, split)
+                logger.info("wrote %s", path)
+
+
+def _write_results_tsv(path: str, logits, regression: bool) -> None:
+    """Google's run_classifier.py prediction file: one line per example, the softmax
+    probabilities (float32, as Google's graph computes them) tab-separated; a regression's
+    score alone. Written to a temporary name and renamed."""
+    import numpy as np
+
+    logits = np.asarray(logits, np.float32)
+    if regression:
+        rows = logits[:, :1]
+    else:
+        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        rows = shifted / shifted.sum(axis=-1, keepdims=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        for row in rows:
+            f.write("\t".join(repr(float(p)) for p in row) + "\n")
+    os.replace(tmp, path)
+    logger.info("wrote %s", path)
 
 
 # -- CoNLL-2003 NER ---------------------------------------------------------------------------------
@@ -316,6 +359,12 @@ def run_ner(args: RunArgs) -> dict:
             if results:
                 write_eval_results(args.output_dir, results)
                 log.write(results.get("global_step", 0), _scores(results), "eval")
+            if args.export:
+                from bert_tf.export import default_export_dir, export_tagger
+
+                export_tagger(model, assets.vocab_file, assets.do_lower_case,
+                              args.export_dir or default_export_dir(args.output_dir),
+                              label_names=labels, max_seq_length=args.max_seq_length)
         return results
 
 

@@ -29,11 +29,25 @@ def define_finetune_flags(default_task: str, flag_values=None) -> None:
                     "cache, ~/.cache/bert_tf or $BERT_TF_CACHE).")
     f.DEFINE_bool("do_predict", False, "Predict the test set(s).")
     f.DEFINE_integer("predict_batch_size", 64, "Examples per prediction batch (chief only).")
+    f.DEFINE_enum("predict_split", "test", ["test", "dev"], "--do_predict on the test split(s) "
+                  "(GLUE submission files and Google's test_results.tsv) or on the dev split(s) "
+                  "(dev_results.tsv / dev_predictions.txt only).")
+    define_export_flags(flag_values)
     f.DEFINE_float("num_train_epochs", 3.0, "Epochs over the training set.")
     f.DEFINE_integer("max_train_examples", 0, "Train on the first N examples of the training "
                      "set only (quick runs, sweeps on a slice); 0: all of them.")
     define_tokenizer_flag(flag_values)
     f.DEFINE_alias("task", "task_name")
+
+
+def define_export_flags(flag_values=None) -> None:
+    """--export / --export_dir: the fine-tuned model for serving when the run ends."""
+    f = _Into(flag_values)
+    f.DEFINE_enum("export", None, ["saved_model"], "When the run ends, export the model for "
+                  "serving: a SavedModel that takes raw text, tokenizer inside "
+                  "(docs/serving.md). Default: no export.")
+    f.DEFINE_string("export_dir", None, "Where --export writes (default: "
+                    "OUTPUT_DIR/export/saved_model).")
 
 
 def define_squad_flags(flag_values=None) -> None:

@@ -74,12 +74,20 @@ def test_eval_and_predict_every_task(tmp_path, tiny_bert, task, metric, test_row
     text = (out / "eval_results.txt").read_text()
     assert f"{metric} = " in text
     assert json.loads((out / "eval_results.json").read_text())[metric] == results[metric]
-    submission = next(out.glob("*.tsv")).read_text().splitlines()
+    from bert_tf.data.glue import get_processor
+
+    processor = get_processor(task)
+    submission = (out / processor.submission_filename()).read_text().splitlines()
     assert submission[0] == header and len(submission) == test_rows + 1
+    # Google's test_results.tsv: per example its class probabilities (STS-B: the score).
+    google = np.loadtxt(out / "test_results.tsv", delimiter="\t", ndmin=2)
+    assert google.shape == (test_rows, 1 if task == "STS-B" else 2)
     if task == "STS-B":
-        float(submission[1].split("\t")[1])
+        assert float(submission[1].split("\t")[1]) == pytest.approx(google[0, 0], abs=1e-3)
     else:
         assert submission[1].split("\t")[1] in {"0", "1", "entailment", "not_entailment"}
+        np.testing.assert_allclose(google.sum(1), 1.0, atol=1e-5)
+        assert submission[1].split("\t")[1] == processor.submission_label(google[0].argmax())
 
 
 # -- bad input ------------------------------------------------------------------------------------

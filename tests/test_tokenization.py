@@ -705,18 +705,24 @@ def test_graph_tokenizer_in_a_savedmodel_needs_only_tensorflow_and_tensorflow_te
 def test_graph_tokenizer_words_and_their_offsets_on_real_text(case):
     """The words are Google's BasicTokenizer's, and each one's span in its text, cleaned and
     put through the casing step, is the word: what NER serving reports entities with."""
-    from bert_tf.tokenization.graph import _uncased, _is_dropped
-    from bert_tf.tokenization.wordpiece import BasicTokenizer
     import tensorflow as tf
+
+    from bert_tf.tokenization.graph import _is_dropped, _uncased
+    from bert_tf.tokenization.wordpiece import BasicTokenizer
 
     lower = VOCABS[case][1]
     texts = [t for t in corpus("conll2003_testa") + corpus("mrpc_dev") if t.strip()][:3000]
     texts += ["ΟΔΟΣ, naïve café\x00s 日本語 İstanbul", "a\u2028b", " lead and trail "]
     basic = BasicTokenizer(do_lower_case=lower)
-    words, starts, ends = _graph_tokenizer(case).words_with_offsets(tf.constant(texts))
+    words, starts, ends, tokens = _graph_tokenizer(case).words_with_offsets(tf.constant(texts))
     checked = 0
-    for text, ws, ss, es in zip(texts, words.to_list(), starts.to_list(), ends.to_list()):
+    for text, ws, ss, es, ts in zip(texts, words.to_list(), starts.to_list(), ends.to_list(),
+                                    tokens.to_list()):
         assert [w.decode() for w in ws] == basic.tokenize(text), text
+        # Token k's words are the basic tokenizer's words of the k-th whitespace token.
+        by_token = [basic.tokenize(t) for t in text.split()]
+        assert [w for k, t in enumerate(by_token) for w in t] == basic.tokenize(text)
+        assert ts == [k for k, t in enumerate(by_token) for _ in t], text
         for word, start, end in zip(ws, ss, es):
             span = "".join(c for c in text[start:end] if not _is_dropped(c))
             if lower:

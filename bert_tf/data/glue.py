@@ -121,6 +121,11 @@ class GlueProcessor:
     def splits(self) -> tuple[str, ...]:
         return tuple(self.layouts)
 
+    @property
+    def is_pair_task(self) -> bool:
+        """Whether an example is two texts (MRPC, MNLI, ...) rather than one (CoLA, SST-2)."""
+        return any(layout.text_b is not None for layout in self.layouts.values())
+
     def get_train_examples(self, data_dir: str) -> list[InputExample]:
         return self.get_examples(data_dir, "train")
 

@@ -158,6 +158,9 @@ class GraphTokenizer(tf.Module):
         wordpiece.check_vocab_has_unk(vocab, vocab_file)
         self.do_lower_case = do_lower_case
         self.unk_id = vocab[UNK_TOKEN]
+        # The ids of the special tokens the vocabulary has (what a model's inputs add).
+        self.special_ids = {t: vocab[t] for t in ("[PAD]", UNK_TOKEN, "[CLS]", "[SEP]", "[MASK]")
+                            if t in vocab}
         starts, props, keys, values = _tables(do_lower_case)
         self._starts, self._props = tf.constant(starts), tf.constant(props)
         self._keys = tf.constant(keys if len(keys) else np.array([-1], np.int32))
@@ -185,10 +188,12 @@ class GraphTokenizer(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def words_with_offsets(self, texts):
-        """tf.string [B] (UTF-8) -> (words, start, end): the basic tokenizer's words, tf.string
-        ragged [B, (W)], and where each is in its text, int64 ragged [B, (W)], in code points
-        (Python's `text[start:end]`; characters step 1 drops inside a word are inside the
-        span). Invalid UTF-8 is read as U+FFFD, which Google drops."""
+        """tf.string [B] (UTF-8) -> (words, start, end, token): the basic tokenizer's words,
+        tf.string ragged [B, (W)]; where each is in its text, int64 ragged [B, (W)], in code
+        points (Python's `text[start:end]`; characters step 1 drops inside a word are inside
+        the span); and which whitespace-delimited token of its text it is part of (0, 1, ...:
+        "U.N." gives four words of token 0), int64 ragged [B, (W)]. Invalid UTF-8 is read as
+        U+FFFD, which Google drops."""
         cps, text, row, position, index = self._characters(texts)
         prop = tf.gather(self._props, tf.searchsorted(self._starts, cps, side="right") - 1)
         kind = prop % 4
@@ -211,17 +216,25 @@ class GraphTokenizer(tf.Module):
                | tf.concat([[False], spaces[1:] != spaces[:-1]], 0)[:tf.size(kept)])
         word = tf.cumsum(tf.cast(new, tf.int32)) - 1
         count = tf.reduce_sum(tf.cast(new, tf.int32))
+        # The text's whitespace-delimited tokens (a CoNLL word): one starts where a word starts
+        # after a space or at the start of a row; counted from 0 in each row.
+        nrows = tf.shape(texts, out_type=tf.int32)[0]
+        token_new = first | tf.concat([[False], spaces[1:] != spaces[:-1]], 0)[:tf.size(kept)]
+        token = tf.cumsum(tf.cast(token_new, tf.int32)) - 1
+        per_row = tf.math.unsorted_segment_sum(tf.cast(token_new, tf.int32), kept_row, nrows)
+        token -= tf.gather(tf.cumsum(per_row, exclusive=True), kept_row)
         words = tf.strings.unsorted_segment_join(tf.gather(text, kept), word, count)
         heads = tf.cast(tf.squeeze(tf.where(new), 1), tf.int32)
         start = tf.cast(tf.gather(tf.gather(position, kept), heads), tf.int64)
         end = tf.cast(tf.math.segment_max(tf.gather(position, kept), word) + 1, tf.int64)
         word_row = tf.cast(tf.gather(kept_row, heads), tf.int64)
-        nrows = tf.shape(texts, out_type=tf.int64)[0]
 
         def ragged(values):
-            return tf.RaggedTensor.from_value_rowids(values, word_row, nrows=nrows)
+            return tf.RaggedTensor.from_value_rowids(values, word_row,
+                                                     nrows=tf.cast(nrows, tf.int64))
 
-        return ragged(words), ragged(start), ragged(end)
+        return (ragged(words), ragged(start), ragged(end),
+                ragged(tf.cast(tf.gather(token, heads), tf.int64)))
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def words(self, texts):
