@@ -32,9 +32,12 @@ flags.DEFINE_bool("do_lower_case", True, "With --init_checkpoint: the vocabulary
                   "(default: what the checkpoint says).")
 flags.DEFINE_integer("max_seq_length", None, "Longest input in word pieces, [CLS] and [SEP] "
                      "included (default: the run's, else 128).")
-flags.DEFINE_string("export_dir", None, "Where the SavedModel goes (default: "
-                    "MODEL_DIR/export/saved_model). Replaced once the new one is complete.")
-flags.DEFINE_enum("export", "saved_model", ["saved_model"], "What to write.")
+flags.DEFINE_string("export_dir", None, "Where the export goes (default: "
+                    "MODEL_DIR/export/saved_model or .../onnx). Replaced once the new one is "
+                    "complete and checked.")
+flags.DEFINE_enum("export", "saved_model", ["saved_model", "onnx"], "saved_model: a "
+                  "SavedModel that takes raw text; onnx: model.onnx (ids in, logits out) for "
+                  "onnxruntime, with vocab.txt and a client tokenizer (tokenization.py).")
 FLAGS = flags.FLAGS
 
 

@@ -56,8 +56,14 @@ setup(
             # azure/submit.py's --dry-run is tested offline against the SDK itself.
             "azure-ai-ml",
             "azure-identity",
+            # export_model.py --export=onnx is tested end to end in onnxruntime.
+            "tf2onnx==1.17.*",
+            "onnx>=1.16,<1.23",  # 1.23 needs protobuf 6, which TensorFlow 2.18 refuses
+            "onnxruntime",
         ],
         "tracking": ["mlflow"],  # the full package, with `mlflow ui`
+        # export_model.py --export=onnx (tf2onnx) and running the result (onnxruntime).
+        "onnx": ["tf2onnx==1.17.*", "onnx>=1.16,<1.23", "onnxruntime"],
         "azure": ["azure-ai-ml", "azure-identity", "mlflow", "azureml-mlflow"],
     },
 )

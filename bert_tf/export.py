@@ -21,8 +21,8 @@ logger = logging.getLogger("bert_tf")
 SERVING_INFO = "serving_info.json"
 
 
-def default_export_dir(output_dir: str) -> str:
-    return os.path.join(output_dir, "export", "saved_model")
+def default_export_dir(output_dir: str, fmt: str = "saved_model") -> str:
+    return os.path.join(output_dir, "export", fmt)
 
 
 def _float32_copy(model, build):
@@ -42,26 +42,68 @@ def _float32_copy(model, build):
 
 def export_classifier(model, vocab_file: str, do_lower_case: bool, export_dir: str, *,
                       task_name: str | None, label_names, regression: bool, pair_task: bool,
-                      max_seq_length: int) -> str:
-    """A BertClassifier as a SavedModel on raw text (bert_tf.serving.saved_model). Returns
-    export_dir. label_names: the names of the logits' rows (a regression's: ignored)."""
+                      max_seq_length: int, fmt: str = "saved_model") -> str:
+    """A BertClassifier as a SavedModel on raw text (bert_tf.serving.saved_model), or with
+    fmt="onnx" as model.onnx for onnxruntime (bert_tf.serving.onnx). Returns export_dir.
+    label_names: the names of the logits' rows (a regression's: ignored)."""
     from bert_tf.modeling import BertClassifier
+
+    copy = _float32_copy(model, lambda: BertClassifier(model.config, model.num_labels))
+    info = {"model": "classifier", "task_name": task_name,
+            "labels": None if regression else [str(n) for n in label_names],
+            "regression": regression, "pair_task": pair_task, "max_seq_length": max_seq_length,
+            "do_lower_case": do_lower_case, "vocab_size": model.config.vocab_size}
+    if fmt == "onnx":
+        return _export_onnx(copy, vocab_file, export_dir, info)
     from bert_tf.serving import saved_model
     from bert_tf.tokenization.graph import GraphTokenizer
 
-    copy = _float32_copy(model, lambda: BertClassifier(model.config, model.num_labels))
     module = saved_model.ClassifierModule(
         copy, GraphTokenizer(vocab_file, do_lower_case), [] if regression else label_names,
         max_seq_length, regression=regression, pair_task=pair_task)
     saved_model.save(module, export_dir)
-    _write_info(export_dir, {
-        "model": "classifier", "task_name": task_name,
-        "labels": None if regression else [str(n) for n in label_names],
-        "regression": regression, "pair_task": pair_task, "max_seq_length": max_seq_length,
-        "do_lower_case": do_lower_case, "vocab_size": model.config.vocab_size,
-        "signatures": {"serving_default": "text_pair" if pair_task else "text",
-                       "text": ["text_a"], "text_pair": ["text_a", "text_b"]}})
+    info["signatures"] = {"serving_default": "text_pair" if pair_task else "text",
+                          "text": ["text_a"], "text_pair": ["text_a", "text_b"]}
+    _write_info(export_dir, info)
     logger.info("exported the %s model to %s", task_name or "classification", export_dir)
+    return export_dir
+
+
+def check_export_available(fmt: str | None) -> None:
+    """UsageError, before a run starts, when --export=onnx cannot run here."""
+    if fmt != "onnx":
+        return
+    import importlib.util
+
+    missing = [m for m in ("tf2onnx", "onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UsageError(f"--export=onnx needs {', '.join(missing)}: pip install "
+                         "'tf2onnx==1.17.*' 'onnx>=1.16,<1.23' onnxruntime (setup.py's onnx "
+                         "extra), or --export=saved_model")
+
+
+ONNX_FILE = "model.onnx"
+CLIENT_TOKENIZER = "tokenization.py"
+
+
+def _export_onnx(model, vocab_file: str, export_dir: str, info: dict) -> str:
+    """model.onnx (ids in, logits out), checked against TensorFlow; beside it vocab.txt and
+    tokenization.py (Google's tokenizer in the standard library alone: this project's
+    bert_tf/tokenization/wordpiece.py) for the client, and serving_info.json."""
+    import shutil
+
+    from bert_tf.serving.onnx import INPUTS, export_onnx
+    from bert_tf.tokenization import wordpiece
+
+    os.makedirs(export_dir, exist_ok=True)
+    check = export_onnx(model, os.path.join(export_dir, ONNX_FILE))
+    shutil.copyfile(vocab_file, os.path.join(export_dir, "vocab.txt"))
+    shutil.copyfile(wordpiece.__file__, os.path.join(export_dir, CLIENT_TOKENIZER))
+    info.update({"format": "onnx", "inputs": list(INPUTS), "outputs": ["logits"],
+                 "onnx_check": check})
+    _write_info(export_dir, info)
+    logger.info("exported %s to %s (onnxruntime vs TensorFlow: max |diff| %.1e)",
+                ONNX_FILE, export_dir, check["max_abs_diff"])
     return export_dir
 
 
@@ -198,15 +240,17 @@ def _checkpoint_source(args: ExportArgs) -> _Source:
 
 def export_model(args: ExportArgs) -> str:
     """export_model.py: -> the export directory."""
+    check_export_available(args.export)
     if bool(args.model_dir) == bool(args.init_checkpoint):
         raise UsageError("pass one of --model_dir (a fine-tuning run's output_dir) or "
                          "--init_checkpoint (a checkpoint with a classification head)")
     source = _run_source(args) if args.model_dir else _checkpoint_source(args)
     export_dir = args.export_dir or default_export_dir(args.model_dir or os.path.dirname(
-        os.path.abspath(source.vocab_file)))
+        os.path.abspath(source.vocab_file)), args.export)
     if type(source.model).__name__ == "BertTokenClassifier":
         return export_tagger(source.model, source.vocab_file, source.do_lower_case, export_dir,
-                             label_names=source.labels, max_seq_length=source.max_seq_length)
+                             label_names=source.labels, max_seq_length=source.max_seq_length,
+                             fmt=args.export)
     from bert_tf.data import glue
 
     processor = glue.get_processor(source.task_name) if source.task_name else None
@@ -215,25 +259,29 @@ def export_model(args: ExportArgs) -> str:
         task_name=source.task_name, label_names=source.labels,
         regression=bool(processor and processor.is_regression),
         pair_task=bool(processor and processor.is_pair_task),
-        max_seq_length=source.max_seq_length)
+        max_seq_length=source.max_seq_length, fmt=args.export)
 
 
 def export_tagger(model, vocab_file: str, do_lower_case: bool, export_dir: str, *,
-                  label_names, max_seq_length: int) -> str:
+                  label_names, max_seq_length: int, fmt: str = "saved_model") -> str:
     """A BertTokenClassifier (NER) as a SavedModel on raw text that answers with entities and
-    their character spans (bert_tf.serving.saved_model.TaggerModule). Returns export_dir."""
+    their character spans (bert_tf.serving.saved_model.TaggerModule), or with fmt="onnx" as
+    model.onnx (per-position logits). Returns export_dir."""
     from bert_tf.modeling import BertTokenClassifier
+
+    copy = _float32_copy(model, lambda: BertTokenClassifier(model.config, model.num_labels))
+    info = {"model": "tagger", "task_name": "CoNLL-2003",
+            "labels": [str(n) for n in label_names], "max_seq_length": max_seq_length,
+            "do_lower_case": do_lower_case, "vocab_size": model.config.vocab_size}
+    if fmt == "onnx":
+        return _export_onnx(copy, vocab_file, export_dir, info)
     from bert_tf.serving import saved_model
     from bert_tf.tokenization.graph import GraphTokenizer
 
-    copy = _float32_copy(model, lambda: BertTokenClassifier(model.config, model.num_labels))
     module = saved_model.TaggerModule(copy, GraphTokenizer(vocab_file, do_lower_case),
                                       label_names, max_seq_length)
     saved_model.save(module, export_dir)
-    _write_info(export_dir, {
-        "model": "tagger", "task_name": "CoNLL-2003", "labels": [str(n) for n in label_names],
-        "max_seq_length": max_seq_length, "do_lower_case": do_lower_case,
-        "vocab_size": model.config.vocab_size,
-        "signatures": {"serving_default": "entities", "entities": ["text"]}})
+    info["signatures"] = {"serving_default": "entities", "entities": ["text"]}
+    _write_info(export_dir, info)
     logger.info("exported the NER model to %s", export_dir)
     return export_dir

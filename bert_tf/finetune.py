@@ -53,6 +53,9 @@ def check_args(args: RunArgs) -> None:
         raise UsageError(f"--num_train_epochs={args.num_train_epochs} must be positive")
     if args.max_train_examples < 0:
         raise UsageError(f"--max_train_examples={args.max_train_examples} must be >= 0 (0: all)")
+    from bert_tf.export import check_export_available
+
+    check_export_available(args.export)
 
 
 def train_steps(num_examples: int, args: RunArgs, num_workers: int) -> tuple[int, int]:
@@ -163,11 +166,11 @@ def run_classifier(args: RunArgs) -> dict:
             from bert_tf.export import default_export_dir, export_classifier
 
             export_classifier(model, assets.vocab_file, assets.do_lower_case,
-                              args.export_dir or default_export_dir(args.output_dir),
+                              args.export_dir or default_export_dir(args.output_dir, args.export),
                               task_name=processor.name, label_names=labels,
                               regression=processor.is_regression,
                               pair_task=processor.is_pair_task,
-                              max_seq_length=args.max_seq_length)
+                              max_seq_length=args.max_seq_length, fmt=args.export)
         return results
 
 
@@ -363,8 +366,9 @@ def run_ner(args: RunArgs) -> dict:
                 from bert_tf.export import default_export_dir, export_tagger
 
                 export_tagger(model, assets.vocab_file, assets.do_lower_case,
-                              args.export_dir or default_export_dir(args.output_dir),
-                              label_names=labels, max_seq_length=args.max_seq_length)
+                              args.export_dir or default_export_dir(args.output_dir, args.export),
+                              label_names=labels, max_seq_length=args.max_seq_length,
+                              fmt=args.export)
         return results
 
 

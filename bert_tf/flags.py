@@ -43,11 +43,12 @@ def define_finetune_flags(default_task: str, flag_values=None) -> None:
 def define_export_flags(flag_values=None) -> None:
     """--export / --export_dir: the fine-tuned model for serving when the run ends."""
     f = _Into(flag_values)
-    f.DEFINE_enum("export", None, ["saved_model"], "When the run ends, export the model for "
-                  "serving: a SavedModel that takes raw text, tokenizer inside "
+    f.DEFINE_enum("export", None, ["saved_model", "onnx"], "When the run ends, export the "
+                  "model for serving: saved_model, a SavedModel that takes raw text (tokenizer "
+                  "inside); onnx, model.onnx (ids in) for onnxruntime with a client tokenizer "
                   "(docs/serving.md). Default: no export.")
     f.DEFINE_string("export_dir", None, "Where --export writes (default: "
-                    "OUTPUT_DIR/export/saved_model).")
+                    "OUTPUT_DIR/export/saved_model or OUTPUT_DIR/export/onnx).")
 
 
 def define_squad_flags(flag_values=None) -> None:
