@@ -6,7 +6,8 @@
     jobs.py          command and sweep jobs: building them with the SDK, their YAML, dry runs
     workspace.py     finding the workspace, the client, secrets redacted from all output
     trials.py        a finished sweep's trials read back from MLflow, and their report
-    commands.py      the subcommands (train, sweep, compute, status, stream, download)
+    endpoints.py     deploy: a bert_tf export on a managed online endpoint
+    commands.py      the subcommands (train, sweep, compute, status, stream, download, deploy)
     cli.py           the command line: parser, errors, exit status
 
 The SDK is imported only inside the functions that talk to it (jobs, workspace, commands), so

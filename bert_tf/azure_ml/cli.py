@@ -15,6 +15,9 @@ model logic.
     python azure/submit.py stream JOB        # follow the logs until the job ends
     # a finished sweep's trials -> trials.json + the local sweep's plots (loss_curves.png, ...)
     python azure/submit.py download SWEEP_JOB --output_dir output/mrpc_lr_azure
+    # serve an export (export_model.py) on a managed online endpoint
+    python azure/submit.py deploy --model export/mrpc --endpoint_name mrpc-bert \\
+        --instance_type Standard_DS3_v2 --instance_count 1
 
 What a job is: a command job running `python <script> --use_horovod <flags> --output_dir=
 ${{outputs.output_dir}}` with `MpiDistribution(process_count_per_instance=<GPUs per node>)` on
@@ -138,6 +141,24 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(command, help=what)
         p.add_argument("job", metavar="JOB", help="job name")
         workspace_option(p)
+
+    e = sub.add_parser("deploy", help="serve an export on a managed online endpoint")
+    e.add_argument("--model", metavar="EXPORT",
+                   help="the folder export_model.py (or a run's --export=saved_model) wrote")
+    e.add_argument("--endpoint_name", required=True, help="the endpoint (created if new; 3-32 "
+                   "letters, digits, hyphens; unique in the region)")
+    e.add_argument("--deployment_name", default="blue", help="the deployment (default blue)")
+    e.add_argument("--instance_type", default="Standard_DS3_v2",
+                   help="VM size of each instance (default Standard_DS3_v2, 4 cores, 14 GiB)")
+    e.add_argument("--instance_count", type=int, default=1, help="instances (default 1)")
+    e.add_argument("--request_timeout_ms", type=int, default=5000,
+                   help="per request (default 5000; Azure allows up to 180000)")
+    e.add_argument("--traffic", type=int, default=100,
+                   help="percent of the endpoint's traffic sent to this deployment (default 100)")
+    e.add_argument("--dry-run", "--dry_run", dest="dry_run", metavar="FOLDER",
+                   help="write endpoint.yml and deployment.yml to FOLDER and stop: nothing is "
+                        "contacted")
+    workspace_option(e)
 
     d = sub.add_parser("download", help="a finished sweep's trials -> trials.json and plots")
     d.add_argument("job", metavar="SWEEP_JOB", help="sweep job name")

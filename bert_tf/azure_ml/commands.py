@@ -269,5 +269,59 @@ def cmd_download(args, extra, redact: Redactor) -> int:
     return 0
 
 
+def cmd_deploy(args, extra, redact: Redactor) -> int:
+    """A managed online endpoint and deployment serving a bert_tf export (endpoints.py)."""
+    from bert_tf.azure_ml import endpoints
+
+    plan = endpoints.plan_deployment(args)
+    if not 0 <= args.traffic <= 100:
+        raise UsageError(f"--traffic {args.traffic}: a percentage, 0 to 100")
+    summary = plan.describe()
+    if args.dry_run:
+        folder = Path(args.dry_run).expanduser()
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"--dry-run {args.dry_run} is a file: give a folder for "
+                             "endpoint.yml and deployment.yml")
+        folder.mkdir(parents=True, exist_ok=True)
+        code = os.path.relpath(endpoints.SCORING_DIR, folder.resolve())
+        endpoint, deployment = endpoints.entities(plan, code_path=code)
+        write_file(folder / "endpoint.yml", endpoints.endpoint_yaml(endpoint))
+        write_file(folder / "deployment.yml", endpoints.deployment_yaml(deployment))
+        print(f"{PROG}: wrote {folder / 'endpoint.yml'} and {folder / 'deployment.yml'} "
+              "(nothing created)")
+        for line in summary:
+            print("  " + line)
+        print(f"  create them: az ml online-endpoint create --file {folder / 'endpoint.yml'} && "
+              f"az ml online-deployment create --file {folder / 'deployment.yml'} "
+              f"--all-traffic  (or rerun without --dry-run)")
+        return 0
+    client = _connect(args, redact)
+    endpoint, deployment = endpoints.entities(plan)
+    with talking_to_azure(redact, f"creating or updating endpoint {plan.endpoint_name}"):
+        client.online_endpoints.begin_create_or_update(endpoint).result()
+    with talking_to_azure(redact, f"creating or updating deployment {plan.deployment_name} "
+                                  "(building the image and starting the instances takes "
+                                  "minutes)"):
+        client.online_deployments.begin_create_or_update(deployment).result()
+    with talking_to_azure(redact, "routing traffic"):
+        current = client.online_endpoints.get(plan.endpoint_name)
+        traffic = dict(current.traffic or {})
+        traffic[plan.deployment_name] = args.traffic
+        if args.traffic == 100:
+            traffic = {plan.deployment_name: 100}
+        current.traffic = traffic
+        current = client.online_endpoints.begin_create_or_update(current).result()
+    print(redact(f"{PROG}: endpoint {plan.endpoint_name} serves deployment "
+                 f"{plan.deployment_name} ({args.traffic}% of traffic)"))
+    for line in summary:
+        print("  " + line)
+    print(redact(f"  scoring URI: {getattr(current, 'scoring_uri', None)}"))
+    print(f"  its keys: az ml online-endpoint get-credentials --name {plan.endpoint_name}")
+    print(f"  logs: az ml online-deployment get-logs --name {plan.deployment_name} "
+          f"--endpoint-name {plan.endpoint_name}")
+    return 0
+
+
 COMMANDS = {"compute": cmd_compute, "train": cmd_train, "sweep": cmd_sweep,
-            "status": cmd_status, "stream": cmd_stream, "download": cmd_download}
+            "status": cmd_status, "stream": cmd_stream, "download": cmd_download,
+            "deploy": cmd_deploy}

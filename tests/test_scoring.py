@@ -1,0 +1,190 @@
+"""azure/scoring/score.py, the scoring script of `submit.py deploy`: called as Azure's inference
+server calls it (init(), then run(body)) on real exports of tiny models, and (slow) served by
+the server itself, `azmlinfsrv`, on loopback."""
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, shared
+
+SCORE = REPO / "azure" / "scoring" / "score.py"
+TEXTS_A = ["The company said profits rose.", "Stocks fell in Tokyo on Monday."]
+TEXTS_B = ["Profits went up, the firm said.", "Markets rose sharply in Paris."]
+
+
+def tiny(num_layers=1):
+    from bert_tf import BertConfig
+
+    return BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=num_layers,
+                      num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """A tiny MRPC classifier and a tiny CoNLL tagger, exported as run_classifier.py and
+    run_ner.py --export=saved_model export them."""
+    import keras
+
+    from bert_tf.data import conll
+    from bert_tf.export import export_classifier, export_tagger
+    from bert_tf.modeling import BertClassifier, BertTokenClassifier
+
+    root = tmp_path_factory.mktemp("exports")
+    vocab = str(shared("vocab", "uncased_vocab.txt"))
+    keras.utils.set_random_seed(11)
+    export_classifier(BertClassifier(tiny(), 2), vocab, True, str(root / "mrpc"),
+                      task_name="MRPC", label_names=["0", "1"], regression=False,
+                      pair_task=True, max_seq_length=64)
+    export_tagger(BertTokenClassifier(tiny(), len(conll.LABELS)), vocab, True, str(root / "ner"),
+                  label_names=list(conll.LABELS), max_seq_length=64)
+    return root
+
+
+def load_score(model_dir, monkeypatch):
+    monkeypatch.setenv("AZUREML_MODEL_DIR", str(model_dir))
+    spec = importlib.util.spec_from_file_location("bert_tf_score", SCORE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.init()
+    return module
+
+
+def direct(export, text_a, text_b=None):
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401
+
+    model = tf.saved_model.load(str(export))
+    if text_b is None:
+        return model.signatures["text"](text_a=tf.constant(text_a))
+    return model.signatures["text_pair"](text_a=tf.constant(text_a), text_b=tf.constant(text_b))
+
+
+def test_run_answers_with_the_models_labels_and_probabilities(exports, monkeypatch):
+    # Azure mounts the registered model in a folder of its own: init() finds the export in it.
+    nested = exports / "azureml-models" / "mrpc-model" / "1"
+    nested.parent.mkdir(parents=True, exist_ok=True)
+    if not nested.exists():
+        shutil.copytree(exports / "mrpc", nested / "mrpc")
+    score = load_score(exports / "azureml-models", monkeypatch)
+    body = {"instances": [{"text_a": a, "text_b": b} for a, b in zip(TEXTS_A, TEXTS_B)]
+            + ["just one text"]}
+    predictions = score.run(json.dumps(body))["predictions"]
+    want = direct(exports / "mrpc", TEXTS_A + ["just one text"], TEXTS_B + [""])
+    assert [p["label"] for p in predictions] == [x.decode() for x in want["label"].numpy()]
+    got = np.array([[p["probabilities"]["0"], p["probabilities"]["1"]] for p in predictions])
+    np.testing.assert_allclose(got, want["probabilities"].numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("body,message", [
+    ("not json", "the body is not JSON"),
+    ('{"texts": ["a"]}', 'send {"instances": [...]}'),
+    ('{"instances": []}', "instances is empty"),
+    ('{"instances": ["ok", "  "]}', "instance 1: empty text"),
+    ('{"instances": [{"text_b": "only b"}]}', "instance 0: empty text"),
+    ('{"instances": [{"text_a": 3}]}', "instance 0: a text must be a string, got int"),
+    ('{"instances": [{"text_a": "a", "label": 1}]}', "unknown field(s) ['label']"),
+    (json.dumps({"instances": ["x"] * 257}), "257 instances, more than 256"),
+])
+def test_bad_requests_get_a_400_with_a_message(exports, monkeypatch, body, message):
+    score = load_score(exports / "mrpc", monkeypatch)
+    answer = score.run(body)
+    assert answer["status"] == 400 and message in answer["error"], answer
+    assert "Traceback" not in answer["error"]
+
+
+def test_ner_run_answers_with_entities_and_their_spans(exports, monkeypatch):
+    score = load_score(exports / "ner", monkeypatch)
+    text = "Ada Lovelace met Charles Babbage in London ."
+    (prediction,) = score.run(json.dumps({"instances": [{"text": text}]}))["predictions"]
+    for entity in prediction["entities"]:
+        assert text[entity["start"]:entity["end"]] == entity["text"]
+        assert entity["type"] in {"PER", "ORG", "LOC", "MISC"} and 0 < entity["score"] <= 1
+    assert score.run('{"instances": [{"text_a": "a", "text_b": "b"}]}')["status"] == 400
+
+
+# -- served by azmlinfsrv -------------------------------------------------------------------------
+
+SERVER_PACKAGES = ("tensorflow==2.18.1", "tensorflow-text==2.18.1",
+                   "azureml-inference-server-http==1.5.1")
+
+
+def server_venv() -> Path:
+    """A venv with Azure's inference server and TensorFlow, as the deployment's image has them
+    (its pins clash with this project's venv: pydantic, OpenTelemetry, wrapt), made once in
+    the cache folder."""
+    cache = Path(os.environ.get("BERT_TF_CACHE", Path.home() / ".cache" / "bert_tf"))
+    venv = cache / ("azmlinfsrv-" + "-".join(p.split("==")[1] for p in SERVER_PACKAGES))
+    if not (venv / "bin" / "azmlinfsrv").exists():
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", *SERVER_PACKAGES],
+                       check=True, timeout=1800)
+    return venv
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(url, data: bytes):
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+@pytest.mark.slow
+def test_azmlinfsrv_serves_the_scoring_script_on_loopback(exports, tmp_path):
+    """Azure's inference server runs score.py as a deployment would: /score answers with the
+    SavedModel's labels; an empty text and a body that is not JSON get 400 and the message,
+    not a stack trace."""
+    venv = server_venv()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(AZUREML_MODEL_DIR=str(exports / "mrpc"), TF_CPP_MIN_LOG_LEVEL="2")
+    server = subprocess.Popen([str(venv / "bin" / "azmlinfsrv"), "--entry_script", str(SCORE),
+                               "--port", str(port)], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 300
+        while True:
+            assert server.poll() is None, server.stdout.read()[-3000:]
+            try:
+                with urllib.request.urlopen(url + "/", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.time() < deadline, "the server did not come up in 300 s"
+            time.sleep(1)
+        body = {"instances": [{"text_a": a, "text_b": b} for a, b in zip(TEXTS_A, TEXTS_B)]}
+        status, text = post(url + "/score", json.dumps(body).encode())
+        assert status == 200, text
+        want = direct(exports / "mrpc", TEXTS_A, TEXTS_B)
+        assert [p["label"] for p in json.loads(text)["predictions"]] == [
+            x.decode() for x in want["label"].numpy()]
+        status, text = post(url + "/score", b'{"instances": [{"text_a": "", "text_b": "b"}]}')
+        assert status == 400 and json.loads(text) == {"error": "instance 0: empty text"}
+        status, text = post(url + "/score", b"{not json")
+        assert status == 400 and "not JSON" in json.loads(text)["error"]
+        assert "Traceback" not in text
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
