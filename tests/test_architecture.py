@@ -13,7 +13,7 @@ from tests.conftest import REPO
 
 # Layer of each part of bert_tf, as ARCHITECTURE.md's table gives them (5: entry points ... 0).
 LAYERS = {
-    "bert_tf.tune": 5, "bert_tf.azure_ml": 5,
+    "bert_tf.tune": 5, "bert_tf.azure_ml": 5, "bert_tf.glue": 5,
     "bert_tf.finetune": 4, "bert_tf.qa": 4, "bert_tf.pretrain": 4, "bert_tf.extract": 4,
     "bert_tf.vocab_building": 4, "bert_tf.vocab_extension": 4, "bert_tf.flags": 4,
     "bert_tf.cli": 4, "bert_tf.sweeps": 4, "bert_tf.export": 4,

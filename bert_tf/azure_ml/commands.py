@@ -151,8 +151,10 @@ def cmd_sweep(args, extra: list[str], redact: Redactor) -> int:
     summary = [f"compute {plan.compute}, each trial: {_describe_gpus(plan)}",
                f"trial command: {job.trial.command}",
                "search space: " + "; ".join(space),
-               f"objective: {spec.goal} {spec.primary_metric}; random sampling, seed {spec.seed}; "
-               f"{spec.max_total_trials} trials, {spec.max_concurrent_trials} at a time"]
+               f"objective: {spec.goal} {spec.primary_metric}; "
+               + ("grid sampling; " if spec.sampling == "grid" else
+                  f"random sampling, seed {spec.seed}; ")
+               + f"{spec.max_total_trials} trials, {spec.max_concurrent_trials} at a time"]
     return _submit_or_write(job, "sweep", plan, dry_run, redact, client, summary)
 
 

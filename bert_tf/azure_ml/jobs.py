@@ -121,8 +121,8 @@ def build_sweep_job(plan: JobPlan, spec):
     plan's command job with --NAME=${{search_space.NAME}} for every search-space flag."""
     from azure.ai.ml import Output
     from azure.ai.ml.entities import CommandJob
-    from azure.ai.ml.sweep import (BanditPolicy, Objective, RandomSamplingAlgorithm, SweepJob,
-                                   SweepJobLimits)
+    from azure.ai.ml.sweep import (BanditPolicy, GridSamplingAlgorithm, Objective,
+                                   RandomSamplingAlgorithm, SweepJob, SweepJobLimits)
 
     trial = CommandJob(command=plan.command(tuple(
         f"--{name}=${{{{search_space.{name}}}}}" for name in spec.space)), **_trial_parts(plan))
@@ -137,7 +137,8 @@ def build_sweep_job(plan: JobPlan, spec):
         trial=trial, compute=plan.compute, inputs=_sdk_inputs(plan),
         outputs={"output_dir": Output(type="uri_folder")},
         search_space=search_space(spec),
-        sampling_algorithm=RandomSamplingAlgorithm(seed=spec.seed),
+        sampling_algorithm=(GridSamplingAlgorithm() if spec.sampling == "grid"
+                            else RandomSamplingAlgorithm(seed=spec.seed)),
         objective=Objective(goal=spec.goal, primary_metric=spec.primary_metric),
         early_termination=early,
         limits=SweepJobLimits(max_total_trials=spec.max_total_trials,

@@ -90,6 +90,15 @@ class SweepSpec:
     timeout_minutes: float | None
     trial_timeout_minutes: float | None
     flags: dict
+    sampling: str = "random"  # or "grid": every combination of the choices, once each
+
+    @property
+    def grid_size(self) -> int:
+        """Combinations of the choice values (grid sampling: every one is a trial)."""
+        size = 1
+        for param in self.space.values():
+            size *= len(param.values)
+        return size
 
     @property
     def metric_split(self) -> str:
@@ -378,9 +387,15 @@ def load(path: str) -> SweepSpec:
 
     where = f"{path}: sampling"
     sampling = _keys(raw.get("sampling"), ("type", "seed"), where)
-    if str(sampling.get("type", "random")).lower() != "random":
-        raise SweepError(f"{where}.type: only random sampling is supported (Azure ML's "
-                         "random, Optuna's RandomSampler)")
+    kind = str(sampling.get("type", "random")).lower()
+    if kind not in ("random", "grid"):
+        raise SweepError(f"{where}.type: random or grid (Azure ML's random and grid, Optuna's "
+                         "RandomSampler and GridSampler)")
+    if kind == "grid":
+        ranged = [name for name, p in space.items() if p.type != "choice"]
+        if ranged:
+            raise SweepError(f"{where}.type: grid sampling takes choice parameters only; "
+                             f"search_space.{ranged[0]} is a {space[ranged[0]].type} range")
     seed = _int(sampling, "seed", 42, where, 0)
 
     bandit = None
@@ -401,7 +416,12 @@ def load(path: str) -> SweepSpec:
     where = f"{path}: limits"
     limits = _keys(raw.get("limits"), ("max_total_trials", "max_concurrent_trials",
                                        "timeout_minutes", "trial_timeout_minutes"), where)
-    total = _int(limits, "max_total_trials", 20, where, 1)
+    grid = 1
+    for param in space.values():
+        grid *= len(param.values) if param.type == "choice" else 1
+    total = _int(limits, "max_total_trials", grid if kind == "grid" else 20, where, 1)
+    if kind == "grid" and total > grid:
+        raise SweepError(f"{where}.max_total_trials: {total}, but the grid has {grid} points")
     concurrent = _int(limits, "max_concurrent_trials", 1, where, 1)
     if concurrent > total:
         raise SweepError(f"{where}.max_concurrent_trials: {concurrent} exceeds max_total_trials "
@@ -414,4 +434,4 @@ def load(path: str) -> SweepSpec:
                      max_total_trials=total, max_concurrent_trials=concurrent,
                      timeout_minutes=_positive(limits, "timeout_minutes", where),
                      trial_timeout_minutes=_positive(limits, "trial_timeout_minutes", where),
-                     flags={str(k): v for k, v in fixed.items()})
+                     flags={str(k): v for k, v in fixed.items()}, sampling=kind)

@@ -109,11 +109,29 @@ def lock_output_dir(output_dir: str):
     return f
 
 
+def _grid_sampler_class():
+    import optuna
+
+    class GridSampler(optuna.samplers.GridSampler):
+        """Optuna's GridSampler without its stop at the last point: Study.stop works only
+        inside study.optimize, and the runner counts trials itself (max_total_trials)."""
+
+        def after_trial(self, study, trial, state, values):
+            pass
+
+    return GridSampler
+
+
+def _GridSampler(*args, **kwargs):
+    return _grid_sampler_class()(*args, **kwargs)
+
+
 def open_study(spec: SweepSpec, extra: list[str], output_dir: str):
     """Create or load the Optuna study in DIR/optuna.db (name: the file's stem; direction: the
     goal; the file's hash, path and `--` flags as user attrs), with a RandomSampler seeded from
-    spec.seed + the number of trials already in the study (a resumed sweep draws new values)
-    and the file's pruner. The caller has checked the folder (`check_output_dir`)."""
+    spec.seed + the number of trials already in the study (a resumed sweep draws new values),
+    or for grid sampling a GridSampler (a resumed sweep runs the points not yet run), and the
+    file's pruner. The caller has checked the folder (`check_output_dir`)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -126,7 +144,11 @@ def open_study(spec: SweepSpec, extra: list[str], output_dir: str):
         study.set_user_attr("sweep_sha256", spec_digest(spec.path, extra))
         study.set_user_attr("sweep_file", os.path.abspath(spec.path))
         study.set_user_attr("fixed_flags_after_dashdash", list(extra))
-    study.sampler = optuna.samplers.RandomSampler(seed=spec.seed + len(study.trials))
+    if spec.sampling == "grid":  # the points not yet tried, in a seeded order
+        study.sampler = _GridSampler(
+            {name: list(p.values) for name, p in spec.space.items()}, seed=spec.seed)
+    else:
+        study.sampler = optuna.samplers.RandomSampler(seed=spec.seed + len(study.trials))
     return study
 
 
