@@ -110,6 +110,9 @@ PUBLIC = {
     "bert_tf.assets": ["UsageError", "resolve_model_assets"],
     "bert_tf.training.loop": ["train", "TrainSettings", "TrainingError", "checkpoint_dir",
                               "evaluate", "predict"],
+    "bert_tf.tokenization.graph": ["GraphTokenizer"],
+    "bert_tf.serving.saved_model": ["ClassifierModule", "TaggerModule", "save"],
+    "bert_tf.export": ["export_classifier", "export_tagger", "export_model", "ExportArgs"],
 }
 
 

@@ -426,32 +426,47 @@ def test_continued_pretraining_from_a_checkpoint_without_heads(tmp_path, corpus)
     assert results["global_step"] == 3 and 0 <= results["masked_lm_accuracy"] <= 1
 
 
-def test_bad_input_one_line_exit_2(tmp_path, corpus):
-    seq16 = write_records(tmp_path / "seq16.tfrecord", 5, seq=16)
-    truncated = write_records(tmp_path / "cut.tfrecord", 30, truncate=True)
+# Each case is a process that imports TensorFlow (~5 s): three in the default run, the rest slow.
+_BAD_INPUT_CASES = ["records_of_another_length", "truncated_records", "no_input_match",
+                    "vocab_size", "max_predictions", "global_batch", "export_format",
+                    "zero_steps", "eval_input_named"]
+_DEFAULT_BAD_INPUT = {"records_of_another_length", "truncated_records", "eval_input_named"}
+
+
+@pytest.mark.parametrize("case", [
+    pytest.param(c, marks=[] if c in _DEFAULT_BAD_INPUT else [pytest.mark.slow])
+    for c in _BAD_INPUT_CASES])
+def test_bad_input_one_line_exit_2(tmp_path, corpus, case):
     other_vocab = tmp_path / "vocab50.txt"
     other_vocab.write_text("\n".join(f"t{i}" for i in range(50)) + "\n")
-    cases = [
-        ([f"--input_file={seq16}"], f"{seq16}: input_ids has length 16 but --max_seq_length=32"),
-        ([f"--input_file={truncated}"], "truncated or corrupt"),
-        ([f"--input_file={tmp_path}/none-*"], "no file matches"),
-        ([f"--vocab_file={other_vocab}"], "has 50 entries but"),
-        (["--max_predictions_per_seq=40"], "--max_predictions_per_seq=40 exceeds"),
-        (["--global_batch_size=10"], "--global_batch_size=10 is not a multiple of"),
-        (["--export=onnx"], "--export=onnx: unknown format"),
-        (["--num_train_steps=0"], "--num_train_steps=0 must be at least 1"),
-        # Named under its own flag (it was once reported as --input_file).
-        (["--do_eval", f"--eval_input_file={tmp_path}/heldout-*"],
-         f"--eval_input_file: {tmp_path}/heldout-*: no file matches"),
-    ]
-    for i, (extra, message) in enumerate(cases):
-        out = tmp_path / f"out{i}"
-        proc = run_script(base_args(corpus, out) + ["--do_train", "--num_train_steps=2"] + extra)
-        assert proc.returncode == 2, (extra, proc.stderr[-2000:])
-        last = proc.stderr.strip().splitlines()[-1]
-        assert last.startswith("run_pretraining.py: error: ") and message in last, (extra, last)
-        assert "Traceback" not in proc.stderr
-        assert not (out / "checkpoints").exists()
+    if case == "records_of_another_length":
+        seq16 = write_records(tmp_path / "seq16.tfrecord", 5, seq=16)
+        extra, message = [f"--input_file={seq16}"], \
+            f"{seq16}: input_ids has length 16 but --max_seq_length=32"
+    elif case == "truncated_records":
+        truncated = write_records(tmp_path / "cut.tfrecord", 30, truncate=True)
+        extra, message = [f"--input_file={truncated}"], "truncated or corrupt"
+    else:
+        extra, message = {
+            "no_input_match": ([f"--input_file={tmp_path}/none-*"], "no file matches"),
+            "vocab_size": ([f"--vocab_file={other_vocab}"], "has 50 entries but"),
+            "max_predictions": (["--max_predictions_per_seq=40"],
+                                "--max_predictions_per_seq=40 exceeds"),
+            "global_batch": (["--global_batch_size=10"],
+                             "--global_batch_size=10 is not a multiple of"),
+            "export_format": (["--export=onnx"], "--export=onnx: unknown format"),
+            "zero_steps": (["--num_train_steps=0"], "--num_train_steps=0 must be at least 1"),
+            # Named under its own flag (it was once reported as --input_file).
+            "eval_input_named": (["--do_eval", f"--eval_input_file={tmp_path}/heldout-*"],
+                                 f"--eval_input_file: {tmp_path}/heldout-*: no file matches"),
+        }[case]
+    out = tmp_path / "out"
+    proc = run_script(base_args(corpus, out) + ["--do_train", "--num_train_steps=2"] + extra)
+    assert proc.returncode == 2, (extra, proc.stderr[-2000:])
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("run_pretraining.py: error: ") and message in last, (extra, last)
+    assert "Traceback" not in proc.stderr
+    assert not (out / "checkpoints").exists()
 
 
 def test_googles_readme_command_line_trains_without_a_vocab_file(tmp_path, corpus):

@@ -97,11 +97,6 @@ def test_bad_input_clear_errors(tmp_path, tiny_bert):
                                 data=tmp_path) + ["--do_train"])
     assert proc.returncode == 2 and "unknown task 'NOPE'" in proc.stderr and "MRPC" in proc.stderr
 
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    proc = run_script(base_args(tiny_bert, tmp_path / "b", data=empty) + ["--do_train"])
-    assert proc.returncode == 2 and "train.tsv" in proc.stderr and "--data_dir" in proc.stderr
-
     bad = tmp_path / "bad"
     bad.mkdir()
     lines = shared("glue", "MRPC", "train.tsv").read_text(encoding="utf-8-sig").splitlines()
@@ -110,6 +105,16 @@ def test_bad_input_clear_errors(tmp_path, tiny_bert):
     proc = run_script(base_args(tiny_bert, tmp_path / "c", data=bad) + ["--do_train"])
     assert proc.returncode == 2 and "train.tsv:5:" in proc.stderr
 
+
+@pytest.mark.slow  # a process each (~5 s); the default run keeps the two above
+def test_more_bad_input_clear_errors(tmp_path, tiny_bert):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_script(base_args(tiny_bert, tmp_path / "b", data=empty) + ["--do_train"])
+    assert proc.returncode == 2 and "train.tsv" in proc.stderr and "--data_dir" in proc.stderr
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
     lines = shared("glue", "MRPC", "train.tsv").read_text(encoding="utf-8-sig").splitlines()
     cols = lines[3].split("\t")
     lines[3] = "\t".join(["7"] + cols[1:])  # label outside {0, 1}
