@@ -188,3 +188,26 @@ def test_azmlinfsrv_serves_the_scoring_script_on_loopback(exports, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+def test_exports_answer_empty_batches_and_texts_with_no_words(exports):
+    """Batches a service meets: no text at all, texts of only spaces or control characters,
+    mixed with real ones. The classifier answers every row; the tagger finds no entity in a
+    text without words."""
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401
+
+    classifier = tf.saved_model.load(str(exports / "mrpc"))
+    tagger = tf.saved_model.load(str(exports / "ner"))
+    pair = classifier.signatures["text_pair"]
+    out = pair(text_a=tf.constant(["\x01", "", "a b"]), text_b=tf.constant(["x", "", "\x02"]))
+    assert out["probabilities"].shape == (3, 2)
+    np.testing.assert_allclose(out["probabilities"].numpy().sum(1), 1.0, atol=1e-5)
+    assert classifier.signatures["text"](text_a=tf.constant([], tf.string))[
+        "probabilities"].shape == (0, 2)
+    entities = tagger.signatures["entities"]
+    for texts in (["   "], ["\x01\x02"], [], ["", "Ada Lovelace"], ["Ada Lovelace", "\x01"]):
+        out = entities(text=tf.constant(texts, tf.string))
+        assert out["num_tokens"].numpy().tolist() == [len(t.split()) if t.strip("\x01\x02")
+                                                      else 0 for t in texts], texts
+        assert out["num_entities"].shape == (len(texts),)

@@ -654,9 +654,13 @@ def test_graph_tokenizer_edge_cases():
              # Final_Sigma: context within a word, across punctuation, across dropped
              # characters (gone before Google lower-cases) and case-ignorable ones
              "ΟΔΟΣ, ΑΣΣ Σ ΣΑΣ's Α\x01Σ ΑΣ\x01Α ΑΣ\u00adΑ ΑΣ'Α Σ. ΑΣ1 1Σ 가Σ ΑΣ\u0301",
-             "\uf900\u037e\u1fee 한국어 ÅNGSTRÖM"]
+             "\uf900\u037e\u1fee 한국어 ÅNGSTRÖM",
+             # nothing but what cleaning or accent stripping drops: no word at all
+             "\x01\x02", "\u0301", "\x00 \ufffd"]
     assert not _differences("uncased", texts)
     assert not _differences("cased", texts)
+    for text in ("\x01\x02", "\u0301"):  # alone in a batch, too
+        assert not _differences("uncased", [text])
 
 
 @needs_shared_data

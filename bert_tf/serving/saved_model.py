@@ -71,7 +71,21 @@ class _Served(tf.Module):
         # The variables, in a list the checkpoint tracks; the Keras model stays out of the
         # object graph (reached through a closure), so no weight is written twice.
         self.model_variables = [v.value if hasattr(v, "value") else v for v in model.weights]
-        self._call_model = lambda features: model(features, training=False)
+        num_labels = model.num_labels
+
+        def call_model(features):
+            # An empty batch (or a batch of windows with no text) never reaches the model:
+            # reshapes inside it cannot infer sizes from empty tensors.
+            def empty():
+                shape = [0, num_labels] if len(model.outputs[0].shape) == 2 else \
+                    [0, tf.shape(features["input_ids"])[1], num_labels]
+                return {"logits": tf.zeros(shape, tf.float32)}
+
+            return tf.cond(tf.size(features["input_ids"]) > 0,
+                           lambda: {"logits": tf.cast(model(features, training=False)["logits"],
+                                                      tf.float32)}, empty)
+
+        self._call_model = call_model
         missing = [t for t in (_CLS, _SEP) if t not in tokenizer.special_ids]
         if missing:
             raise ValueError(f"the vocabulary has no {' or '.join(missing)}: a BERT model's "
@@ -140,6 +154,8 @@ def _windows(counts, num_tokens, capacity):
     (bert_tf.data.conll's rule). counts int32 [B, T] (0-padded), num_tokens int32 [B] ->
     int32 [B, T] window index per token (0, 1, ...; padding's is meaningless)."""
     batch = tf.shape(counts)[0]
+    tokens = tf.shape(counts)[1]
+    counts = tf.pad(counts, [[0, 0], [0, 1]])  # one column more: the loop runs at least once
 
     def step(j, used, window, out):
         n = counts[:, j]
@@ -153,7 +169,7 @@ def _windows(counts, num_tokens, capacity):
     _, _, _, out = tf.while_loop(
         lambda j, *_: j < tf.shape(counts)[1], step,
         (0, zeros, zeros, tf.TensorArray(tf.int32, size=tf.shape(counts)[1])))
-    return tf.transpose(out.stack(), [1, 0])
+    return tf.transpose(out.stack(), [1, 0])[:, :tokens]
 
 
 class TaggerModule(_Served):

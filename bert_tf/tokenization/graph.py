@@ -138,7 +138,8 @@ def _neighbour(index, keep, row, before: bool):
     kept = tf.cast(tf.squeeze(tf.where(keep), 1), tf.int32)
     slot = count - 1 if before else count
     valid = (slot >= 0) & (slot < tf.size(kept))
-    other = tf.gather(kept, tf.clip_by_value(slot, 0, tf.maximum(tf.size(kept) - 1, 0)))
+    # One padding entry: a text with no such position still gathers from a non-empty array.
+    other = tf.gather(tf.concat([kept, [0]], 0), tf.clip_by_value(slot, 0, tf.size(kept)))
     other = tf.where(valid, other, index)
     return other, valid & (tf.gather(row, other) == row)
 
