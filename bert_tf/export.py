@@ -53,14 +53,15 @@ def export_classifier(model, vocab_file: str, do_lower_case: bool, export_dir: s
             "labels": None if regression else [str(n) for n in label_names],
             "regression": regression, "pair_task": pair_task, "max_seq_length": max_seq_length,
             "do_lower_case": do_lower_case, "vocab_size": model.config.vocab_size}
+    _check_max_seq_length(max_seq_length)
     if fmt == "onnx":
         return _export_onnx(copy, vocab_file, export_dir, info)
     from bert_tf.serving import saved_model
     from bert_tf.tokenization.graph import GraphTokenizer
 
-    module = saved_model.ClassifierModule(
+    module = _built(lambda: saved_model.ClassifierModule(
         copy, GraphTokenizer(vocab_file, do_lower_case), [] if regression else label_names,
-        max_seq_length, regression=regression, pair_task=pair_task)
+        max_seq_length, regression=regression, pair_task=pair_task), vocab_file)
     saved_model.save(module, export_dir)
     info["signatures"] = {"serving_default": "text_pair" if pair_task else "text",
                           "text": ["text_a"], "text_pair": ["text_a", "text_b"]}
@@ -105,6 +106,21 @@ def _export_onnx(model, vocab_file: str, export_dir: str, info: dict) -> str:
     logger.info("exported %s to %s (onnxruntime vs TensorFlow: max |diff| %.1e)",
                 ONNX_FILE, export_dir, check["max_abs_diff"])
     return export_dir
+
+
+def _check_max_seq_length(max_seq_length: int) -> None:
+    if max_seq_length < 3:
+        raise UsageError(f"--max_seq_length={max_seq_length}: at least 3 ([CLS], a word piece, "
+                         "[SEP])")
+
+
+def _built(make, vocab_file: str):
+    """The served module, a vocabulary it cannot use (no [CLS]/[SEP], not UTF-8, no [UNK])
+    reported as a usage error naming the file."""
+    try:
+        return make()
+    except ValueError as e:
+        raise UsageError(f"{vocab_file}: {e}") from None
 
 
 def _write_info(export_dir: str, info: dict) -> None:
@@ -244,9 +260,11 @@ def export_model(args: ExportArgs) -> str:
     if bool(args.model_dir) == bool(args.init_checkpoint):
         raise UsageError("pass one of --model_dir (a fine-tuning run's output_dir) or "
                          "--init_checkpoint (a checkpoint with a classification head)")
+    if args.init_checkpoint and not args.export_dir:
+        raise UsageError("--export_dir is required with --init_checkpoint (nothing is written "
+                         "beside a checkpoint that may be shared)")
     source = _run_source(args) if args.model_dir else _checkpoint_source(args)
-    export_dir = args.export_dir or default_export_dir(args.model_dir or os.path.dirname(
-        os.path.abspath(source.vocab_file)), args.export)
+    export_dir = args.export_dir or default_export_dir(args.model_dir, args.export)
     if type(source.model).__name__ == "BertTokenClassifier":
         return export_tagger(source.model, source.vocab_file, source.do_lower_case, export_dir,
                              label_names=source.labels, max_seq_length=source.max_seq_length,
@@ -273,13 +291,15 @@ def export_tagger(model, vocab_file: str, do_lower_case: bool, export_dir: str, 
     info = {"model": "tagger", "task_name": "CoNLL-2003",
             "labels": [str(n) for n in label_names], "max_seq_length": max_seq_length,
             "do_lower_case": do_lower_case, "vocab_size": model.config.vocab_size}
+    _check_max_seq_length(max_seq_length)
     if fmt == "onnx":
         return _export_onnx(copy, vocab_file, export_dir, info)
     from bert_tf.serving import saved_model
     from bert_tf.tokenization.graph import GraphTokenizer
 
-    module = saved_model.TaggerModule(copy, GraphTokenizer(vocab_file, do_lower_case),
-                                      label_names, max_seq_length)
+    module = _built(lambda: saved_model.TaggerModule(
+        copy, GraphTokenizer(vocab_file, do_lower_case), label_names, max_seq_length),
+        vocab_file)
     saved_model.save(module, export_dir)
     info["signatures"] = {"serving_default": "entities", "entities": ["text"]}
     _write_info(export_dir, info)

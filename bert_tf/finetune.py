@@ -184,19 +184,29 @@ def _read_glue_splits(args: RunArgs, processor, data_dir: str):
                   else [processor.dev_split])
     test_splits = ([("test_matched", processor), ("test_mismatched", processor)]
                    if processor.name == "MNLI" else [(processor.test_split, processor)])
+    ax_dir = None
     if args.predict_split == "dev":
         test_splits = [(split, processor) for split in dev_splits]
     elif args.do_predict and processor.name == "MNLI":
         ax = glue.get_processor("AX")
-        try:
-            ax.split_path(data_dir, "test")
+        parent = os.path.dirname(os.path.abspath(data_dir))
+        # In MNLI's folder, or beside it as GLUE lays it out (glue_data/diagnostic, .../AX).
+        for folder in (data_dir, os.path.join(parent, "diagnostic"), os.path.join(parent, "AX")):
+            try:
+                ax.split_path(folder, "test")
+            except (FileNotFoundError, ValueError, glue.DataError):
+                continue
             test_splits.append(("test", ax))
-        except (FileNotFoundError, ValueError, glue.DataError):
-            logger.info("no AX.tsv / diagnostic.tsv in %s: skipping the AX predictions", data_dir)
+            ax_dir = folder
+            break
+        else:
+            logger.info("no AX.tsv / diagnostic.tsv in %s or beside it: skipping the AX "
+                        "predictions", data_dir)
     needed = ([("train", processor)] if args.do_train else []) + \
         ([(split, processor) for split in dev_splits] if args.do_eval else []) + \
         (test_splits if args.do_predict else [])
-    examples_of = {(proc.name, split): proc.get_examples(data_dir, split)
+    examples_of = {(proc.name, split): proc.get_examples(
+                       ax_dir if proc.name == "AX" else data_dir, split)
                    for split, proc in needed}
     if args.do_train and args.max_train_examples:
         key = (processor.name, "train")

@@ -59,7 +59,7 @@ def test_deploy_dry_run_yaml_loads_back_with_the_sdk(tmp_path, capsys, monkeypat
     assert (code / "score.py").is_file()
     assert deployment.environment.image.startswith("mcr.microsoft.com/azureml/")
     pip = deployment.environment.conda_file["dependencies"][-1]["pip"]
-    assert "tensorflow-cpu==2.18.1" in pip and "tensorflow-text==2.18.1" in pip
+    assert "tensorflow==2.18.1" in pip and "tensorflow-text==2.18.1" in pip
     assert any(p.startswith("azureml-inference-server-http") for p in pip)
 
 
@@ -158,3 +158,16 @@ def test_deploy_creates_the_endpoint_then_the_deployment_then_routes_traffic(
     assert Path(deployment.model.path) == export.resolve()
     assert "serves deployment blue (100% of traffic)" in out and "scoring URI: https://" in out
     assert FAKE_SUBSCRIPTION not in out
+
+
+def test_traffic_is_shared_so_it_adds_up_to_100():
+    from bert_tf.azure_ml.endpoints import route_traffic
+    from bert_tf.errors import UsageError
+
+    assert route_traffic({}, "blue", 100) == {"blue": 100}
+    assert route_traffic({"blue": 100}, "green", 100) == {"green": 100}
+    assert route_traffic({"blue": 100}, "green", 20) == {"blue": 80, "green": 20}
+    split = route_traffic({"blue": 60, "green": 40}, "red", 10)
+    assert split["red"] == 10 and sum(split.values()) == 100 and split["blue"] > split["green"]
+    with pytest.raises(UsageError, match="no other deployment"):
+        route_traffic({}, "blue", 30)

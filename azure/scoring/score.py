@@ -23,6 +23,7 @@ import os
 
 MAX_INSTANCES = 256  # per request: a bigger batch should be split by the client
 MAX_CHARS = 100_000  # per text
+MAX_TOTAL_CHARS = 1_000_000  # per request: beyond, a request outlives its timeout
 
 _model = None
 _info = None
@@ -94,11 +95,15 @@ def parse_request(raw, info):
         a = _text(a, where) if a is not None else None
         if a is None or not a.strip():
             raise RequestError(f"{where}: empty text")
-        if b and info["model"] != "classifier":
+        if b and not pair:
             raise RequestError(f"{where}: text_b: this model takes one text")
         text_a.append(a)
         text_b.append(_text(b, f"{where} text_b"))
-    return text_a, (text_b if pair or any(text_b) else None)
+    total = sum(map(len, text_a)) + sum(map(len, text_b))
+    if total > MAX_TOTAL_CHARS:
+        raise RequestError(f"{total} characters in one request, more than {MAX_TOTAL_CHARS}: "
+                           "split it")
+    return text_a, (text_b if pair else None)
 
 
 def predict(model, info, text_a, text_b):

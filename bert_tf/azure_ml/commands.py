@@ -293,9 +293,11 @@ def cmd_deploy(args, extra, redact: Redactor) -> int:
               "(nothing created)")
         for line in summary:
             print("  " + line)
+        route = "--all-traffic" if args.traffic == 100 else \
+            f"(then route {args.traffic}% with az ml online-endpoint update --traffic)"
         print(f"  create them: az ml online-endpoint create --file {folder / 'endpoint.yml'} && "
-              f"az ml online-deployment create --file {folder / 'deployment.yml'} "
-              f"--all-traffic  (or rerun without --dry-run)")
+              f"az ml online-deployment create --file {folder / 'deployment.yml'} {route}  "
+              "(or rerun without --dry-run)")
         return 0
     client = _connect(args, redact)
     endpoint, deployment = endpoints.entities(plan)
@@ -307,11 +309,8 @@ def cmd_deploy(args, extra, redact: Redactor) -> int:
         client.online_deployments.begin_create_or_update(deployment).result()
     with talking_to_azure(redact, "routing traffic"):
         current = client.online_endpoints.get(plan.endpoint_name)
-        traffic = dict(current.traffic or {})
-        traffic[plan.deployment_name] = args.traffic
-        if args.traffic == 100:
-            traffic = {plan.deployment_name: 100}
-        current.traffic = traffic
+        current.traffic = endpoints.route_traffic(dict(current.traffic or {}),
+                                                  plan.deployment_name, args.traffic)
         current = client.online_endpoints.begin_create_or_update(current).result()
     print(redact(f"{PROG}: endpoint {plan.endpoint_name} serves deployment "
                  f"{plan.deployment_name} ({args.traffic}% of traffic)"))

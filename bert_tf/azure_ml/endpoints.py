@@ -103,7 +103,11 @@ def check_model(path: str | None) -> tuple[Path, dict, int]:
     if not (folder / "saved_model.pb").is_file() or not info_file.is_file():
         raise UsageError(f"--model {path}: not a bert_tf SavedModel export (needs saved_model.pb "
                          "and serving_info.json; an ONNX export is not served by this script)")
-    info = json.loads(info_file.read_text(encoding="utf-8"))
+    try:
+        info = json.loads(info_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UsageError(f"--model {path}: serving_info.json is not valid JSON ({e}): export "
+                         "the model again") from None
     weights = sum(f.stat().st_size for f in (folder / "variables").glob("*") if f.is_file())
     return folder.resolve(), info, weights
 
@@ -117,8 +121,9 @@ def check_instance(instance_type: str, weights_bytes: int) -> str:
                          f"instance type this tool knows ({', '.join(INSTANCE_MEMORY_GIB)})")
     need, have = required_gib(weights_bytes), INSTANCE_MEMORY_GIB[name] - SYSTEM_GIB
     if need > have:
-        bigger = next(n for n, gib in sorted(INSTANCE_MEMORY_GIB.items(), key=lambda x: x[1])
-                      if gib - SYSTEM_GIB >= need and not n.lower().startswith(GPU_PREFIX))
+        bigger = next((n for n, gib in sorted(INSTANCE_MEMORY_GIB.items(), key=lambda x: x[1])
+                       if gib - SYSTEM_GIB >= need and not n.lower().startswith(GPU_PREFIX)),
+                      "none of the CPU types: the model is too big for one instance")
         raise UsageError(f"--instance_type {name}: {INSTANCE_MEMORY_GIB[name]:g} GiB is too little "
                          f"for this model ({weights_bytes / 2**20:.0f} MiB of weights need about "
                          f"{need:.1f} GiB besides the {SYSTEM_GIB:g} GiB the node keeps): use "
@@ -145,8 +150,27 @@ def plan_deployment(args) -> DeployPlan:
                       args.request_timeout_ms)
 
 
+def route_traffic(traffic: dict, deployment: str, percent: int) -> dict:
+    """The endpoint's traffic with `percent` to `deployment` and the rest shared by the other
+    deployments in their present proportions (Azure wants a total of 100). UsageError when
+    less than 100 is asked and no other deployment takes the rest."""
+    others = {name: share for name, share in traffic.items() if name != deployment and share}
+    if percent == 100 or (not others and percent == 0):
+        return {deployment: percent} if percent else {}
+    if not others:
+        raise UsageError(f"--traffic {percent}: no other deployment of the endpoint takes the "
+                         f"other {100 - percent}%: deploy with --traffic 100 first")
+    rest, total = 100 - percent, sum(others.values())
+    out = {name: rest * share // total for name, share in others.items()}
+    first = next(iter(out))
+    out[first] += rest - sum(out.values())  # the rounding
+    out[deployment] = percent
+    return out
+
+
 def conda_environment(gpu: bool) -> dict:
-    tensorflow = f"tensorflow[and-cuda]=={TF_VERSION}" if gpu else f"tensorflow-cpu=={TF_VERSION}"
+    # tensorflow (not tensorflow-cpu): tensorflow-text depends on it, and both would install.
+    tensorflow = f"tensorflow[and-cuda]=={TF_VERSION}" if gpu else f"tensorflow=={TF_VERSION}"
     return {"name": "bert-tf-serving", "channels": ["conda-forge"],
             "dependencies": ["python=3.11", "pip", {"pip": [
                 tensorflow, f"tensorflow-text=={TF_VERSION}", SERVER]}]}

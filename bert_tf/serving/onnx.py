@@ -19,11 +19,13 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from bert_tf.errors import UsageError
+
 INPUTS = ("input_ids", "input_mask", "segment_ids")
 OPSET = 17  # tf2onnx 1.17 converts up to opset 18; 17 is what onnxruntime has run longest
 
 
-class OnnxExportError(RuntimeError):
+class OnnxExportError(UsageError):
     """The converted graph is not plain ONNX, does not load, or does not give the model's
     logits."""
 
@@ -66,7 +68,7 @@ def probe_inputs(vocab_size: int, batch: int = 8, seq: int = 48, seed: int = 0) 
     rng = np.random.default_rng(seed)
     lengths = rng.integers(3, seq + 1, size=batch)
     lengths[0] = seq
-    ids = rng.integers(1000, vocab_size, size=(batch, seq)).astype(np.int32)
+    ids = rng.integers(min(1000, vocab_size // 2), vocab_size, size=(batch, seq)).astype(np.int32)
     mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int32)
     segments = ((np.arange(seq)[None, :] >= lengths[:, None] // 2) & (mask == 1)).astype(np.int32)
     ids[:, 0] = 101

@@ -6,7 +6,9 @@ Per task the grid's learning rate whose statistic over seeds (median by default)
 metric is best is chosen; each cell is that statistic over its seeds, with the spread (min to
 max) and the number of seeds. The paper's average is over its 9 numbers: MNLI-m, MNLI-mm, QQP
 F1, QNLI, SST-2, CoLA, STS-B Spearman, MRPC F1, RTE (WNLI out). The submission takes, per task,
-the run whose value is the statistic's (the median's run; the best's; for the mean, the closest).
+the run whose primary value is closest to the cell's (the best run; for a median or mean, the
+run nearest it). With `best` every number of a cell comes from that run; with median or mean
+each number is the statistic of its own metric over the seeds.
 """
 
 from __future__ import annotations
@@ -142,8 +144,12 @@ def task_cell(task: str, task_dir: str, how: str) -> Cell | None:
     value = _stat(primary, how)
     chosen = min(runs, key=lambda run: abs(run[1][key] - value))[0]
     keys = [k for _, k in TASKS[task][1]]
-    return Cell(task, lr, runs, {k: _stat([res[k] for _, res in runs], how) for k in keys},
-                (min(primary), max(primary)), chosen)
+    if how == "best":  # every number of the cell from the one best run (the zip's)
+        best = dict(runs)[chosen]
+        values = {k: best[k] for k in keys}
+    else:  # each number the statistic of its own metric over the seeds
+        values = {k: _stat([res[k] for _, res in runs], how) for k in keys}
+    return Cell(task, lr, runs, values, (min(primary), max(primary)), chosen)
 
 
 def table(cells: dict, how: str) -> tuple[str, list[dict], float | None]:
