@@ -405,6 +405,7 @@ def test_export_loads_into_transformers_with_the_same_logits(tmp_path, corpus):
                                got.seq_relationship_logits.numpy(), atol=1e-4)
 
 
+@pytest.mark.slow  # 13-23 s: the default run keeps to its 15-minute budget
 def test_continued_pretraining_from_a_checkpoint_without_heads(tmp_path, corpus):
     """A Hugging Face encoder without MLM/NSP heads: the heads start fresh and the log says so."""
     from bert_tf import checkpoints
@@ -482,6 +483,7 @@ def test_googles_readme_command_line_trains_without_a_vocab_file(tmp_path, corpu
     assert results["global_step"] == 3 and 0 <= results["masked_lm_accuracy"] <= 1
 
 
+@pytest.mark.slow  # 13-23 s: the default run keeps to its 15-minute budget
 def test_a_vocabulary_other_than_the_records_is_refused(tmp_path, corpus):
     """Records whose index names their vocabulary: another --vocab_file (same size, so the
     config check passes) is refused in one line; the right one trains."""

@@ -267,6 +267,7 @@ def test_run_ner_end_to_end(tmp_path, tiny_bert):
     assert dev_f1[-1].value == results["dev_f1"]
 
 
+@pytest.mark.slow  # 13-23 s: the default run keeps to its 15-minute budget
 def test_eval_every_steps_logs_the_dev_metric_during_training(tmp_path, tiny_bert):
     """The curve a sweep prunes on: the task's metric on dev every N steps, under the names the
     final evaluation uses, in metrics.jsonl and MLflow; the flag needs --do_train and --do_eval."""

@@ -213,6 +213,7 @@ print(json.dumps(out_rows))
 """
 
 
+@pytest.mark.slow  # 13-23 s: the default run keeps to its 15-minute budget
 def test_ner_savedmodel_entities_match_run_ner(tiny_bert, tmp_path):
     """run_ner.py --do_predict --export=saved_model at max_seq_length 24, so long sentences
     are cut into windows: for every sentence of a testb slice, fed as raw text (its words
