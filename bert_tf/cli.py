@@ -176,3 +176,32 @@ def _resume_hint() -> str:
     except OSError:
         pass
     return ""
+
+
+def split_after_dashdash(argv: list[str]) -> tuple[list[str], list[str]]:
+    """argv -> (the command's own arguments, the script flags after `--`)."""
+    if "--" in argv:
+        cut = argv.index("--")
+        return argv[:cut], argv[cut + 1:]
+    return argv, []
+
+
+def run_module(main, prog: str) -> None:
+    """The entry of a `python -m bert_tf.X` command (tune, glue): main(argv) returns the exit
+    status; SIGTERM stops it as Ctrl-C does (exit 130); a UsageError is one line
+    `prog: error: ...`, exit 2."""
+    import signal
+
+    from bert_tf.errors import UsageError
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except UsageError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        sys.exit(130)

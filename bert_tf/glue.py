@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import threading
 import time
@@ -53,11 +52,9 @@ def _floats(text: str) -> list[float]:
 
 
 def parse_args(argv: list[str]):
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1:]
-    else:
-        extra = []
+    from bert_tf.cli import split_after_dashdash
+
+    argv, extra = split_after_dashdash(argv)
     p = _Parser(prog="python -m bert_tf.glue", allow_abbrev=False,
                 description="The GLUE dev table of a checkpoint: every task fine-tuned with the "
                             "paper's recipe, resumable.")
@@ -138,21 +135,7 @@ def main(argv: list[str]) -> int:
     return 0 if all(cells.values()) else 1
 
 
-def _cli() -> None:
-    from bert_tf.cli import EXIT_USAGE
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except UsageError as e:
-        print(f"bert_tf.glue: error: {e}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
-    except KeyboardInterrupt:
-        sys.exit(130)
-
-
 if __name__ == "__main__":
-    _cli()
+    from bert_tf.cli import run_module
+
+    run_module(main, "bert_tf.glue")

@@ -33,7 +33,6 @@ from here.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import threading
 import time
@@ -76,11 +75,9 @@ class _Parser(argparse.ArgumentParser):
 
 def parse_args(argv: list[str]):
     """argv (without the program) -> (namespace, flags after `--`)."""
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1:]
-    else:
-        extra = []
+    from bert_tf.cli import split_after_dashdash
+
+    argv, extra = split_after_dashdash(argv)
     parser = _Parser(
         prog="python -m bert_tf.tune", allow_abbrev=False,
         usage="%(prog)s --sweep FILE --output_dir DIR [--trials_at_once N] "
@@ -151,21 +148,7 @@ def main(argv: list[str]) -> int:
     return 0 if best is not None else 1
 
 
-def _cli() -> None:
-    from bert_tf.cli import EXIT_USAGE
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except UsageError as e:
-        print(f"bert_tf.tune: error: {e}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
-    except KeyboardInterrupt:
-        sys.exit(130)
-
-
 if __name__ == "__main__":
-    _cli()
+    from bert_tf.cli import run_module
+
+    run_module(main, "bert_tf.tune")
