@@ -14,6 +14,8 @@ Which GLUE task reports what (the GLUE leaderboard's choice):
 
 from __future__ import annotations
 
+import importlib
+import sys
 import warnings
 from collections import Counter
 from typing import Iterable, Sequence
@@ -26,8 +28,23 @@ __all__ = [
 ]
 
 
+def _settle_dataframe_imports() -> None:
+    """Wait for any half-done import of pandas, polars or pyarrow in another thread.
+
+    scikit-learn (1.8+) asks `sys.modules["pyarrow"].Table` on every metric call. While the
+    MLflow thread (`bert_tf.training.tracking`) is importing mlflow, pyarrow can sit in
+    sys.modules half initialised, and that lookup raised AttributeError in a CI run. Importing a
+    module another thread is initialising blocks on its module lock until it is done, so this
+    turns the race into a short wait; it costs nothing when the modules are absent or complete.
+    """
+    for name in ("pyarrow", "pandas", "polars"):
+        if name in sys.modules:
+            importlib.import_module(name)
+
+
 def _pair(y_true, y_pred, min_length=1):
     """The two inputs as 1-D arrays of equal length; raises with both lengths when they differ."""
+    _settle_dataframe_imports()
     t = np.asarray(y_true)
     p = np.asarray(y_pred)
     if t.ndim != 1 or p.ndim != 1:

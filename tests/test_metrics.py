@@ -249,3 +249,33 @@ def test_entity_scores_edge_cases():
     assert got["num_correct"] == 0 and got["num_pred"] == 2 and got["num_true"] == 2
     with pytest.raises(ValueError, match="sentence 0: 2 gold tags but 1 predicted"):
         metrics.entity_scores([["O", "O"]], [["O"]])
+
+
+def test_a_metric_waits_for_pyarrow_half_imported_by_another_thread(tmp_path):
+    """The MLflow thread imports pyarrow while the main thread scores dev; scikit-learn looks up
+    `sys.modules["pyarrow"].Table`, which a half-imported module lacks (a CI failure). A stand-in
+    pyarrow that takes 2 s to define its classes must make the metric wait, not raise."""
+    import subprocess
+    import sys
+
+    fake = tmp_path / "pyarrow"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(
+        "import threading, time\n"
+        "import builtins; builtins._fake_pyarrow_started.set()\n"
+        "time.sleep(2)\n"
+        "class Table: pass\nclass RecordBatch: pass\nclass Array: pass\nclass ChunkedArray: pass\n")
+    script = (
+        "import builtins, threading, sys\n"
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        "import sklearn.metrics\n"
+        "from bert_tf import metrics\n"
+        "builtins._fake_pyarrow_started = threading.Event()\n"
+        "t = threading.Thread(target=lambda: __import__('pyarrow'))\n"
+        "t.start()\n"
+        "builtins._fake_pyarrow_started.wait()\n"
+        "print(metrics.accuracy([1, 0, 1], [1, 1, 1]))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == str(2 / 3)
