@@ -160,8 +160,12 @@ def run_classifier(args: RunArgs) -> dict:
             results.update(training_results(summary))
             write_eval_results(args.output_dir, results)
             log.write(results.get("global_step", 0), _scores(results), "eval")
+            log.log_artifact(os.path.join(args.output_dir, "eval_results.json"))
         if args.do_predict and dist.is_chief:
-            run.write_submissions(test_splits)
+            # GLUE's files go to MLflow too: `azure/submit.py download --glue` builds the
+            # submission zip from a sweep's trials without fetching their checkpoints.
+            for path in run.write_submissions(test_splits):
+                log.log_artifact(path)
         if args.export and dist.is_chief:
             from bert_tf.export import default_export_dir, export_classifier
 
@@ -270,14 +274,16 @@ class _GlueRun:
                 f"{k} {v:.4f}" for k, v in results.items() if "examples" not in k))
         return results
 
-    def write_submissions(self, test_splits: list) -> None:
+    def write_submissions(self, test_splits: list) -> list[str]:
         """--do_predict: per split, Google's `<split>_results.tsv` (test_results.tsv for the
         test split: each example's class probabilities, tab-separated, no header; a
-        regression's score) and, for test splits, GLUE's submission TSV."""
+        regression's score) and, for test splits, GLUE's submission TSV. Returns the paths of
+        the GLUE submission files written."""
         from bert_tf.data import glue
         from bert_tf.data.records import FeatureTable
 
         args = self.args
+        written = []
         for split, proc in test_splits:
             examples = self.examples_of[(proc.name, split)]
             feats = glue.convert_examples_to_features(
@@ -292,6 +298,8 @@ class _GlueRun:
                 preds = logits[:, 0] if self.processor.is_regression else logits.argmax(-1)
                 path = glue.write_submission(proc, args.output_dir, examples, preds, split)
                 logger.info("wrote %s", path)
+                written.append(path)
+        return written
 
 
 def _write_results_tsv(path: str, logits, regression: bool) -> None:

@@ -1001,3 +1001,127 @@ def test_squad_sweep_dry_run_yaml_loads_back(submit, sdk, tmp_path, capsys):
         "type": "uri_file",
         "path": "https://rajpurkar.github.io/SQuAD-explorer/dataset/train-v1.1.json"}
     assert "--predict_file=${{inputs.predict_file}}" in job.trial.command
+
+
+# -- glue: the GLUE table's grid as one sweep per task -------------------------------------------
+
+def _glue_data(root: Path, tasks) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for task in tasks:
+        (root / task).symlink_to(shared("glue", task))
+    return root
+
+
+GLUE = ["glue", "--compute", "gpu", "--vm_size", "Standard_NC24ads_A100_v4",
+        "--init_checkpoint=bert-base-uncased", "--trials_at_once=4"]
+
+
+def test_glue_dry_run_writes_one_grid_sweep_per_task(submit, sdk, tmp_path, capsys):
+    """The same grid files the local `python -m bert_tf.glue` runs, each as a sweep job with
+    grid sampling over learning rates x seeds, read back by load_job."""
+    from azure.ai.ml.sweep import Choice, GridSamplingAlgorithm
+
+    data = _glue_data(tmp_path / "glue", ["MRPC", "SST-2"])
+    out, jobs = tmp_path / "out", tmp_path / "jobs"
+    status = submit.main(GLUE + [f"--data_dir={data}", f"--output_dir={out}", "--seeds=3",
+                                 "--dry-run", str(jobs), "--", "--dtype=bf16"])
+    printed = capsys.readouterr()
+    assert status == 0, printed.err
+    assert "SST-2, MRPC; 12 runs in 2 grid sweep(s)" in printed.out
+    assert sorted(p.name for p in jobs.iterdir()) == ["glue_MRPC.sweep.yaml",
+                                                       "glue_SST-2.sweep.yaml"]
+    for task, seeds, metric in (("MRPC", [1, 2, 3], "eval/eval_f1"),
+                                ("SST-2", [1], "eval/eval_accuracy")):
+        job = sdk.load_job(str(jobs / f"glue_{task}.sweep.yaml"))
+        assert isinstance(job.sampling_algorithm, GridSamplingAlgorithm)
+        assert isinstance(job.search_space["seed"], Choice)
+        assert list(job.search_space["seed"].values) == seeds
+        assert list(job.search_space["learning_rate"].values) == [2e-5, 3e-5, 5e-5]
+        assert job.limits.max_total_trials == 3 * len(seeds)
+        assert job.limits.max_concurrent_trials == min(4, 3 * len(seeds))
+        assert job.objective.primary_metric == metric
+        assert job.tags["bert_tf.glue_task"] == task
+        assert Path(job.tags["bert_tf.sweep"]) == out / "specs" / f"glue_{task}.yaml"
+        words = job.trial.command.split()
+        for word in (f"--task={task}", "--do_train", "--do_eval", "--do_predict",
+                     "--data_dir=${{inputs.data_dir}}", "--dtype=bf16",
+                     "--learning_rate=${{search_space.learning_rate}}",
+                     "--seed=${{search_space.seed}}", "--init_checkpoint=bert-base-uncased"):
+            assert word in words, (task, word)
+        raw = yaml.safe_load((jobs / f"glue_{task}.sweep.yaml").read_text())
+        assert (jobs / raw["inputs"]["data_dir"]["path"]).resolve() == (data / task).resolve()
+    assert not (out / "glue_jobs.json").exists()  # nothing submitted
+
+
+def test_glue_on_a_datastore_gives_each_task_its_folder(submit, sdk, tmp_path, capsys):
+    out, jobs = tmp_path / "out", tmp_path / "jobs"
+    uri = "azureml://datastores/workspaceblobstore/paths/glue_data/"
+    assert submit.main(GLUE + ["--tasks=RTE,cola", f"--data_dir={uri}",
+                               f"--output_dir={out}", "--dry-run", str(jobs)]) == 0, \
+        capsys.readouterr().err
+    for task in ("RTE", "CoLA"):
+        job = sdk.load_job(str(jobs / f"glue_{task}.sweep.yaml"))
+        assert job.inputs["data_dir"].path == f"azureml://datastores/workspaceblobstore/paths/" \
+                                              f"glue_data/{task}"
+
+
+def test_glue_submits_each_task_once_even_after_a_failure(submit, tmp_path, monkeypatch, capsys):
+    """The job names are kept as each is accepted; when Azure refuses the second task the rerun
+    submits only what is missing."""
+    from azure.ai.ml.sweep import SweepJob
+
+    for key, value in zip(azure_ml.workspace.WORKSPACE_ENV, (FAKE_SUBSCRIPTION, "rg", "ws")):
+        monkeypatch.setenv(key, value)
+    sent, fail = [], {"RTE"}
+
+    def create_or_update(job):
+        assert type(job) is SweepJob
+        task = job.tags["bert_tf.glue_task"]
+        if task in fail:
+            raise RuntimeError("quota exceeded")
+        sent.append(task)
+        return types.SimpleNamespace(name=f"sweep_{task}", status="Running")
+
+    client = types.SimpleNamespace(jobs=types.SimpleNamespace(create_or_update=create_or_update))
+    monkeypatch.setattr(azure_ml.commands, "make_client", lambda workspace: client)
+    data = _glue_data(tmp_path / "glue", ["MRPC", "RTE"])
+    out = tmp_path / "out"
+    args = GLUE + [f"--data_dir={data}", f"--output_dir={out}", "--seeds=2"]
+    assert submit.main(args) == 1
+    printed = capsys.readouterr()
+    assert "quota exceeded" in printed.err and len(printed.err.strip().splitlines()) == 1
+    recorded = json.loads((out / "glue_jobs.json").read_text())
+    assert recorded == {"init_checkpoint": "bert-base-uncased",
+                        "tasks": {"MRPC": "sweep_MRPC"}}
+    fail.clear()
+    assert submit.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "MRPC: already submitted as sweep_MRPC" in printed and "download --glue" in printed
+    assert sent == ["MRPC", "RTE"]
+    assert json.loads((out / "glue_jobs.json").read_text())["tasks"] == {
+        "MRPC": "sweep_MRPC", "RTE": "sweep_RTE"}
+    other = GLUE[:-2] + ["--init_checkpoint=bert-large-uncased", f"--data_dir={data}",
+                         f"--output_dir={out}"]
+    assert submit.main(other) == 2
+    assert "holds the jobs of --init_checkpoint=bert-base-uncased" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [
+    (GLUE + ["--tasks=NOPE", "--output_dir=out"], "--tasks: unknown task 'NOPE'"),
+    (GLUE + ["--data_dir=no/such", "--output_dir=out"], "--data_dir=no/such: no such folder"),
+    (GLUE + ["--data_dir=azureml:glue:1", "--output_dir=out"], "not a data asset"),
+    (GLUE + ["--tasks=MRPC", "--output_dir=out", "--", "--seed=3"],
+     "submit.py glue sets --seed itself"),
+    (GLUE + ["--tasks=MRPC", "--output_dir=out", "--seeds=0"], "at least 1"),
+    (GLUE + ["--tasks=MRPC", "--output_dir=out", "--", "--lerning_rate=1"], "lerning_rate"),
+    (["download", "--glue", "out"], "no glue_jobs.json there"),
+    (["download", "job1", "--glue", "out"], "takes no SWEEP_JOB"),
+    (["download", "job1"], "give SWEEP_JOB and --output_dir"),
+])
+def test_glue_bad_input_is_one_line_exit_2(run, tmp_path, args, message):
+    proc = run(*args)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("submit.py: error: "), proc.stderr
+    assert message in lines[0]
+    assert not (tmp_path / "out").exists()  # not even the grids

@@ -60,7 +60,10 @@ def check_outputs(out, tasks):
                 "0", "1", "entailment", "not_entailment"}
 
 
-def test_one_task_table_and_submission(tiny_bert, tmp_path):
+def test_one_task_table_and_submission(tiny_bert, tmp_path, monkeypatch, capsys):
+    """The local table of one task; then `azure/submit.py download --glue` over the same runs,
+    read from their MLflow store as an Azure sweep's trials are (last eval/ metrics, GLUE's
+    files as artifacts), gives the same table and the same submission zip."""
     data = glue_data(tmp_path / "glue", ["MRPC"])
     out = tmp_path / "out"
     proc = glue([f"--init_checkpoint={tiny_bert}", f"--output_dir={out}",
@@ -70,6 +73,22 @@ def test_one_task_table_and_submission(tiny_bert, tmp_path):
     assert "the submission lacks CoLA.tsv" in proc.stdout
     spec = (out / "specs" / "glue_MRPC.yaml").read_text()
     assert "type: grid" in spec and "do_predict: true" in spec
+
+    azure = _azure_download_of(out, tmp_path, monkeypatch)
+    printed = capsys.readouterr().out
+    assert "MRPC: sweep glue_MRPC_sweep (Completed), 2 COMPLETE" in printed
+    check_outputs(azure, ["MRPC"])
+
+    def rows(folder):
+        table = csv.DictReader(io.StringIO((folder / "glue_table.csv").read_text()))
+        return [{k: v for k, v in r.items() if k != "chosen_run"} for r in table]
+
+    assert rows(azure) == rows(out)
+    assert (azure / "glue_table.md").read_text().split("| task |")[0] == \
+        (out / "glue_table.md").read_text().split("| task |")[0]
+    with zipfile.ZipFile(out / "glue_submission.zip") as a, \
+            zipfile.ZipFile(azure / "glue_submission.zip") as b:
+        assert a.read("MRPC.tsv") == b.read("MRPC.tsv")
 
 
 @pytest.mark.slow
@@ -159,3 +178,44 @@ def test_grid_sampling_in_a_search_space_file(tmp_path):
                     "{type: choice, values: [1, 2]}\n")
     with pytest.raises(SweepError, match="the grid has 2 points"):
         load(str(path))
+
+
+def _azure_download_of(local_out, tmp_path, monkeypatch, task="MRPC"):
+    """`azure/submit.py download --glue` over the local table's own runs: its MLflow store made
+    to look like an Azure sweep's (each trial's run a child of the task's sweep job), read
+    through a fake workspace. Returns the folder the download wrote."""
+    import importlib.util
+    import json
+    import shutil
+    import types
+
+    from mlflow.tracking import MlflowClient
+
+    import bert_tf.azure_ml.cli  # noqa: F401  (every module of the package)
+    from bert_tf import azure_ml
+
+    uri = f"sqlite:///{local_out / task / 'mlflow.db'}"
+    store = MlflowClient(tracking_uri=uri)
+    job_name = f"glue_{task}_sweep"
+    for experiment in store.search_experiments():
+        for run in store.search_runs([experiment.experiment_id]):
+            store.set_tag(run.info.run_id, "mlflow.parentRunId", job_name)
+    folder = tmp_path / "azure"
+    shutil.copytree(local_out / "specs", folder / "specs")
+    (folder / "glue_jobs.json").write_text(json.dumps(
+        {"init_checkpoint": "x", "tasks": {task: job_name}}))
+    for key, value in zip(azure_ml.workspace.WORKSPACE_ENV, ("sub", "rg", "ws")):
+        monkeypatch.setenv(key, value)
+    job = types.SimpleNamespace(name=job_name, type="sweep", experiment_name=None,
+                                status="Completed")
+    client = types.SimpleNamespace(
+        workspace_name="ws", jobs=types.SimpleNamespace(get=lambda name: job),
+        workspaces=types.SimpleNamespace(
+            get=lambda name: types.SimpleNamespace(mlflow_tracking_uri=uri)))
+    monkeypatch.setattr(azure_ml.commands, "make_client", lambda workspace: client)
+    monkeypatch.setattr(azure_ml.commands, "require_azureml_mlflow", lambda: None)
+    spec = importlib.util.spec_from_file_location("submit_for_glue", REPO / "azure" / "submit.py")
+    submit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(submit)
+    assert submit.main(["download", "--glue", str(folder)]) == 0
+    return folder

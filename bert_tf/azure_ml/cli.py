@@ -15,6 +15,11 @@ model logic.
     python azure/submit.py stream JOB        # follow the logs until the job ends
     # a finished sweep's trials -> trials.json + the local sweep's plots (loss_curves.png, ...)
     python azure/submit.py download SWEEP_JOB --output_dir output/mrpc_lr_azure
+    # the GLUE table (python -m bert_tf.glue) as one grid sweep per task, then the table
+    python azure/submit.py glue --compute gpu-a100 --vm_size Standard_NC24ads_A100_v4 \\
+        --instance_count 1 --init_checkpoint=bert-base-uncased --trials_at_once=4 \\
+        --data_dir=azureml://datastores/workspaceblobstore/paths/glue --output_dir output/glue
+    python azure/submit.py download --glue output/glue
     # serve an export (export_model.py) on a managed online endpoint
     python azure/submit.py deploy --model export/mrpc --endpoint_name mrpc-bert \\
         --instance_type Standard_DS3_v2 --instance_count 1
@@ -63,6 +68,7 @@ from bert_tf.azure_ml.commands import COMMANDS
 from bert_tf.azure_ml.workspace import AzureFailure, Redactor, quiet_azure_logging
 from bert_tf.cli import EXIT_USAGE
 from bert_tf.flags import SCRIPTS
+from bert_tf.sweeps.glue_table import STATISTICS, add_grid_arguments
 
 
 DEFAULT_EXPERIMENT = "bert_tf"
@@ -160,11 +166,38 @@ def build_parser() -> argparse.ArgumentParser:
                         "contacted")
     workspace_option(e)
 
-    d = sub.add_parser("download", help="a finished sweep's trials -> trials.json and plots")
-    d.add_argument("job", metavar="SWEEP_JOB", help="sweep job name")
-    d.add_argument("--output_dir", required=True, help="folder for trials.json and the plots")
+    g = sub.add_parser("glue", help="the GLUE table's grid: one grid sweep job per task (script "
+                       "flags after --)")
+    add_grid_arguments(g)
+    g.add_argument("--data_dir", help="a local folder holding one folder per GLUE task (each "
+                   "uploaded), or azureml://datastores/NAME/paths/PATH; none: each trial "
+                   "downloads its task")
+    g.add_argument("--output_dir", required=True, help="local folder for the grids (specs/), "
+                   "glue_jobs.json and, after download --glue, the table")
+    g.add_argument("--compute", required=True, help="cluster name")
+    g.add_argument("--instance_count", type=int, default=1, help="nodes per trial (default 1)")
+    g.add_argument("--vm_size", help="the cluster's VM size: sets the MPI processes per node")
+    g.add_argument("--gpus_per_node", type=int,
+                   help="MPI processes per node, for a size the table does not know")
+    g.add_argument("--experiment_name", default=DEFAULT_EXPERIMENT,
+                   help=f"Azure ML experiment (default {DEFAULT_EXPERIMENT})")
+    g.add_argument("--inputs", action="append", metavar="NAME=PATH", help="a job input, as "
+                   "for sweep")
+    g.add_argument("--dry-run", "--dry_run", dest="dry_run", metavar="FOLDER",
+                   help="write each task's sweep job YAML to FOLDER and stop: nothing is "
+                        "contacted")
+    workspace_option(g)
+
+    d = sub.add_parser("download", help="a finished sweep's trials -> trials.json and plots; "
+                       "--glue: the GLUE table of `glue`'s sweeps")
+    d.add_argument("job", metavar="SWEEP_JOB", nargs="?", help="sweep job name")
+    d.add_argument("--output_dir", help="folder for trials.json and the plots")
     d.add_argument("--sweep", metavar="YAML", help="its search-space file (default: the one "
                    "the job was submitted with, from its tags)")
+    d.add_argument("--glue", metavar="FOLDER", help="the --output_dir of `glue`: the table, "
+                   "plot and submission zip of its sweeps are written there")
+    d.add_argument("--statistic", choices=STATISTICS, default="median",
+                   help="with --glue: what a cell is over seeds (default median)")
     workspace_option(d)
     return parser
 
@@ -186,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             cut = argv.index("--")
             argv, extra = argv[:cut], argv[cut + 1:]
         args = build_parser().parse_args(argv)
-        if extra and args.command not in ("train", "sweep"):
+        if extra and args.command not in ("train", "sweep", "glue"):
             raise UsageError(f"{args.command} takes no script flags after --")
         return COMMANDS[args.command](args, extra, redact)
     except UsageError as e:  # bert_tf.sweeps.SweepError too

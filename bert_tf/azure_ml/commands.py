@@ -1,4 +1,4 @@
-"""The subcommands of submit.py: train, sweep, compute, status, stream, download."""
+"""The subcommands of submit.py: train, sweep, glue, compute, status, stream, download, deploy."""
 
 from __future__ import annotations
 
@@ -113,10 +113,9 @@ def cmd_train(args, extra: list[str], redact: Redactor) -> int:
     return _submit_or_write(job, "command", plan, dry_run, redact, client, summary)
 
 
-def cmd_sweep(args, extra: list[str], redact: Redactor) -> int:
-    from bert_tf import sweeps
-
-    spec = sweeps.load(args.sweep)
+def check_sweep(spec, extra: list[str], args) -> tuple:
+    """A search-space file's sweep checked before anything is contacted: the script's flags
+    after --, the counts, the GPUs per node, the job inputs. Returns (flags, inputs, gpus)."""
     pairs = parse_script_flags(spec.script, extra)
     merged = spec.check_flags(flag_words(pairs))
     _check_counts(args)
@@ -124,18 +123,17 @@ def cmd_sweep(args, extra: list[str], redact: Redactor) -> int:
     fixed = [(name, value if eq else None) for name, eq, value in
              (word[2:].partition("=") for word in spec.flag_args(merged))]
     flags, inputs = plan_inputs(spec.script, fixed, parse_named_inputs(args.inputs))
-    dry_run = check_dry_run_path(args.dry_run)
-    client = _connect(args, redact)
-    sweep_path = Path(args.sweep).resolve()
-    try:
-        tag = sweep_path.relative_to(REPO).as_posix()
-    except ValueError:
-        tag = str(sweep_path)
+    return flags, inputs, gpus
+
+
+def sweep_job(spec, checked: tuple, args, redact: Redactor, client, display_name: str,
+              tags: dict) -> tuple:
+    """The SweepJob of a checked sweep (check_sweep) -> (plan, job, summary lines)."""
+    flags, inputs, gpus = checked
     plan = JobPlan(script=spec.script, flags=flags, inputs=inputs, compute=args.compute,
                    instance_count=args.instance_count, gpus=gpus, vm_size=args.vm_size,
-                   experiment_name=args.experiment_name,
-                   display_name=args.display_name or sweep_path.stem,
-                   tags={"bert_tf.script": spec.script, SWEEP_TAG: tag})
+                   experiment_name=args.experiment_name, display_name=display_name,
+                   tags={"bert_tf.script": spec.script, **tags})
     _finish_plan(plan, args, redact, client)
     job = build_sweep_job(plan, spec)
     space = []
@@ -155,6 +153,28 @@ def cmd_sweep(args, extra: list[str], redact: Redactor) -> int:
                + ("grid sampling; " if spec.sampling == "grid" else
                   f"random sampling, seed {spec.seed}; ")
                + f"{spec.max_total_trials} trials, {spec.max_concurrent_trials} at a time"]
+    return plan, job, summary
+
+
+def sweep_tag(sweep_path: Path) -> str:
+    """How a job names its search-space file: relative to the repository when inside it."""
+    try:
+        return sweep_path.resolve().relative_to(REPO).as_posix()
+    except ValueError:
+        return str(sweep_path.resolve())
+
+
+def cmd_sweep(args, extra: list[str], redact: Redactor) -> int:
+    from bert_tf import sweeps
+
+    spec = sweeps.load(args.sweep)
+    checked = check_sweep(spec, extra, args)
+    dry_run = check_dry_run_path(args.dry_run)
+    client = _connect(args, redact)
+    sweep_path = Path(args.sweep)
+    plan, job, summary = sweep_job(spec, checked, args, redact, client,
+                                   args.display_name or sweep_path.stem,
+                                   {SWEEP_TAG: sweep_tag(sweep_path)})
     return _submit_or_write(job, "sweep", plan, dry_run, redact, client, summary)
 
 
@@ -234,6 +254,15 @@ def cmd_stream(args, extra, redact: Redactor) -> int:
 def cmd_download(args, extra, redact: Redactor) -> int:
     from bert_tf import sweeps
 
+    if args.glue:
+        if args.job or args.sweep or args.output_dir:
+            raise UsageError("download --glue FOLDER takes no SWEEP_JOB, --sweep or --output_dir "
+                             "(the table is written in FOLDER)")
+        from bert_tf.azure_ml.glue import download_glue
+
+        return download_glue(args, redact)
+    if not args.job or not args.output_dir:
+        raise UsageError("download: give SWEEP_JOB and --output_dir (or --glue FOLDER)")
     name = _check_job_name(args.job)
     spec = sweeps.load(args.sweep) if args.sweep else None
     if os.path.isfile(args.output_dir):
@@ -323,6 +352,12 @@ def cmd_deploy(args, extra, redact: Redactor) -> int:
     return 0
 
 
-COMMANDS = {"compute": cmd_compute, "train": cmd_train, "sweep": cmd_sweep,
+def cmd_glue(args, extra: list[str], redact: Redactor) -> int:
+    from bert_tf.azure_ml.glue import cmd_glue as glue
+
+    return glue(args, extra, redact)
+
+
+COMMANDS = {"compute": cmd_compute, "train": cmd_train, "sweep": cmd_sweep, "glue": cmd_glue,
             "status": cmd_status, "stream": cmd_stream, "download": cmd_download,
             "deploy": cmd_deploy}

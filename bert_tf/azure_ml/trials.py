@@ -94,7 +94,8 @@ def read_trials(tracking_uri: str, parent_run_id: str, spec, experiment_name: st
             number=number, params=params, state=state,
             value=metric_curve[-1][1] if metric_curve and state != "FAIL" else None,
             loss_curve=_curve(client, run.info.run_id, "train/loss"),
-            metric_curve=metric_curve))
+            metric_curve=metric_curve, run_id=run.info.run_id,
+            run_name=run.info.run_name or run.info.run_id, metrics=dict(run.data.metrics)))
     return trials
 
 
@@ -103,7 +104,12 @@ def write_trials_report(spec, trials: list[dict], output_dir: str) -> dict:
     and tables (loss_curves.png, metric_vs_lr.png, trials.md/csv). Returns write_report's
     summary."""
     os.makedirs(output_dir, exist_ok=True)
-    write_file(Path(output_dir) / "trials.json", json.dumps(trials, indent=1) + "\n")
+    import dataclasses
+
     from bert_tf.sweeps.report import TrialRecord, write_report
 
-    return write_report(spec, [TrialRecord(**t) for t in trials], output_dir)
+    fields = {f.name for f in dataclasses.fields(TrialRecord)}
+    records = [TrialRecord(**{k: v for k, v in t.items() if k in fields}) for t in trials]
+    write_file(Path(output_dir) / "trials.json",
+               json.dumps([dataclasses.asdict(r) for r in records], indent=1) + "\n")
+    return write_report(spec, records, output_dir)

@@ -72,6 +72,61 @@ def find_tasks(data_dir: str | None, asked: list[str] | None) -> list[str]:
     return found
 
 
+# Set by the table for each task and run: not accepted among the script flags after --.
+GRID_FLAGS = ("task", "task_name", "init_checkpoint", "data_dir", "learning_rate", "seed",
+              "do_train", "do_eval", "do_predict")
+
+
+def _learning_rates(text: str) -> list[float]:
+    import argparse
+
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated numbers") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: positive learning rates")
+    return values
+
+
+def add_grid_arguments(p) -> None:
+    """The flags of a GLUE table's grid, shared by `python -m bert_tf.glue` and
+    `azure/submit.py glue` (an argparse parser): the paper's recipe by default."""
+    p.add_argument("--init_checkpoint", required=True, help="the checkpoint to evaluate")
+    p.add_argument("--tasks", type=lambda s: [t for t in s.split(",") if t.strip()],
+                   help="comma-separated tasks (default: every task found in --data_dir)")
+    p.add_argument("--learning_rates", type=_learning_rates, default=[2e-5, 3e-5, 5e-5],
+                   help="the grid (default 2e-5,3e-5,5e-5)")
+    p.add_argument("--seeds", type=int, default=5, help="seeds of each small task (CoLA, MRPC, "
+                   "STS-B, RTE); the others run one (default 5)")
+    p.add_argument("--train_batch_size", type=int, default=32)
+    p.add_argument("--num_train_epochs", type=float, default=3.0)
+    p.add_argument("--max_seq_length", type=int, default=128)
+    p.add_argument("--max_train_examples", type=int, default=0,
+                   help="train on the first N examples of each task (quick runs); 0: all")
+    p.add_argument("--trials_at_once", type=int, default=1, help="runs at a time")
+
+
+def check_grid_arguments(args, extra: list[str], prog: str) -> None:
+    """UsageError for counts below 1 or a script flag after -- that the grid sets itself."""
+    if args.seeds < 1 or args.trials_at_once < 1:
+        raise UsageError("--seeds and --trials_at_once must be at least 1")
+    for arg in extra:
+        name = arg.lstrip("-").split("=", 1)[0]
+        if name in GRID_FLAGS or (name.startswith("no") and name[2:] in GRID_FLAGS):
+            raise UsageError(f"{arg} after --: {prog} sets --{name.removeprefix('no')} "
+                             "itself (its own flags: --init_checkpoint, --data_dir, "
+                             "--learning_rates, --seeds, --tasks)")
+
+
+def task_data_dir(data_dir: str, task: str) -> str:
+    """The task's folder in a GLUE folder: a local path (made absolute) or a URI
+    (azureml://datastores/NAME/paths/glue -> .../glue/MRPC)."""
+    if "://" in data_dir:
+        return data_dir.rstrip("/") + "/" + task
+    return os.path.join(os.path.abspath(data_dir), task)
+
+
 def spec_text(task: str, args, data_dir: str | None) -> str:
     """The task's search-space file: a grid of learning rates x seeds, every trial trains,
     evaluates on dev and predicts the test set."""
@@ -83,7 +138,7 @@ def spec_text(task: str, args, data_dir: str | None) -> str:
              "train_batch_size": args.train_batch_size,
              "num_train_epochs": args.num_train_epochs}
     if data_dir:
-        flags["data_dir"] = os.path.join(os.path.abspath(data_dir), task)
+        flags["data_dir"] = task_data_dir(data_dir, task)
     if args.max_train_examples:
         flags["max_train_examples"] = args.max_train_examples
     spec = {"script": "run_classifier.py", "primary_metric": TASKS[task][0], "goal": "maximize",
@@ -96,6 +151,19 @@ def spec_text(task: str, args, data_dir: str | None) -> str:
             "flags": flags}
     return ("# Written by python -m bert_tf.glue: the " + task + " grid of the GLUE table.\n"
             + yaml.safe_dump(spec, sort_keys=False))
+
+
+def write_spec(output_dir: str, task: str, args, data_dir: str | None) -> str:
+    """OUTPUT_DIR/specs/glue_TASK.yaml (spec_text), rewritten only when its text changed;
+    returns its path."""
+    specs_dir = os.path.join(output_dir, "specs")
+    os.makedirs(specs_dir, exist_ok=True)
+    path = os.path.join(specs_dir, f"glue_{task}.yaml")
+    text = spec_text(task, args, data_dir)
+    if not os.path.exists(path) or open(path, encoding="utf-8").read() != text:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    return path
 
 
 @dataclasses.dataclass
@@ -118,14 +186,14 @@ def _stat(values: list[float], how: str) -> float:
 
 
 def task_cell(task: str, task_dir: str, how: str) -> Cell | None:
-    """The cell of a task from its finished trials (None when no trial finished)."""
+    """The cell of a task from the finished trials of its local grid sweep (task_dir: the
+    sweep's folder, its spec in ../specs/glue_TASK.yaml); None when no trial finished."""
     from bert_tf.sweeps import load
     from bert_tf.sweeps.study import open_study
 
     spec = load(os.path.join(task_dir, "..", "specs", f"glue_{task}.yaml"))
     study = open_study(spec, [], task_dir)
-    key = TASKS[task][0].split("/", 1)[1]
-    by_lr: dict = {}
+    runs = []
     for t in study.get_trials(deepcopy=False):
         if t.state.name != "COMPLETE":
             continue
@@ -134,12 +202,24 @@ def task_cell(task: str, task_dir: str, how: str) -> Cell | None:
         if not os.path.exists(path):
             continue
         with open(path, encoding="utf-8") as f:
-            results = json.load(f)
-        by_lr.setdefault(float(t.params["learning_rate"]), []).append((folder, results))
+            runs.append((float(t.params["learning_rate"]), folder, json.load(f)))
+    return cell_of_runs(task, runs, how)
+
+
+def cell_of_runs(task: str, runs: list, how: str) -> Cell | None:
+    """The cell of a task from its finished runs [(learning rate, folder, eval_results dict)],
+    wherever they ran (a local sweep, an Azure ML sweep's downloaded trials); None if empty.
+    The learning rate whose `how` (median, mean, best) over seeds of the task's primary metric
+    is highest is chosen (the smaller rate on a tie)."""
+    key = TASKS[task][0].split("/", 1)[1]
+    by_lr: dict = {}
+    for lr, folder, results in runs:
+        if key in results:
+            by_lr.setdefault(float(lr), []).append((folder, results))
     if not by_lr:
         return None
     lr = max(by_lr, key=lambda r: (_stat([res[key] for _, res in by_lr[r]], how), -r))
-    runs = sorted(by_lr[lr])
+    runs = sorted(by_lr[lr], key=lambda run: run[0])
     primary = [res[key] for _, res in runs]
     value = _stat(primary, how)
     chosen = min(runs, key=lambda run: abs(run[1][key] - value))[0]
@@ -238,6 +318,8 @@ def submission_zip(cells: dict, path: str) -> tuple[list[str], list[str]]:
 
 
 def write_outputs(cells: dict, how: str, output_dir: str) -> dict:
+    """glue_table.md/.csv/.png and glue_submission.zip in output_dir. Returns {paths, markdown,
+    average, zipped, missing, notes} (notes: lines to show the user)."""
     md, rows, average = table(cells, how)
     paths = {"table": os.path.join(output_dir, "glue_table.md"),
              "csv": os.path.join(output_dir, "glue_table.csv"),
@@ -253,5 +335,9 @@ def write_outputs(cells: dict, how: str, output_dir: str) -> dict:
     if any(cells.values()):
         plot(cells, how, paths["png"])
     written, missing = submission_zip(cells, paths["zip"])
+    notes = []
+    if missing:
+        notes.append(f"the submission lacks {', '.join(missing)}: GLUE's server needs all "
+                     f"{len(written) + len(missing)} files")
     return {"paths": paths, "markdown": md, "average": average, "zipped": written,
-            "missing": missing}
+            "missing": missing, "notes": notes}
