@@ -313,3 +313,46 @@ def test_onnx_export_matches_bert_tf_logits_in_onnxruntime(mrpc_run, tmp_path):
     want = loop.predict(source.model, FeatureTable.from_features(features, 64, "int32"), 64,
                         max_seq_length=64)
     assert np.abs(np.array(got["logits"]) - want).max() < 1e-4
+
+
+@pytest.mark.slow  # run_ner.py plus a tf2onnx conversion: ~30 s
+def test_ner_onnx_tags_match_run_ner(tiny_bert, tmp_path):
+    """run_ner.py --do_predict --export=onnx at max_seq_length 24 (long sentences cut into
+    windows): model.onnx in onnxruntime, fed Google's word pieces of each testb sentence, tags
+    every word as run_ner.py's test_predictions.txt does."""
+    import onnxruntime
+
+    from bert_tf.data import conll
+    from bert_tf.tokenization import FullTokenizer
+
+    data = tmp_path / "conll"
+    data.mkdir()
+    lines = shared("conll2003", "eng.testb").read_text(encoding="utf-8").splitlines()
+    (data / "eng.testb").write_text("\n".join(lines[:3000]) + "\n", encoding="utf-8")
+    out = tmp_path / "ner"
+    proc = run_script([f"--data_dir={data}", f"--init_checkpoint={tiny_bert}",
+                       f"--output_dir={out}", "--max_seq_length=24", "--do_predict",
+                       "--export=onnx"], script=NER)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    export = out / "export" / "onnx"
+    info = json.loads((export / "serving_info.json").read_text())
+    assert info["model"] == "tagger" and info["max_seq_length"] == 24
+    sentences = conll.read_conll(str(data / "eng.testb"))
+    tokenizer = FullTokenizer(str(export / "vocab.txt"), do_lower_case=info["do_lower_case"])
+    features = conll.convert_sentences_to_features(sentences, info["labels"], 24, tokenizer)
+    assert len(features) > len(sentences)  # some sentences take several windows
+    session = onnxruntime.InferenceSession(str(export / "model.onnx"),
+                                           providers=["CPUExecutionProvider"])
+    predictions = []
+    for i in range(0, len(features), 64):
+        batch = features[i:i + 64]
+        feed = {name: np.zeros((len(batch), 24), np.int32) for name in info["inputs"]}
+        for k, f in enumerate(batch):
+            feed["input_ids"][k, :f["length"]] = f["input_ids"]
+            feed["input_mask"][k, :f["length"]] = 1
+        predictions += list(session.run(["logits"], feed)[0].argmax(-1))
+    tags = conll.assemble_predictions(features, predictions, sentences, info["labels"])
+    want = [[line.split()[2] for line in block.splitlines()]
+            for block in (out / "test_predictions.txt").read_text().strip().split("\n\n")]
+    assert tags == want
+    assert len({t for row in tags for t in row}) > 2  # a random head still tags variously
