@@ -105,6 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dry-run", "--dry_run", dest="dry_run", metavar="PATH",
                        help=f"write the {what} YAML to PATH and stop: nothing is contacted")
 
+    def cluster_options(p):
+        p.add_argument("--vm_size", help="the cluster's VM size: sets the MPI processes per node")
+        p.add_argument("--gpus_per_node", type=int,
+                       help="MPI processes per node, for a size the table does not know")
+        p.add_argument("--experiment_name", default=DEFAULT_EXPERIMENT,
+                       help=f"Azure ML experiment (default {DEFAULT_EXPERIMENT})")
+        p.add_argument("--inputs", action="append", metavar="NAME=PATH",
+                       help="a job input: a local path or azureml://datastores/.../paths/...; "
+                            "NAME a flag of the script, or referred to as ${{inputs.NAME}}")
+
     c = sub.add_parser("compute", help="create or update a GPU cluster (AmlCompute)")
     c.add_argument("--name", required=True, help="cluster name")
     c.add_argument("--vm_size", required=True, help="e.g. Standard_ND96amsr_A100_v4")
@@ -131,15 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--sweep", required=True, metavar="YAML",
                            help="search-space file (configs/sweeps/*.yaml)")
-        p.add_argument("--vm_size", help="the cluster's VM size: sets the MPI processes per node")
-        p.add_argument("--gpus_per_node", type=int,
-                       help="MPI processes per node, for a size the table does not know")
-        p.add_argument("--experiment_name", default=DEFAULT_EXPERIMENT,
-                       help=f"Azure ML experiment (default {DEFAULT_EXPERIMENT})")
+        cluster_options(p)
         p.add_argument("--display_name", help="job display name")
-        p.add_argument("--inputs", action="append", metavar="NAME=PATH",
-                       help="a job input: a local path or azureml://datastores/.../paths/...; "
-                            "NAME a flag of the script, or referred to as ${{inputs.NAME}}")
         dry_run_option(p, "job")
         workspace_option(p)
 
@@ -176,13 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "glue_jobs.json and, after download --glue, the table")
     g.add_argument("--compute", required=True, help="cluster name")
     g.add_argument("--instance_count", type=int, default=1, help="nodes per trial (default 1)")
-    g.add_argument("--vm_size", help="the cluster's VM size: sets the MPI processes per node")
-    g.add_argument("--gpus_per_node", type=int,
-                   help="MPI processes per node, for a size the table does not know")
-    g.add_argument("--experiment_name", default=DEFAULT_EXPERIMENT,
-                   help=f"Azure ML experiment (default {DEFAULT_EXPERIMENT})")
-    g.add_argument("--inputs", action="append", metavar="NAME=PATH", help="a job input, as "
-                   "for sweep")
+    cluster_options(g)
     g.add_argument("--dry-run", "--dry_run", dest="dry_run", metavar="FOLDER",
                    help="write each task's sweep job YAML to FOLDER and stop: nothing is "
                         "contacted")
