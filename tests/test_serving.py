@@ -356,3 +356,33 @@ def test_ner_onnx_tags_match_run_ner(tiny_bert, tmp_path):
             for block in (out / "test_predictions.txt").read_text().strip().split("\n\n")]
     assert tags == want
     assert len({t for row in tags for t in row}) > 2  # a random head still tags variously
+
+
+@pytest.mark.parametrize("hidden_act", ["gelu", "gelu_tanh", "relu"])
+def test_the_serving_forward_pass_is_the_keras_models(hidden_act):
+    """bert_tf.serving.forward (what an export's graph runs) against the Keras model it reads:
+    a classifier (last layer at [CLS] only) and a tagger, with padding and two segments, every
+    activation the config allows, within 1e-5."""
+    import tensorflow as tf
+
+    from bert_tf import BertConfig
+    from bert_tf.modeling import BertClassifier, BertTokenClassifier
+    from bert_tf.serving import forward
+
+    config = BertConfig(vocab_size=500, hidden_size=48, num_hidden_layers=3,
+                        num_attention_heads=4, intermediate_size=96, hidden_act=hidden_act,
+                        max_position_embeddings=64)
+    rng = np.random.default_rng(3)
+    features = {"input_ids": rng.integers(1, 500, (3, 21)).astype("int32"),
+                "input_mask": np.ones((3, 21), "int32"),
+                "segment_ids": np.zeros((3, 21), "int32")}
+    features["input_mask"][1, 9:] = 0
+    features["segment_ids"][:, 7:] = 1
+    for model in (BertClassifier(config, 3), BertTokenClassifier(config, 5)):
+        for weight in model.weights:  # non-trivial LayerNorm and bias weights too
+            weight.assign(rng.normal(0, 0.2, weight.shape).astype("float32"))
+        want = model(features, training=False)["logits"].numpy()
+        got = tf.function(forward.logits, autograph=False, reduce_retracing=True)(
+            model, {k: tf.constant(v) for k, v in features.items()}).numpy()
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)

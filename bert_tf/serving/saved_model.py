@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from bert_tf.serving import forward
+
 _CLS, _SEP = "[CLS]", "[SEP]"
 
 
@@ -81,9 +83,11 @@ class _Served(tf.Module):
                     [0, tf.shape(features["input_ids"])[1], num_labels]
                 return {"logits": tf.zeros(shape, tf.float32)}
 
+            # The inference forward pass over the model's variables (serving/forward.py: the
+            # Keras model's maths in fused TensorFlow kernels, a classifier's last layer at
+            # [CLS] only).
             return tf.cond(tf.size(features["input_ids"]) > 0,
-                           lambda: {"logits": tf.cast(model(features, training=False)["logits"],
-                                                      tf.float32)}, empty)
+                           lambda: {"logits": forward.logits(model, features)}, empty)
 
         self._call_model = call_model
         missing = [t for t in (_CLS, _SEP) if t not in tokenizer.special_ids]
