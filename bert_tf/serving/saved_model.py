@@ -125,9 +125,10 @@ class ClassifierModule(_Served):
                                   tf.TensorSpec([None], tf.string, name="text_b")])
     def text_pair(self, text_a, text_b):
         """Raw text pairs [B], [B] -> probabilities [B, L] and label [B] (or score [B])."""
-        a = self.tokenizer.tokenize(text_a)
-        b = self.tokenizer.tokenize(text_b)
         batch = tf.shape(text_a)[0]
+        # One tokenizer pass over both sides: its cost at batch 1 is mostly per call.
+        both = self.tokenizer.tokenize(tf.concat([text_a, text_b], axis=0))
+        a, b = both[:batch], both[batch:]
         has_b = b.row_lengths() > 0
         budget = tf.where(has_b, self.max_seq_length - 3, self.max_seq_length - 2)
         keep_a, keep_b = pair_lengths(a.row_lengths(), b.row_lengths(),
