@@ -1029,7 +1029,7 @@ def test_glue_dry_run_writes_one_grid_sweep_per_task(submit, sdk, tmp_path, caps
     assert status == 0, printed.err
     assert "SST-2, MRPC; 12 runs in 2 grid sweep(s)" in printed.out
     assert sorted(p.name for p in jobs.iterdir()) == ["glue_MRPC.sweep.yaml",
-                                                       "glue_SST-2.sweep.yaml"]
+                                                       "glue_SST-2.sweep.yaml", "specs"]
     for task, seeds, metric in (("MRPC", [1, 2, 3], "eval/eval_f1"),
                                 ("SST-2", [1], "eval/eval_accuracy")):
         job = sdk.load_job(str(jobs / f"glue_{task}.sweep.yaml"))
@@ -1041,7 +1041,7 @@ def test_glue_dry_run_writes_one_grid_sweep_per_task(submit, sdk, tmp_path, caps
         assert job.limits.max_concurrent_trials == min(4, 3 * len(seeds))
         assert job.objective.primary_metric == metric
         assert job.tags["bert_tf.glue_task"] == task
-        assert Path(job.tags["bert_tf.sweep"]) == out / "specs" / f"glue_{task}.yaml"
+        assert Path(job.tags["bert_tf.sweep"]) == jobs.resolve() / "specs" / f"glue_{task}.yaml"
         words = job.trial.command.split()
         for word in (f"--task={task}", "--do_train", "--do_eval", "--do_predict",
                      "--data_dir=${{inputs.data_dir}}", "--dtype=bf16",
@@ -1050,7 +1050,7 @@ def test_glue_dry_run_writes_one_grid_sweep_per_task(submit, sdk, tmp_path, caps
             assert word in words, (task, word)
         raw = yaml.safe_load((jobs / f"glue_{task}.sweep.yaml").read_text())
         assert (jobs / raw["inputs"]["data_dir"]["path"]).resolve() == (data / task).resolve()
-    assert not (out / "glue_jobs.json").exists()  # nothing submitted
+    assert not out.exists()  # a dry run writes only beside its YAML
 
 
 def test_glue_on_a_datastore_gives_each_task_its_folder(submit, sdk, tmp_path, capsys):
@@ -1104,6 +1104,11 @@ def test_glue_submits_each_task_once_even_after_a_failure(submit, tmp_path, monk
                          f"--output_dir={out}"]
     assert submit.main(other) == 2
     assert "holds the jobs of --init_checkpoint=bert-base-uncased" in capsys.readouterr().err
+    # the submitted grids are the record of what ran: another grid in the same folder is refused
+    spec = (out / "specs" / "glue_MRPC.yaml").read_text()
+    assert submit.main(args + ["--learning_rates=1e-4"]) == 2
+    assert "MRPC was submitted as sweep_MRPC" in capsys.readouterr().err
+    assert (out / "specs" / "glue_MRPC.yaml").read_text() == spec and sent == ["MRPC", "RTE"]
 
 
 @pytest.mark.parametrize("args,message", [
@@ -1114,6 +1119,10 @@ def test_glue_submits_each_task_once_even_after_a_failure(submit, tmp_path, monk
      "submit.py glue sets --seed itself"),
     (GLUE + ["--tasks=MRPC", "--output_dir=out", "--seeds=0"], "at least 1"),
     (GLUE + ["--tasks=MRPC", "--output_dir=out", "--", "--lerning_rate=1"], "lerning_rate"),
+    (GLUE + ["--tasks=MRPC", "--output_dir=out", "--", "--tracking_uri=none"],
+     "submit.py glue sets --tracking_uri itself"),
+    (GLUE[:3] + GLUE[5:] + ["--tasks=MRPC", "--output_dir=out", "--dry-run", "out"],
+     "give --vm_size"),
     (["download", "--glue", "out"], "no glue_jobs.json there"),
     (["download", "job1", "--glue", "out"], "takes no SWEEP_JOB"),
     (["download", "job1"], "give SWEEP_JOB and --output_dir"),

@@ -181,8 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--instance_count", type=int, default=1, help="nodes per trial (default 1)")
     cluster_options(g)
     g.add_argument("--dry-run", "--dry_run", dest="dry_run", metavar="FOLDER",
-                   help="write each task's sweep job YAML to FOLDER and stop: nothing is "
-                        "contacted")
+                   help="write each task's sweep job YAML to FOLDER (their grids to "
+                        "FOLDER/specs) and stop: nothing is contacted, --output_dir untouched")
     workspace_option(g)
 
     d = sub.add_parser("download", help="a finished sweep's trials -> trials.json and plots; "

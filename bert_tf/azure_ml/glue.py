@@ -76,16 +76,29 @@ def cmd_glue(args, extra: list[str], redact: Redactor) -> int:
         raise UsageError(f"--dry-run {args.dry_run} is a file: give a folder for the sweep jobs' "
                          "YAML (one per task)")
     jobs = _read_jobs(output_dir)
-    if jobs["tasks"] and jobs.get("init_checkpoint") != args.init_checkpoint and dry is None:
+    if jobs["tasks"] and jobs.get("init_checkpoint") != args.init_checkpoint:
         raise UsageError(f"{output_dir / JOBS_FILE} holds the jobs of --init_checkpoint="
                          f"{jobs.get('init_checkpoint')}: give another --output_dir")
     checked = []  # every task's grid checked before anything is written or contacted
     with tempfile.TemporaryDirectory(prefix="bert_tf_glue_") as scratch:
         for task in tasks:
-            spec = sweeps.load(glue_table.write_spec(scratch, task, args, data_dir))
-            checked.append((task, check_sweep(spec, extra, args)))
+            path = glue_table.write_spec(scratch, task, args, data_dir)
+            parts = check_sweep(sweeps.load(path), extra, args)
+            if dry is not None and parts[2] is None:
+                raise UsageError("give --vm_size (the cluster's VM size) or --gpus_per_node: a "
+                                 "dry run does not ask the workspace for the cluster's size")
+            submitted = output_dir / "specs" / f"glue_{task}.yaml"
+            if task in jobs["tasks"] and submitted.is_file() and \
+                    submitted.read_text(encoding="utf-8") != Path(path).read_text(encoding="utf-8"):
+                raise UsageError(f"{task} was submitted as {jobs['tasks'][task]} with the grid in "
+                                 f"{submitted}, and these flags make another: give another "
+                                 "--output_dir for a new table")
+            checked.append((task, parts))
+    # The grids go beside the job names (a dry run: beside its YAML, OUTPUT stays untouched);
+    # a submitted task's file is the record of what its sweep ran and is never rewritten.
+    spec_root = str(dry.resolve()) if dry is not None else str(output_dir)
     checked = [(task, sweeps.load(path), Path(path), parts) for task, parts in checked
-               for path in [glue_table.write_spec(str(output_dir), task, args, data_dir)]]
+               for path in [glue_table.write_spec(spec_root, task, args, data_dir)]]
     client = _connect(args, redact)
     total = sum(spec.max_total_trials for _, spec, _, _ in checked)
     summary = []
@@ -150,7 +163,8 @@ def _trial_runs(task: str, trials: list[dict], task_dir: Path, mlflow_client) ->
                    if k.startswith("eval/")}
         if trial["state"] != "COMPLETE" or "learning_rate" not in trial["params"] or not results:
             continue
-        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in trial["run_name"])
+        # By run id: unique, where display names need not be.
+        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in trial["run_id"])
         folder = task_dir / "trials" / name
         folder.mkdir(parents=True, exist_ok=True)
         write_file(folder / "eval_results.json", json.dumps(results, indent=2, sort_keys=True))
@@ -184,20 +198,21 @@ def download_glue(args, redact: Redactor) -> int:
     require_azureml_mlflow()
     client = _connect(args, redact)
     cells = {}
-    with talking_to_azure(redact, "reading the GLUE sweeps"):
+    with talking_to_azure(redact, "reading the workspace's MLflow store"):
         tracking_uri = client.workspaces.get(client.workspace_name).mlflow_tracking_uri
         mlflow_client = MlflowClient(tracking_uri=tracking_uri)
-        for task, name in jobs["tasks"].items():
+    for task, name in jobs["tasks"].items():
+        with talking_to_azure(redact, f"reading {task}'s sweep {name}"):
             job = client.jobs.get(name)
             trials = read_trials(tracking_uri, name, specs[task], job.experiment_name)
             runs = _trial_runs(task, trials, folder / task, mlflow_client)
-            cells[task] = cell_of_runs(task, runs, args.statistic)
-            states: dict = {}
-            for trial in trials:
-                states[trial["state"]] = states.get(trial["state"], 0) + 1
-            print(redact(f"{PROG}: {task}: sweep {name} ({job.status}), "
-                         + (", ".join(f"{n} {s}" for s, n in sorted(states.items()))
-                            or "no trials yet")))
+        cells[task] = cell_of_runs(task, runs, args.statistic)
+        states: dict = {}
+        for trial in trials:
+            states[trial["state"]] = states.get(trial["state"], 0) + 1
+        print(redact(f"{PROG}: {task}: sweep {name} ({job.status}), "
+                     + (", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+                        or "no trials yet")))
     out = write_outputs(cells, args.statistic, str(folder))
     print("\n" + out["markdown"])
     print("wrote " + ", ".join(out["paths"].values()))

@@ -74,7 +74,7 @@ def find_tasks(data_dir: str | None, asked: list[str] | None) -> list[str]:
 
 # Set by the table for each task and run: not accepted among the script flags after --.
 GRID_FLAGS = ("task", "task_name", "init_checkpoint", "data_dir", "learning_rate", "seed",
-              "do_train", "do_eval", "do_predict")
+              "do_train", "do_eval", "do_predict", "tracking_uri", "experiment_name")
 
 
 def _learning_rates(text: str) -> list[float]:
@@ -213,8 +213,8 @@ def cell_of_runs(task: str, runs: list, how: str) -> Cell | None:
     is highest is chosen (the smaller rate on a tie)."""
     key = TASKS[task][0].split("/", 1)[1]
     by_lr: dict = {}
-    for lr, folder, results in runs:
-        if key in results:
+    for lr, folder, results in runs:  # a run missing a number of its cell is left out
+        if all(k in results for _, k in TASKS[task][1]):
             by_lr.setdefault(float(lr), []).append((folder, results))
     if not by_lr:
         return None
@@ -334,6 +334,10 @@ def write_outputs(cells: dict, how: str, output_dir: str) -> dict:
         writer.writerows(rows)
     if any(cells.values()):
         plot(cells, how, paths["png"])
+    else:  # nothing to draw: no stale plot of an earlier table either
+        if os.path.exists(paths["png"]):
+            os.remove(paths["png"])
+        del paths["png"]
     written, missing = submission_zip(cells, paths["zip"])
     notes = []
     if missing:

@@ -166,8 +166,16 @@ class _MlflowThread:
     thread) and later operations are dropped."""
 
     def __init__(self, give_up, *run_args):
+        import importlib.util
         import queue
         import threading
+
+        # mlflow imports pyarrow; scikit-learn reads sys.modules["pyarrow"].Table on every
+        # metric call, so a pyarrow half-imported by this thread broke a dev evaluation in CI.
+        # Imported here, in the caller's thread, it is whole before the thread starts
+        # (bert_tf/metrics.py also waits for an import under way).
+        if importlib.util.find_spec("pyarrow") is not None:
+            import pyarrow  # noqa: F401
 
         self._ops = queue.Queue()
         self._give_up = give_up
