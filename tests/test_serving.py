@@ -213,6 +213,21 @@ print(json.dumps(out_rows))
 """
 
 
+def ner_predict_and_export(tiny_bert, tmp_path, lines: int, fmt: str):
+    """run_ner.py --do_predict --export=FMT at max_seq_length 24 (long sentences cut into
+    windows) on the first `lines` lines of CoNLL testb -> (its data folder, its output_dir)."""
+    data = tmp_path / "conll"
+    data.mkdir()
+    text = shared("conll2003", "eng.testb").read_text(encoding="utf-8").splitlines()
+    (data / "eng.testb").write_text("\n".join(text[:lines]) + "\n", encoding="utf-8")
+    out = tmp_path / "ner"
+    proc = run_script([f"--data_dir={data}", f"--init_checkpoint={tiny_bert}",
+                       f"--output_dir={out}", "--max_seq_length=24", "--do_predict",
+                       f"--export={fmt}"], script=NER)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return data, out
+
+
 @pytest.mark.slow  # 13-23 s: the default run keeps to its 15-minute budget
 def test_ner_savedmodel_entities_match_run_ner(tiny_bert, tmp_path):
     """run_ner.py --do_predict --export=saved_model at max_seq_length 24, so long sentences
@@ -221,15 +236,7 @@ def test_ner_savedmodel_entities_match_run_ner(tiny_bert, tmp_path):
     chunks of them, with character spans that cut the entity's words out of the text."""
     from seqeval.metrics.sequence_labeling import get_entities
 
-    data = tmp_path / "conll"
-    data.mkdir()
-    lines = shared("conll2003", "eng.testb").read_text(encoding="utf-8").splitlines()
-    (data / "eng.testb").write_text("\n".join(lines[:6000]) + "\n", encoding="utf-8")
-    out = tmp_path / "ner"
-    proc = run_script([f"--data_dir={data}", f"--init_checkpoint={tiny_bert}",
-                       f"--output_dir={out}", "--max_seq_length=24", "--do_predict",
-                       "--export=saved_model"], script=NER)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    data, out = ner_predict_and_export(tiny_bert, tmp_path, 6000, "saved_model")
     rows = fresh_process(NER_CODE, out / "export" / "saved_model", out / "test_predictions.txt",
                          cwd=tmp_path)
     assert len(rows) > 300
@@ -325,15 +332,7 @@ def test_ner_onnx_tags_match_run_ner(tiny_bert, tmp_path):
     from bert_tf.data import conll
     from bert_tf.tokenization import FullTokenizer
 
-    data = tmp_path / "conll"
-    data.mkdir()
-    lines = shared("conll2003", "eng.testb").read_text(encoding="utf-8").splitlines()
-    (data / "eng.testb").write_text("\n".join(lines[:3000]) + "\n", encoding="utf-8")
-    out = tmp_path / "ner"
-    proc = run_script([f"--data_dir={data}", f"--init_checkpoint={tiny_bert}",
-                       f"--output_dir={out}", "--max_seq_length=24", "--do_predict",
-                       "--export=onnx"], script=NER)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    data, out = ner_predict_and_export(tiny_bert, tmp_path, 3000, "onnx")
     export = out / "export" / "onnx"
     info = json.loads((export / "serving_info.json").read_text())
     assert info["model"] == "tagger" and info["max_seq_length"] == 24
