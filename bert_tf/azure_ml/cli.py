@@ -63,7 +63,7 @@ import argparse
 import sys
 
 from bert_tf.errors import UsageError
-from bert_tf.azure_ml import PROG
+from bert_tf.azure_ml import PROG, glue
 from bert_tf.azure_ml.commands import COMMANDS
 from bert_tf.azure_ml.workspace import AzureFailure, Redactor, quiet_azure_logging
 from bert_tf.cli import EXIT_USAGE
@@ -218,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if extra and args.command not in ("train", "sweep", "glue"):
             raise UsageError(f"{args.command} takes no script flags after --")
-        return COMMANDS[args.command](args, extra, redact)
+        commands = {**COMMANDS, "glue": glue.cmd_glue, "download": glue.cmd_download}
+        return commands[args.command](args, extra, redact)
     except UsageError as e:  # bert_tf.sweeps.SweepError too
         return _fail(redact(str(e)), EXIT_USAGE)
     except AzureFailure as e:

@@ -254,13 +254,6 @@ def cmd_stream(args, extra, redact: Redactor) -> int:
 def cmd_download(args, extra, redact: Redactor) -> int:
     from bert_tf import sweeps
 
-    if args.glue:
-        if args.job or args.sweep or args.output_dir:
-            raise UsageError("download --glue FOLDER takes no SWEEP_JOB, --sweep or --output_dir "
-                             "(the table is written in FOLDER)")
-        from bert_tf.azure_ml.glue import download_glue
-
-        return download_glue(args, redact)
     if not args.job or not args.output_dir:
         raise UsageError("download: give SWEEP_JOB and --output_dir (or --glue FOLDER)")
     name = _check_job_name(args.job)
@@ -352,12 +345,7 @@ def cmd_deploy(args, extra, redact: Redactor) -> int:
     return 0
 
 
-def cmd_glue(args, extra: list[str], redact: Redactor) -> int:
-    from bert_tf.azure_ml.glue import cmd_glue as glue
-
-    return glue(args, extra, redact)
-
-
-COMMANDS = {"compute": cmd_compute, "train": cmd_train, "sweep": cmd_sweep, "glue": cmd_glue,
+# glue and download --glue: bert_tf/azure_ml/glue.py, which builds on these (cli.py joins them).
+COMMANDS = {"compute": cmd_compute, "train": cmd_train, "sweep": cmd_sweep,
             "status": cmd_status, "stream": cmd_stream, "download": cmd_download,
             "deploy": cmd_deploy}

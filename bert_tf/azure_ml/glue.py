@@ -223,3 +223,16 @@ def download_glue(args, redact: Redactor) -> int:
             print(f"{task}: no finished trial yet (python azure/submit.py status "
                   f"{jobs['tasks'][task]})")
     return 0
+
+
+def cmd_download(args, extra, redact: Redactor) -> int:
+    """`download`: with --glue the GLUE table (download_glue), else a sweep's trials
+    (commands.cmd_download)."""
+    from bert_tf.azure_ml import commands
+
+    if not args.glue:
+        return commands.cmd_download(args, extra, redact)
+    if args.job or args.sweep or args.output_dir:
+        raise UsageError("download --glue FOLDER takes no SWEEP_JOB, --sweep or --output_dir "
+                         "(the table is written in FOLDER)")
+    return download_glue(args, redact)
