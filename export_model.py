@@ -14,9 +14,14 @@ TensorFlow and tensorflow-text only:
   import tensorflow as tf, tensorflow_text
   model = tf.saved_model.load("export/mrpc")
   model.signatures["serving_default"](text_a=tf.constant(["..."]), text_b=tf.constant(["..."]))
+
+For latency, set TensorFlow's threads as serving_info.json's parallel_chains asks before the
+first op (inter-op = parallel_chains, intra-op = cores // parallel_chains; docs/serving.md).
 """
 
 from absl import app, flags
+
+from bert_tf.export import PARALLEL_CHAINS
 
 flags.DEFINE_string("model_dir", None, "A fine-tuning run's --output_dir: its newest "
                     "checkpoint, task, vocabulary, casing and max_seq_length are read from it.")
@@ -38,6 +43,10 @@ flags.DEFINE_string("export_dir", None, "Where the export goes (default: "
 flags.DEFINE_enum("export", "saved_model", ["saved_model", "onnx"], "saved_model: a "
                   "SavedModel that takes raw text; onnx: model.onnx (ids in, logits out) for "
                   "onnxruntime, with vocab.txt and a client tokenizer (tokenization.py).")
+flags.DEFINE_integer("parallel_chains", PARALLEL_CHAINS, "SavedModel: the cores one request is cut for. The "
+                     "forward pass runs as this many chains of single-threaded kernels over "
+                     "chunks of the sequence; serve with inter_op_parallelism_threads=N and "
+                     "intra_op_parallelism_threads=cores/N (azure/scoring/score.py does).")
 FLAGS = flags.FLAGS
 
 
@@ -52,7 +61,8 @@ def main(argv):
         task_name=FLAGS.task_name, vocab_file=FLAGS.vocab_file,
         bert_config_file=FLAGS.bert_config_file, do_lower_case=FLAGS.do_lower_case,
         do_lower_case_given=FLAGS["do_lower_case"].present,
-        max_seq_length=FLAGS.max_seq_length, export_dir=FLAGS.export_dir, export=FLAGS.export))
+        max_seq_length=FLAGS.max_seq_length, export_dir=FLAGS.export_dir, export=FLAGS.export,
+        parallel_chains=FLAGS.parallel_chains))
     print(f"exported to {path}")
 
 

@@ -1,4 +1,4 @@
-"""Serving latency, side by side in one process: the bert_tf SavedModel (raw strings in, the
+"""Serving latency, side by side in one run: the bert_tf SavedModel (raw strings in, the
 tokenizer in its graph), onnxruntime (ids in; this project's Python tokenizer on the client) and
 Hugging Face PyTorch (BertTokenizerFast + BertForSequenceClassification) answering MRPC pairs
 with probabilities, text to probabilities end to end.
@@ -11,10 +11,12 @@ Hugging Face checkpoint of the same weights), once.
 
 Cases: batch 1 and batch 32, at sequence 128 (pairs long enough that every input is cut to 128
 pieces) and at the text's own length (MRPC dev pairs; each runner pads a batch to its longest).
-Each round runs every runner on every case in turn (--calls timed calls per case after
---warmup), so the machine's drift hits them alike; p50 and p99 are over all rounds' calls,
-throughput is texts per second at the p50. Threads: all the machine's cores for each runner
-(TensorFlow's default, torch.set_num_threads, onnxruntime's intra_op_num_threads).
+Each runner lives in a process of its own; each round runs every runner on every case in turn
+(--calls timed calls per case after --warmup), so the machine's drift hits them alike; p50 and
+p99 are over all rounds' calls, throughput is texts per second at the p50. Threads: all the machine's cores for each runner:
+torch.set_num_threads, onnxruntime's intra_op_num_threads, and for TensorFlow what the export's
+serving_info.json asks, set as azure/scoring/score.py sets it (one inter-op thread per chain of
+the forward pass, the cores shared among them; `--tf_threads=default` keeps TensorFlow's own).
 """
 
 from __future__ import annotations
@@ -59,15 +61,38 @@ def prepare(model_dir, work):
                             f"--model_dir={model_dir}", f"--export={fmt}",
                             f"--export_dir={target}", f"--max_seq_length={SEQ}"], check=True)
     hf = os.path.join(work, "huggingface")
-    if not os.path.exists(hf):
-        from bert_tf import checkpoints
-        from bert_tf.export import ExportArgs, _run_source
-
-        source = _run_source(ExportArgs(model_dir=model_dir))
-        checkpoints.save_huggingface(source.model, hf)
-        import shutil
-        shutil.copy(source.vocab_file, os.path.join(hf, "vocab.txt"))
+    if not os.path.exists(hf):  # in a process of its own: TensorFlow's threads are set here
+        subprocess.run([sys.executable, os.path.abspath(__file__), "--write_huggingface",
+                        model_dir, hf], check=True)
     return {fmt: os.path.join(work, fmt) for fmt in ("saved_model", "onnx", "huggingface")}
+
+
+def write_huggingface(model_dir, hf):
+    """The run's model as a Hugging Face checkpoint (config.json, weights, vocab.txt)."""
+    import shutil
+
+    from bert_tf import checkpoints
+    from bert_tf.export import ExportArgs, _run_source
+
+    source = _run_source(ExportArgs(model_dir=model_dir))
+    checkpoints.save_huggingface(source.model, hf)
+    shutil.copy(source.vocab_file, os.path.join(hf, "vocab.txt"))
+
+
+def tensorflow_threads(saved_model, how):
+    """TensorFlow's threads for the SavedModel runner, set before its first op: "export" as
+    azure/scoring/score.py sets them from serving_info.json, "default" untouched. -> a label."""
+    if how == "default":
+        return "default"
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "score", os.path.join(ROOT, "azure", "scoring", "score.py"))
+    score = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(score)
+    with open(os.path.join(saved_model, "serving_info.json"), encoding="utf-8") as f:
+        configured = score.configure_threads(json.load(f))
+    return "%d inter-op / %d intra-op" % configured if configured else "default"
 
 
 class SavedModelRunner:
@@ -149,21 +174,79 @@ class TorchRunner:
             return self.torch.softmax(self.model(**enc).logits, -1).numpy()
 
 
+RUNNERS = {"saved_model": SavedModelRunner, "onnx": OnnxRunner, "huggingface": TorchRunner}
+
+
+def serve(kind, path, threads, tf_threads, conn):
+    """One runner in a process of its own, answering the parent's requests over `conn`:
+    (batch, warmup, calls) -> the calls' seconds, or with calls=0 its answer to the batch."""
+    label = None
+    if kind == "saved_model":
+        label = tensorflow_threads(path, tf_threads)
+        runner = SavedModelRunner(path)
+    else:
+        runner = RUNNERS[kind](path, threads)
+    conn.send((runner.name, label))
+    while (request := conn.recv()) is not None:
+        batch, warmup, calls = request
+        if not calls:
+            conn.send(runner(batch))
+            continue
+        for _ in range(warmup):
+            runner(batch)
+        seconds = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            runner(batch)
+            seconds.append(time.perf_counter() - start)
+        conn.send(seconds)
+
+
+class Worker:
+    """A runner in a process of its own: one process's threads, allocator and caches never
+    slow another's calls (TensorFlow's threads idling in the process cost torch ~1 ms a call)."""
+
+    def __init__(self, kind, path, threads, tf_threads):
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=serve, daemon=True,
+                                       args=(kind, path, threads, tf_threads, child))
+        self.process.start()
+        self.name, self.tf_threads = self.conn.recv()
+        self.kind = kind
+
+    def ask(self, batch, warmup=0, calls=0):
+        self.conn.send((batch, warmup, calls))
+        return self.conn.recv()
+
+    def close(self):
+        self.conn.send(None)
+        self.process.join(timeout=60)
+
+
 def main():
+    if sys.argv[1:2] == ["--write_huggingface"]:
+        return write_huggingface(*sys.argv[2:4])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_dir", required=True)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--calls", type=int, default=10, help="timed calls per case per round")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--output", default=None, help="JSON Lines file to append to")
+    parser.add_argument("--tf_threads", choices=("export", "default"), default="export",
+                        help="TensorFlow's threads: as the export asks (what score.py sets) "
+                             "or TensorFlow's defaults")
     args = parser.parse_args()
 
     import numpy as np
 
     paths = prepare(args.model_dir, os.path.join(args.model_dir, "bench_serving"))
     threads = os.cpu_count()
-    runners = [SavedModelRunner(paths["saved_model"]), OnnxRunner(paths["onnx"], threads),
-               TorchRunner(paths["huggingface"], threads)]
+    runners = [Worker(kind, paths[kind], threads, args.tf_threads) for kind in RUNNERS]
+    tf_threads = runners[0].tf_threads
+    print(f"TensorFlow threads: {tf_threads}", file=sys.stderr)
     short = pairs()
     cases = {"batch 1, seq 128": long_pairs(short)[:1], "batch 32, seq 128": long_pairs(short)[:32],
              "batch 1, own length": short[:1], "batch 32, own length": short[:32]}
@@ -171,23 +254,21 @@ def main():
     # pairs cut to 128 pieces Hugging Face's longest_first cuts otherwise than Google's rule
     # (the ids differ): only the two bert_tf forms are compared there.
     for case, batch in cases.items():
-        answers = [r(batch) for r in runners]
+        answers = [r.ask(batch) for r in runners]
         for r, a in zip(runners[1:], answers[1:]):
             gap = float(np.abs(a - answers[0]).max())
-            if isinstance(r, TorchRunner) and "128" in case:
+            if r.kind == "huggingface" and "128" in case:
                 continue
             assert gap < 1e-3, f"{r.name} differs from the SavedModel by {gap} on {case}"
     times = {(r.name, c): [] for r in runners for c in cases}
     for round_ in range(args.rounds):
         for case, batch in cases.items():
             for r in runners:
-                for _ in range(args.warmup):
-                    r(batch)
-                for _ in range(args.calls):
-                    start = time.perf_counter()
-                    r(batch)
-                    times[(r.name, case)].append(time.perf_counter() - start)
+                time.sleep(0.2)  # the last runner's threads stop spinning
+                times[(r.name, case)] += r.ask(batch, args.warmup, args.calls)
         print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
+    for r in runners:
+        r.close()
     rows = []
     for case, batch in cases.items():
         print(f"\n{case}")
@@ -203,7 +284,8 @@ def main():
         with open(args.output, "a", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps({**row, "date": time.strftime("%Y-%m-%d"),
-                                    "threads": threads}) + "\n")
+                                    "threads": threads, "tf_threads": tf_threads,
+                                    "processes": "one per runner"}) + "\n")
 
 
 if __name__ == "__main__":

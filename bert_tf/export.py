@@ -19,6 +19,9 @@ from bert_tf.errors import UsageError
 logger = logging.getLogger("bert_tf")
 
 SERVING_INFO = "serving_info.json"
+# The cores a SavedModel's forward pass is cut for (bert_tf.serving.saved_model, "Threads"):
+# the CPU instance types a small deployment starts on have 2 to 4.
+PARALLEL_CHAINS = 2
 
 
 def default_export_dir(output_dir: str, fmt: str = "saved_model") -> str:
@@ -42,10 +45,12 @@ def _float32_copy(model, build):
 
 def export_classifier(model, vocab_file: str, do_lower_case: bool, export_dir: str, *,
                       task_name: str | None, label_names, regression: bool, pair_task: bool,
-                      max_seq_length: int, fmt: str = "saved_model") -> str:
+                      max_seq_length: int, fmt: str = "saved_model",
+                      parallel_chains: int = PARALLEL_CHAINS) -> str:
     """A BertClassifier as a SavedModel on raw text (bert_tf.serving.saved_model), or with
     fmt="onnx" as model.onnx for onnxruntime (bert_tf.serving.onnx). Returns export_dir.
-    label_names: the names of the logits' rows (a regression's: ignored)."""
+    label_names: the names of the logits' rows (a regression's: ignored); parallel_chains: the
+    cores one request is cut for (the SavedModel's; ONNX leaves threads to onnxruntime)."""
     from bert_tf.modeling import BertClassifier
 
     copy = _float32_copy(model, lambda: BertClassifier(model.config, model.num_labels))
@@ -56,13 +61,16 @@ def export_classifier(model, vocab_file: str, do_lower_case: bool, export_dir: s
     _check_max_seq_length(max_seq_length)
     if fmt == "onnx":
         return _export_onnx(copy, vocab_file, export_dir, info)
+    _check_parallel_chains(parallel_chains)
     from bert_tf.serving import saved_model
     from bert_tf.tokenization.graph import GraphTokenizer
 
     module = _built(lambda: saved_model.ClassifierModule(
         copy, GraphTokenizer(vocab_file, do_lower_case), [] if regression else label_names,
-        max_seq_length, regression=regression, pair_task=pair_task), vocab_file)
+        max_seq_length, regression=regression, pair_task=pair_task,
+        parallel_chains=parallel_chains), vocab_file)
     saved_model.save(module, export_dir)
+    info["parallel_chains"] = parallel_chains
     info["signatures"] = {"serving_default": "text_pair" if pair_task else "text",
                           "text": ["text_a"], "text_pair": ["text_a", "text_b"]}
     _write_info(export_dir, info)
@@ -114,6 +122,12 @@ def _check_max_seq_length(max_seq_length: int) -> None:
                          "[SEP])")
 
 
+def _check_parallel_chains(parallel_chains: int) -> None:
+    if parallel_chains < 1:
+        raise UsageError(f"--parallel_chains={parallel_chains}: at least 1 (the cores one "
+                         "request is cut for)")
+
+
 def _built(make, vocab_file: str):
     """The served module, a vocabulary it cannot use (no [CLS]/[SEP], not UTF-8, no [UNK])
     reported as a usage error naming the file."""
@@ -154,6 +168,7 @@ class ExportArgs:
     max_seq_length: int | None = None
     export_dir: str | None = None
     export: str = "saved_model"
+    parallel_chains: int = PARALLEL_CHAINS
 
 
 @dataclasses.dataclass
@@ -268,7 +283,7 @@ def export_model(args: ExportArgs) -> str:
     if type(source.model).__name__ == "BertTokenClassifier":
         return export_tagger(source.model, source.vocab_file, source.do_lower_case, export_dir,
                              label_names=source.labels, max_seq_length=source.max_seq_length,
-                             fmt=args.export)
+                             fmt=args.export, parallel_chains=args.parallel_chains)
     from bert_tf.data import glue
 
     processor = glue.get_processor(source.task_name) if source.task_name else None
@@ -277,14 +292,17 @@ def export_model(args: ExportArgs) -> str:
         task_name=source.task_name, label_names=source.labels,
         regression=bool(processor and processor.is_regression),
         pair_task=bool(processor and processor.is_pair_task),
-        max_seq_length=source.max_seq_length, fmt=args.export)
+        max_seq_length=source.max_seq_length, fmt=args.export,
+        parallel_chains=args.parallel_chains)
 
 
 def export_tagger(model, vocab_file: str, do_lower_case: bool, export_dir: str, *,
-                  label_names, max_seq_length: int, fmt: str = "saved_model") -> str:
+                  label_names, max_seq_length: int, fmt: str = "saved_model",
+                  parallel_chains: int = PARALLEL_CHAINS) -> str:
     """A BertTokenClassifier (NER) as a SavedModel on raw text that answers with entities and
     their character spans (bert_tf.serving.saved_model.TaggerModule), or with fmt="onnx" as
-    model.onnx (per-position logits). Returns export_dir."""
+    model.onnx (per-position logits). Returns export_dir. parallel_chains: as for
+    export_classifier."""
     from bert_tf.modeling import BertTokenClassifier
 
     copy = _float32_copy(model, lambda: BertTokenClassifier(model.config, model.num_labels))
@@ -294,13 +312,15 @@ def export_tagger(model, vocab_file: str, do_lower_case: bool, export_dir: str, 
     _check_max_seq_length(max_seq_length)
     if fmt == "onnx":
         return _export_onnx(copy, vocab_file, export_dir, info)
+    _check_parallel_chains(parallel_chains)
     from bert_tf.serving import saved_model
     from bert_tf.tokenization.graph import GraphTokenizer
 
     module = _built(lambda: saved_model.TaggerModule(
-        copy, GraphTokenizer(vocab_file, do_lower_case), label_names, max_seq_length),
-        vocab_file)
+        copy, GraphTokenizer(vocab_file, do_lower_case), label_names, max_seq_length,
+        parallel_chains=parallel_chains), vocab_file)
     saved_model.save(module, export_dir)
+    info["parallel_chains"] = parallel_chains
     info["signatures"] = {"serving_default": "entities", "entities": ["text"]}
     _write_info(export_dir, info)
     logger.info("exported the NER model to %s", export_dir)

@@ -149,6 +149,35 @@ def post(url, data: bytes):
         return e.code, e.read().decode()
 
 
+def test_init_sets_tensorflows_threads_for_the_exports_chains(exports, monkeypatch):
+    """A fresh worker's init() gives TensorFlow one inter-op thread per chain of the export
+    (serving_info.json's parallel_chains) and shares the cores among them, before the first op;
+    threads the operator set in the environment win; an export that does not say keeps
+    TensorFlow's defaults."""
+    info = json.loads((exports / "mrpc" / "serving_info.json").read_text())
+    assert info["parallel_chains"] == 2  # the default export
+    cores = len(os.sched_getaffinity(0))
+    code = ("import importlib.util, json, tensorflow as tf\n"
+            f"spec = importlib.util.spec_from_file_location('score', {str(SCORE)!r})\n"
+            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); m.init()\n"
+            "print(json.dumps([tf.config.threading.get_inter_op_parallelism_threads(),\n"
+            "                  tf.config.threading.get_intra_op_parallelism_threads()]))\n")
+    env = {**os.environ, "AZUREML_MODEL_DIR": str(exports / "mrpc"), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.splitlines()[-1]) == [2, max(1, cores // 2)]
+
+    spec = importlib.util.spec_from_file_location("bert_tf_score", SCORE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.threads({"parallel_chains": 2}, 8) == (2, 4)
+    assert module.threads({"parallel_chains": 4}, 2) == (4, 1)
+    assert module.threads({"model": "classifier"}, 8) is None
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "3")
+    assert module.configure_threads(info) is None
+
+
 @pytest.mark.slow
 def test_azmlinfsrv_serves_the_scoring_script_on_loopback(exports, tmp_path):
     """Azure's inference server runs score.py as a deployment would: /score answers with the

@@ -357,11 +357,13 @@ def test_ner_onnx_tags_match_run_ner(tiny_bert, tmp_path):
     assert len({t for row in tags for t in row}) > 2  # a random head still tags variously
 
 
-@pytest.mark.parametrize("hidden_act", ["gelu", "gelu_tanh", "relu"])
-def test_the_serving_forward_pass_is_the_keras_models(hidden_act):
+@pytest.mark.parametrize("hidden_act,chains", [("gelu", 1), ("gelu_tanh", 1), ("relu", 1),
+                                               ("gelu", 2), ("gelu", 4)])
+def test_the_serving_forward_pass_is_the_keras_models(hidden_act, chains):
     """bert_tf.serving.forward (what an export's graph runs) against the Keras model it reads:
     a classifier (last layer at [CLS] only) and a tagger, with padding and two segments, every
-    activation the config allows, within 1e-5."""
+    activation the config allows, the positions cut into 1, 2 or 4 chains (21 positions: chunks
+    of unequal length; 3 positions in 4 chains: an empty one), within 1e-5."""
     import tensorflow as tf
 
     from bert_tf import BertConfig
@@ -377,11 +379,13 @@ def test_the_serving_forward_pass_is_the_keras_models(hidden_act):
                 "segment_ids": np.zeros((3, 21), "int32")}
     features["input_mask"][1, 9:] = 0
     features["segment_ids"][:, 7:] = 1
+    short = {k: v[:, :3] for k, v in features.items()}
+    run = tf.function(forward.logits, autograph=False, reduce_retracing=True)
     for model in (BertClassifier(config, 3), BertTokenClassifier(config, 5)):
         for weight in model.weights:  # non-trivial LayerNorm and bias weights too
             weight.assign(rng.normal(0, 0.2, weight.shape).astype("float32"))
-        want = model(features, training=False)["logits"].numpy()
-        got = tf.function(forward.logits, autograph=False, reduce_retracing=True)(
-            model, {k: tf.constant(v) for k, v in features.items()}).numpy()
-        assert got.shape == want.shape
-        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+        for inputs in (features, short):
+            want = model(inputs, training=False)["logits"].numpy()
+            got = run(model, {k: tf.constant(v) for k, v in inputs.items()}, chains).numpy()
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)

@@ -43,17 +43,53 @@ def _find_export(root):
                             f"{root}")
 
 
-def init():
-    """Load the SavedModel once per worker."""
-    global _model, _info
-    import tensorflow as tf
-    import tensorflow_text  # noqa: F401 (registers FastWordpieceTokenizeWithOffsets)
+def threads(info, cores):
+    """(inter-op, intra-op) TensorFlow threads for an export on `cores` cores, or None for
+    TensorFlow's defaults (an export that does not say).
 
+    An export's forward pass is cut into serving_info.json's parallel_chains chains of kernels
+    (bert_tf.serving.saved_model, "Threads"): one inter-op thread per chain, the cores shared
+    among the chains' kernels."""
+    chains = info.get("parallel_chains")
+    if not chains:
+        return None
+    return chains, max(1, cores // chains)
+
+
+def configure_threads(info):
+    """Set threads(info, this process's cores) before TensorFlow runs its first op. Threads set
+    in the environment (TF_NUM_INTEROP_THREADS / TF_NUM_INTRAOP_THREADS) are left to win.
+    Returns (inter-op, intra-op) as set, or None."""
+    import tensorflow as tf
+
+    wanted = threads(info, len(os.sched_getaffinity(0)))
+    if wanted is None or {"TF_NUM_INTEROP_THREADS", "TF_NUM_INTRAOP_THREADS"} & set(os.environ):
+        return None
+    try:
+        tf.config.threading.set_inter_op_parallelism_threads(wanted[0])
+        tf.config.threading.set_intra_op_parallelism_threads(wanted[1])
+    except RuntimeError as e:  # TensorFlow already ran in this process (a notebook, a test)
+        logger.warning("TensorFlow's threads stay as they are (%s): the export is fastest "
+                       "with %d inter-op and %d intra-op threads", e, *wanted)
+        return None
+    return wanted
+
+
+def init():
+    """Load the SavedModel once per worker, TensorFlow's threads set for it first."""
+    global _model, _info
     folder = _find_export(os.environ.get("AZUREML_MODEL_DIR", "."))
     with open(os.path.join(folder, "serving_info.json"), encoding="utf-8") as f:
         _info = json.load(f)
+    import tensorflow as tf
+
+    configured = configure_threads(_info)
+    import tensorflow_text  # noqa: F401 (registers FastWordpieceTokenizeWithOffsets)
+
     _model = tf.saved_model.load(folder)
-    logger.info("loaded the %s model from %s", _info.get("task_name") or _info["model"], folder)
+    logger.info("loaded the %s model from %s (TensorFlow threads, inter-op/intra-op: %s)",
+                _info.get("task_name") or _info["model"], folder,
+                "%d/%d" % configured if configured else "as they were")
 
 
 def _text(value, where):

@@ -16,6 +16,17 @@ token until the pair fits max_seq_length - 3), in closed form: tensorflow-text's
 RoundRobinTrimmer cuts otherwise and is linked by TF Serving only from 2.20. A batch is padded
 to its longest sequence, not to max_seq_length.
 
+Threads. The forward pass is built as `parallel_chains` chains of kernels over chunks of the
+sequence (bert_tf.serving.forward.encode), meant to run one chain per core:
+    inter_op_parallelism_threads = parallel_chains
+    intra_op_parallelism_threads = max(1, cores // parallel_chains)
+(TensorFlow Serving: --tensorflow_inter_op_parallelism / --tensorflow_intra_op_parallelism;
+Python: tf.config.threading before the first op; azure/scoring/score.py does it from
+serving_info.json). A kernel split over threads pays a hand-off per kernel, and a request's
+kernels are many and small: on 2 cores the MRPC model at batch 1 x 128 takes 17.8 ms under
+TensorFlow's default threads unsplit, 10.4 ms as 2 chains of single-threaded kernels
+(bench/README.md). Under the default threads the chains still run, only slower.
+
 Each weight is stored once: the graph's functions capture the model's variables, which the
 module tracks as one list; the Keras model object itself is not saved (Keras' own `track(model)`
 export saves BERT-Base's weights twice, keras-team/keras#23553).
@@ -65,10 +76,13 @@ class _Served(tf.Module):
     """What every served model holds: the tokenizer, the model's variables (tracked once), the
     special tokens' ids and the sequence length."""
 
-    def __init__(self, model, tokenizer, max_seq_length: int, name=None):
+    def __init__(self, model, tokenizer, max_seq_length: int, parallel_chains: int = 1,
+                 name=None):
         super().__init__(name=name)
         if max_seq_length < 3:
             raise ValueError(f"max_seq_length {max_seq_length} must be at least 3")
+        if parallel_chains < 1:
+            raise ValueError(f"parallel_chains {parallel_chains} must be at least 1")
         self.tokenizer = tokenizer
         # The variables, in a list the checkpoint tracks; the Keras model stays out of the
         # object graph (reached through a closure), so no weight is written twice.
@@ -85,9 +99,10 @@ class _Served(tf.Module):
 
             # The inference forward pass over the model's variables (serving/forward.py: the
             # Keras model's maths in fused TensorFlow kernels, a classifier's last layer at
-            # [CLS] only).
+            # [CLS] only, the positions in `parallel_chains` chains for as many cores).
             return tf.cond(tf.size(features["input_ids"]) > 0,
-                           lambda: {"logits": forward.logits(model, features)}, empty)
+                           lambda: {"logits": forward.logits(model, features, parallel_chains)},
+                           empty)
 
         self._call_model = call_model
         missing = [t for t in (_CLS, _SEP) if t not in tokenizer.special_ids]
@@ -103,12 +118,14 @@ class ClassifierModule(_Served):
 
     model: a BertClassifier (float32 weights; its dtype policy should be float32); tokenizer: a
     GraphTokenizer; label_names: the output rows' names (ignored for regression);
-    pair_task: whether serving_default takes text pairs.
+    pair_task: whether serving_default takes text pairs; parallel_chains: the cores one request
+    is built to use (module doc).
     """
 
     def __init__(self, model, tokenizer, label_names, max_seq_length: int = 128,
-                 regression: bool = False, pair_task: bool = False, name=None):
-        super().__init__(model, tokenizer, max_seq_length, name=name)
+                 regression: bool = False, pair_task: bool = False, parallel_chains: int = 1,
+                 name=None):
+        super().__init__(model, tokenizer, max_seq_length, parallel_chains, name=name)
         self.regression = regression
         self.pair_task = pair_task
         self.label_names = tf.constant([str(n) for n in label_names] or [""])
@@ -196,8 +213,9 @@ class TaggerModule(_Served):
       num_tokens   int64 [B]
     """
 
-    def __init__(self, model, tokenizer, label_names, max_seq_length: int = 128, name=None):
-        super().__init__(model, tokenizer, max_seq_length, name=name)
+    def __init__(self, model, tokenizer, label_names, max_seq_length: int = 128,
+                 parallel_chains: int = 1, name=None):
+        super().__init__(model, tokenizer, max_seq_length, parallel_chains, name=name)
         labels = [str(n) for n in label_names]
         self.label_names = tf.constant(labels)
         types = sorted({n[2:] for n in labels if n != "O"})
