@@ -5,7 +5,8 @@ from the model's layers; nothing copied).
 Why not call the Keras model: its graph is built for training, and at serving sizes the
 difference shows. bench/bench_serving.py, MRPC demo model on 2 CPU cores, raw text to
 probabilities: 1.47x Hugging Face PyTorch's p50 at batch 1 x 128 through Keras, 1.24x with
-this; at batch 32, 1.09x and 0.75x (bench/README.md). What differs:
+this in one chain, 0.88x in two chains with TensorFlow's threads set for them; at batch 32,
+1.09x, 0.75x and 0.71x (bench/README.md). What differs:
   - each projection is MatMul + BiasAdd (+ the activation), the pattern TensorFlow's graph
     optimizer fuses into one oneDNN kernel; the training layers' add and custom-gradient GELU
     (modeling/layers.py) are separate kernels;
@@ -13,7 +14,9 @@ this; at batch 32, 1.09x and 0.75x (bench/README.md). What differs:
     Gimpel 2016), which the fusion recognises;
   - a classifier's last layer runs its queries, attention output, feed-forward and LayerNorms
     on the [CLS] row alone (keys and values on all rows), the only row its head reads, as
-    `BertEncoder.outputs_at` does for pre-training.
+    `BertEncoder.outputs_at` does for pre-training;
+  - the positions can be cut into chains that run side by side, one per core (`encode`'s
+    `chains`; bert_tf.serving.saved_model, "Threads").
 The maths is the Keras model's in float32 (no dropout): tests/test_serving.py holds the two
 within 1e-5 (random weights and ids, padding, both segments, every hidden_act), and the exports
 to run_classifier.py's probabilities and run_ner.py's tags on real text.
