@@ -16,7 +16,7 @@ TensorFlow and tensorflow-text only:
   model.signatures["serving_default"](text_a=tf.constant(["..."]), text_b=tf.constant(["..."]))
 
 For latency, set TensorFlow's threads as serving_info.json's parallel_chains asks before the
-first op (inter-op = parallel_chains, intra-op = cores // parallel_chains; docs/serving.md).
+first op (docs/serving.md, "Threads"; azure/scoring/score.py does it).
 """
 
 from absl import app, flags
@@ -43,10 +43,11 @@ flags.DEFINE_string("export_dir", None, "Where the export goes (default: "
 flags.DEFINE_enum("export", "saved_model", ["saved_model", "onnx"], "saved_model: a "
                   "SavedModel that takes raw text; onnx: model.onnx (ids in, logits out) for "
                   "onnxruntime, with vocab.txt and a client tokenizer (tokenization.py).")
-flags.DEFINE_integer("parallel_chains", PARALLEL_CHAINS, "SavedModel: the cores one request is cut for. The "
-                     "forward pass runs as this many chains of single-threaded kernels over "
-                     "chunks of the sequence; serve with inter_op_parallelism_threads=N and "
-                     "intra_op_parallelism_threads=cores/N (azure/scoring/score.py does).")
+flags.DEFINE_integer("parallel_chains", PARALLEL_CHAINS, "SavedModel: the cores one request "
+                     "is cut for. The forward pass runs as this many chains of single-threaded "
+                     "kernels over chunks of the sequence; serve with "
+                     "inter_op_parallelism_threads=N and intra_op_parallelism_threads="
+                     "max(1, cores // N) (azure/scoring/score.py does). 1 for a GPU.")
 FLAGS = flags.FLAGS
 
 

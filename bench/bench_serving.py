@@ -13,10 +13,11 @@ Cases: batch 1 and batch 32, at sequence 128 (pairs long enough that every input
 pieces) and at the text's own length (MRPC dev pairs; each runner pads a batch to its longest).
 Each runner lives in a process of its own; each round runs every runner on every case in turn
 (--calls timed calls per case after --warmup), so the machine's drift hits them alike; p50 and
-p99 are over all rounds' calls, throughput is texts per second at the p50. Threads: all the machine's cores for each runner:
-torch.set_num_threads, onnxruntime's intra_op_num_threads, and for TensorFlow what the export's
-serving_info.json asks, set as azure/scoring/score.py sets it (one inter-op thread per chain of
-the forward pass, the cores shared among them; `--tf_threads=default` keeps TensorFlow's own).
+p99 are over all rounds' calls, throughput is texts per second at the p50. Threads: all the
+machine's cores for each runner: torch.set_num_threads, onnxruntime's intra_op_num_threads,
+and for TensorFlow what the export's serving_info.json asks, set as azure/scoring/score.py
+sets it (one inter-op thread per chain of the forward pass, the cores shared among them;
+`--tf_threads=default` keeps TensorFlow's own).
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ def prepare(model_dir, work):
     os.makedirs(work, exist_ok=True)
     for fmt in ("saved_model", "onnx"):
         target = os.path.join(work, fmt)
+        info = os.path.join(target, "serving_info.json")
+        if fmt == "saved_model" and os.path.exists(info):
+            with open(info, encoding="utf-8") as f:
+                if "parallel_chains" not in json.load(f):  # an export from before the chains
+                    import shutil
+                    shutil.rmtree(target)
         if not os.path.exists(target):
             subprocess.run([sys.executable, os.path.join(ROOT, "export_model.py"),
                             f"--model_dir={model_dir}", f"--export={fmt}",
@@ -178,8 +185,19 @@ RUNNERS = {"saved_model": SavedModelRunner, "onnx": OnnxRunner, "huggingface": T
 
 
 def serve(kind, path, threads, tf_threads, conn):
-    """One runner in a process of its own, answering the parent's requests over `conn`:
-    (batch, warmup, calls) -> the calls' seconds, or with calls=0 its answer to the batch."""
+    """One runner in a process of its own (`answer` over `conn`); an exception is sent to the
+    parent as its traceback, which the parent raises."""
+    import traceback
+
+    try:
+        answer(kind, path, threads, tf_threads, conn)
+    except Exception:
+        conn.send(RuntimeError(f"the {kind} runner failed:\n{traceback.format_exc()}"))
+
+
+def answer(kind, path, threads, tf_threads, conn):
+    """Load the runner, then answer the parent's requests: (batch, warmup, calls) -> the calls'
+    seconds, or with calls=0 the runner's answer to the batch; None ends."""
     label = None
     if kind == "saved_model":
         label = tensorflow_threads(path, tf_threads)
@@ -214,12 +232,23 @@ class Worker:
         self.process = context.Process(target=serve, daemon=True,
                                        args=(kind, path, threads, tf_threads, child))
         self.process.start()
-        self.name, self.tf_threads = self.conn.recv()
+        child.close()  # the child's end lives in the child only: its death ends recv()
         self.kind = kind
+        self.name, self.tf_threads = self._receive()
+
+    def _receive(self):
+        try:
+            message = self.conn.recv()
+        except EOFError:
+            raise RuntimeError(f"the {self.kind} runner's process died (exit status "
+                               f"{self.process.exitcode})") from None
+        if isinstance(message, Exception):
+            raise message
+        return message
 
     def ask(self, batch, warmup=0, calls=0):
         self.conn.send((batch, warmup, calls))
-        return self.conn.recv()
+        return self._receive()
 
     def close(self):
         self.conn.send(None)

@@ -61,7 +61,7 @@ def export_classifier(model, vocab_file: str, do_lower_case: bool, export_dir: s
     _check_max_seq_length(max_seq_length)
     if fmt == "onnx":
         return _export_onnx(copy, vocab_file, export_dir, info)
-    _check_parallel_chains(parallel_chains)
+    check_parallel_chains(parallel_chains)
     from bert_tf.serving import saved_model
     from bert_tf.tokenization.graph import GraphTokenizer
 
@@ -122,7 +122,8 @@ def _check_max_seq_length(max_seq_length: int) -> None:
                          "[SEP])")
 
 
-def _check_parallel_chains(parallel_chains: int) -> None:
+def check_parallel_chains(parallel_chains: int) -> None:
+    """UsageError for --parallel_chains below 1 (before a run starts)."""
     if parallel_chains < 1:
         raise UsageError(f"--parallel_chains={parallel_chains}: at least 1 (the cores one "
                          "request is cut for)")
@@ -312,7 +313,7 @@ def export_tagger(model, vocab_file: str, do_lower_case: bool, export_dir: str, 
     _check_max_seq_length(max_seq_length)
     if fmt == "onnx":
         return _export_onnx(copy, vocab_file, export_dir, info)
-    _check_parallel_chains(parallel_chains)
+    check_parallel_chains(parallel_chains)
     from bert_tf.serving import saved_model
     from bert_tf.tokenization.graph import GraphTokenizer
 

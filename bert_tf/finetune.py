@@ -13,6 +13,7 @@ import os
 
 from bert_tf.assets import resolve_model_assets
 from bert_tf.errors import UsageError
+from bert_tf.export import PARALLEL_CHAINS
 from bert_tf.training.run import (EngineArgs, cached, check_engine_args, file_key, setup_runtime,
                                   guard_output_dir, init_model, open_tracking,
                                   restore_trained,
@@ -32,6 +33,7 @@ class RunArgs(EngineArgs):
     predict_split: str = "test"
     export: str | None = None
     export_dir: str | None = None
+    parallel_chains: int = PARALLEL_CHAINS
     num_train_epochs: float = 3.0
     max_train_examples: int = 0
     reference_tokenizer: bool = False
@@ -53,9 +55,10 @@ def check_args(args: RunArgs) -> None:
         raise UsageError(f"--num_train_epochs={args.num_train_epochs} must be positive")
     if args.max_train_examples < 0:
         raise UsageError(f"--max_train_examples={args.max_train_examples} must be >= 0 (0: all)")
-    from bert_tf.export import check_export_available
+    from bert_tf.export import check_export_available, check_parallel_chains
 
     check_export_available(args.export)
+    check_parallel_chains(args.parallel_chains)
 
 
 def train_steps(num_examples: int, args: RunArgs, num_workers: int) -> tuple[int, int]:
@@ -174,7 +177,8 @@ def run_classifier(args: RunArgs) -> dict:
                               task_name=processor.name, label_names=labels,
                               regression=processor.is_regression,
                               pair_task=processor.is_pair_task,
-                              max_seq_length=args.max_seq_length, fmt=args.export)
+                              max_seq_length=args.max_seq_length, fmt=args.export,
+                              parallel_chains=args.parallel_chains)
         return results
 
 
@@ -386,7 +390,7 @@ def run_ner(args: RunArgs) -> dict:
                 export_tagger(model, assets.vocab_file, assets.do_lower_case,
                               args.export_dir or default_export_dir(args.output_dir, args.export),
                               label_names=labels, max_seq_length=args.max_seq_length,
-                              fmt=args.export)
+                              fmt=args.export, parallel_chains=args.parallel_chains)
         return results
 
 

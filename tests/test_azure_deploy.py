@@ -15,7 +15,7 @@ from tests.test_azure_submit import (FAKE_SUBSCRIPTION, _network_refused,  # noq
                                      no_network, run, sitecustomize_dir)
 
 
-def fake_export(folder: Path, weight_bytes: int = 90_000_000, task="MRPC") -> Path:
+def fake_export(folder: Path, weight_bytes: int = 90_000_000, task="MRPC", **info) -> Path:
     """The files deploy reads of an export (serving_info.json, saved_model.pb, variables/),
     the weights a sparse file of the given size."""
     import json
@@ -26,7 +26,7 @@ def fake_export(folder: Path, weight_bytes: int = 90_000_000, task="MRPC") -> Pa
         f.truncate(weight_bytes)
     (folder / "serving_info.json").write_text(json.dumps({
         "model": "classifier", "task_name": task, "labels": ["0", "1"], "pair_task": True,
-        "max_seq_length": 128, "do_lower_case": True}))
+        "max_seq_length": 128, "do_lower_case": True, **info}))
     return folder
 
 
@@ -64,15 +64,22 @@ def test_deploy_dry_run_yaml_loads_back_with_the_sdk(tmp_path, capsys, monkeypat
 
 
 def test_deploy_on_a_gpu_instance_gets_tensorflow_with_cuda(tmp_path, capsys):
+    """CUDA TensorFlow on a GPU instance, and a note when the export is cut into chains for
+    CPU cores (none for a CPU instance)."""
     from azure.ai.ml import load_online_deployment
 
     out = tmp_path / "yaml"
-    assert cli.main(["deploy", "--model", str(fake_export(tmp_path / "e")), "--endpoint_name",
+    export = fake_export(tmp_path / "e", parallel_chains=2)
+    assert cli.main(["deploy", "--model", str(export), "--endpoint_name",
                      "ner-bert", "--instance_type", "Standard_NC4as_T4_v3",
                      "--dry-run", str(out)]) == 0
     pip = load_online_deployment(str(out / "deployment.yml")).environment.conda_file[
         "dependencies"][-1]["pip"]
     assert "tensorflow[and-cuda]==2.18.1" in pip
+    assert "2 parallel chains for CPU cores" in capsys.readouterr().out
+    assert cli.main(["deploy", "--model", str(export), "--endpoint_name", "ner-bert",
+                     "--instance_type", "Standard_F4s_v2", "--dry-run", str(tmp_path / "c")]) == 0
+    assert "parallel chains" not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args,message", [

@@ -149,33 +149,62 @@ def post(url, data: bytes):
         return e.code, e.read().decode()
 
 
-def test_init_sets_tensorflows_threads_for_the_exports_chains(exports, monkeypatch):
-    """A fresh worker's init() gives TensorFlow one inter-op thread per chain of the export
-    (serving_info.json's parallel_chains) and shares the cores among them, before the first op;
-    threads the operator set in the environment win; an export that does not say keeps
-    TensorFlow's defaults."""
+def matmuls(export: Path) -> int:
+    """The MatMul kernels in an export's graph (every function of its saved_model.pb)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((export / "saved_model.pb").read_bytes())
+    return sum(node.op == "MatMul" for function in saved.meta_graphs[0].graph_def.library.function
+               for node in function.node_def)
+
+
+def test_init_sets_tensorflows_threads_for_the_exports_chains(exports, tmp_path):
+    """The export's graph is cut into serving_info.json's parallel_chains chains, and a fresh
+    worker's init() gives TensorFlow one inter-op thread per chain (no more than the cores),
+    the cores shared among them, before the first op; threads the operator set in the
+    environment win; an export in one chain keeps TensorFlow's defaults."""
+    import keras
+
+    from bert_tf.export import export_classifier
+    from bert_tf.modeling import BertClassifier
+
     info = json.loads((exports / "mrpc" / "serving_info.json").read_text())
     assert info["parallel_chains"] == 2  # the default export
+    keras.utils.set_random_seed(11)
+    export_classifier(BertClassifier(tiny(), 2), str(shared("vocab", "uncased_vocab.txt")), True,
+                      str(tmp_path / "one"), task_name="MRPC", label_names=["0", "1"],
+                      regression=False, pair_task=True, max_seq_length=64, parallel_chains=1)
+    assert json.loads((tmp_path / "one" / "serving_info.json").read_text())[
+        "parallel_chains"] == 1
+    # Two chains: each computes its own keys and values.
+    assert matmuls(exports / "mrpc") > matmuls(tmp_path / "one")
+
+    def init_in_a_fresh_process(export, **environment):
+        code = ("import importlib.util, json, tensorflow as tf\n"
+                f"spec = importlib.util.spec_from_file_location('score', {str(SCORE)!r})\n"
+                "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+                "m.init()\n"
+                "print(json.dumps([tf.config.threading.get_inter_op_parallelism_threads(),\n"
+                "                  tf.config.threading.get_intra_op_parallelism_threads()]))\n")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TF_NUM_")}
+        env.update(AZUREML_MODEL_DIR=str(export), TF_CPP_MIN_LOG_LEVEL="2", **environment)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads(out.stdout.splitlines()[-1])
+
     cores = len(os.sched_getaffinity(0))
-    code = ("import importlib.util, json, tensorflow as tf\n"
-            f"spec = importlib.util.spec_from_file_location('score', {str(SCORE)!r})\n"
-            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); m.init()\n"
-            "print(json.dumps([tf.config.threading.get_inter_op_parallelism_threads(),\n"
-            "                  tf.config.threading.get_intra_op_parallelism_threads()]))\n")
-    env = {**os.environ, "AZUREML_MODEL_DIR": str(exports / "mrpc"), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert json.loads(out.stdout.splitlines()[-1]) == [2, max(1, cores // 2)]
+    assert init_in_a_fresh_process(exports / "mrpc") == [min(2, cores), max(1, cores // 2)]
+    assert init_in_a_fresh_process(exports / "mrpc", TF_NUM_INTRAOP_THREADS="3") == [0, 0]
 
     spec = importlib.util.spec_from_file_location("bert_tf_score", SCORE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.threads({"parallel_chains": 2}, 8) == (2, 4)
-    assert module.threads({"parallel_chains": 4}, 2) == (4, 1)
-    assert module.threads({"model": "classifier"}, 8) is None
-    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "3")
-    assert module.configure_threads(info) is None
+    assert module.threads({"parallel_chains": 4}, 2) == (2, 1)  # extra chains wait their turn
+    assert module.threads({"parallel_chains": 1}, 8) is None  # one chain: a GPU export
+    assert module.threads({"model": "classifier"}, 8) is None  # an export from before chains
 
 
 @pytest.mark.slow

@@ -45,15 +45,23 @@ def _find_export(root):
 
 def threads(info, cores):
     """(inter-op, intra-op) TensorFlow threads for an export on `cores` cores, or None for
-    TensorFlow's defaults (an export that does not say).
+    TensorFlow's defaults (an export in one chain, e.g. for a GPU, or one that does not say).
 
     An export's forward pass is cut into serving_info.json's parallel_chains chains of kernels
-    (bert_tf.serving.saved_model, "Threads"): one inter-op thread per chain, the cores shared
-    among the chains' kernels."""
-    chains = info.get("parallel_chains")
-    if not chains:
+    (bert_tf.serving.saved_model, "Threads"): one inter-op thread per chain, no more than the
+    cores (extra chains wait their turn: 4 chains on 2 cores took 12.4 ms on 2 inter-op threads,
+    15.1 ms on 4, bench/README.md), the cores shared among the chains' kernels."""
+    chains = info.get("parallel_chains") or 1
+    if chains <= 1:
         return None
-    return chains, max(1, cores // chains)
+    return min(chains, cores), max(1, cores // chains)
+
+
+def _cores():
+    """The cores this process may run on (Linux: its affinity; elsewhere: the machine's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def configure_threads(info):
@@ -62,7 +70,7 @@ def configure_threads(info):
     Returns (inter-op, intra-op) as set, or None."""
     import tensorflow as tf
 
-    wanted = threads(info, len(os.sched_getaffinity(0)))
+    wanted = threads(info, _cores())
     if wanted is None or {"TF_NUM_INTEROP_THREADS", "TF_NUM_INTRAOP_THREADS"} & set(os.environ):
         return None
     try:

@@ -81,7 +81,14 @@ class DeployPlan:
                 f"({INSTANCE_MEMORY_GIB.get(self.instance_type, '?')} GiB each, "
                 f"{required_gib(self.weights_bytes):.1f} GiB needed)",
                 f"scoring script: {SCORING_DIR / 'score.py'}; image {BASE_IMAGE} + TensorFlow "
-                f"{TF_VERSION}{' with CUDA' if self.gpu else ' (CPU)'}"]
+                f"{TF_VERSION}{' with CUDA' if self.gpu else ' (CPU)'}"] + self._chains_note()
+
+    def _chains_note(self) -> list[str]:
+        chains = self.info.get("parallel_chains") or 1
+        if self.gpu and chains > 1:
+            return [f"note: the export is cut into {chains} parallel chains for CPU cores; on a "
+                    "GPU one chain is faster (export_model.py --parallel_chains=1)"]
+        return []
 
 
 def required_gib(weights_bytes: int) -> float:

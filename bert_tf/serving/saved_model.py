@@ -18,7 +18,7 @@ to its longest sequence, not to max_seq_length.
 
 Threads. The forward pass is built as `parallel_chains` chains of kernels over chunks of the
 sequence (bert_tf.serving.forward.encode), meant to run one chain per core:
-    inter_op_parallelism_threads = parallel_chains
+    inter_op_parallelism_threads = min(parallel_chains, cores)
     intra_op_parallelism_threads = max(1, cores // parallel_chains)
 (TensorFlow Serving: --tensorflow_inter_op_parallelism / --tensorflow_intra_op_parallelism;
 Python: tf.config.threading before the first op; azure/scoring/score.py does it from
