@@ -46,8 +46,9 @@ flags.DEFINE_enum("export", "saved_model", ["saved_model", "onnx"], "saved_model
 flags.DEFINE_integer("parallel_chains", PARALLEL_CHAINS, "SavedModel: the cores one request "
                      "is cut for. The forward pass runs as this many chains of single-threaded "
                      "kernels over chunks of the sequence; serve with "
-                     "inter_op_parallelism_threads=N and intra_op_parallelism_threads="
-                     "max(1, cores // N) (azure/scoring/score.py does). 1 for a GPU.")
+                     "inter_op_parallelism_threads=min(N, cores) and "
+                     "intra_op_parallelism_threads=max(1, cores // N) (azure/scoring/score.py "
+                     "does). 1 for a GPU.")
 FLAGS = flags.FLAGS
 
 

@@ -1,6 +1,7 @@
 """Launch bert_tf's training scripts on Azure ML (SDK v2, `azure-ai-ml`): the entry point.
 
-    python azure/submit.py {compute,train,sweep,status,stream,download} ...  (--help: each one)
+    python azure/submit.py {compute,train,sweep,glue,status,stream,download,deploy} ...
+    (--help: each one)
 
 The code lives in `bert_tf/azure_ml/`, a module per concern (VM sizes, job inputs, the script's
 flags, jobs and sweeps, workspace and secrets, sweep trials, the subcommands, the command line:

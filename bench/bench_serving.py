@@ -98,8 +98,7 @@ def tensorflow_threads(saved_model, how):
     score = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(score)
     with open(os.path.join(saved_model, "serving_info.json"), encoding="utf-8") as f:
-        configured = score.configure_threads(json.load(f))
-    return "%d inter-op / %d intra-op" % configured if configured else "default"
+        return score.configure_threads(json.load(f))
 
 
 class SavedModelRunner:

@@ -122,11 +122,17 @@ def _check_max_seq_length(max_seq_length: int) -> None:
                          "[SEP])")
 
 
+MAX_PARALLEL_CHAINS = 64
+
+
 def check_parallel_chains(parallel_chains: int) -> None:
-    """UsageError for --parallel_chains below 1 (before a run starts)."""
-    if parallel_chains < 1:
-        raise UsageError(f"--parallel_chains={parallel_chains}: at least 1 (the cores one "
-                         "request is cut for)")
+    """UsageError for --parallel_chains outside 1..MAX_PARALLEL_CHAINS (before a run starts):
+    a chain per core one request uses; each chain reads every weight, so many more chains
+    than cores only cost (200 chains: 12x slower at batch 1 x 128 on 2 cores)."""
+    if not 1 <= parallel_chains <= MAX_PARALLEL_CHAINS:
+        raise UsageError(f"--parallel_chains={parallel_chains}: give 1 to "
+                         f"{MAX_PARALLEL_CHAINS}, the cores one request should use (1 for a "
+                         "GPU)")
 
 
 def _built(make, vocab_file: str):
@@ -273,6 +279,7 @@ def _checkpoint_source(args: ExportArgs) -> _Source:
 def export_model(args: ExportArgs) -> str:
     """export_model.py: -> the export directory."""
     check_export_available(args.export)
+    check_parallel_chains(args.parallel_chains)
     if bool(args.model_dir) == bool(args.init_checkpoint):
         raise UsageError("pass one of --model_dir (a fine-tuning run's output_dir) or "
                          "--init_checkpoint (a checkpoint with a classification head)")

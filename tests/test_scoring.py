@@ -181,7 +181,8 @@ def test_init_sets_tensorflows_threads_for_the_exports_chains(exports, tmp_path)
     assert matmuls(exports / "mrpc") > matmuls(tmp_path / "one")
 
     def init_in_a_fresh_process(export, **environment):
-        code = ("import importlib.util, json, tensorflow as tf\n"
+        code = ("import importlib.util, json, logging, tensorflow as tf\n"
+                "logging.basicConfig(level=logging.INFO)\n"
                 f"spec = importlib.util.spec_from_file_location('score', {str(SCORE)!r})\n"
                 "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
                 "m.init()\n"
@@ -192,11 +193,18 @@ def test_init_sets_tensorflows_threads_for_the_exports_chains(exports, tmp_path)
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                              text=True, timeout=300)
         assert out.returncode == 0, out.stderr[-3000:]
-        return json.loads(out.stdout.splitlines()[-1])
+        said = [line for line in out.stderr.splitlines() if "TensorFlow threads:" in line]
+        return json.loads(out.stdout.splitlines()[-1]), said[-1]
 
     cores = len(os.sched_getaffinity(0))
-    assert init_in_a_fresh_process(exports / "mrpc") == [min(2, cores), max(1, cores // 2)]
-    assert init_in_a_fresh_process(exports / "mrpc", TF_NUM_INTRAOP_THREADS="3") == [0, 0]
+    got, said = init_in_a_fresh_process(exports / "mrpc")
+    assert got == [min(2, cores), max(1, cores // 2)]
+    assert f"inter-op {min(2, cores)} (the export's)" in said
+    # The environment's intra-op threads win; TensorFlow reads the variable itself (0 here).
+    got, said = init_in_a_fresh_process(exports / "mrpc", TF_NUM_INTRAOP_THREADS="3")
+    assert got == [min(2, cores), 0] and "intra-op 3 (TF_NUM_INTRAOP_THREADS)" in said
+    got, said = init_in_a_fresh_process(tmp_path / "one")
+    assert got == [0, 0] and "TensorFlow's defaults" in said
 
     spec = importlib.util.spec_from_file_location("bert_tf_score", SCORE)
     module = importlib.util.module_from_spec(spec)

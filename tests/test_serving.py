@@ -176,6 +176,8 @@ def test_export_model_from_a_hugging_face_checkpoint_with_its_labels(tmp_path):
                  marks=pytest.mark.slow),
     pytest.param(["--init_checkpoint={bert}", "--task_name=NOPE"], "--task_name: unknown task",
                  marks=pytest.mark.slow),
+    pytest.param(["--model_dir=/nonexistent", "--parallel_chains=0"], "--parallel_chains=0: "
+                 "give 1 to 64", marks=pytest.mark.slow),
 ])
 def test_export_model_bad_input_is_one_line_exit_2(tiny_bert, tmp_path, args, message):
     proc = export_script([a.format(bert=tiny_bert) for a in args]

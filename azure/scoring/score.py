@@ -64,23 +64,35 @@ def _cores():
     return os.cpu_count() or 1
 
 
+ENVIRONMENT = ("TF_NUM_INTEROP_THREADS", "TF_NUM_INTRAOP_THREADS")
+
+
 def configure_threads(info):
-    """Set threads(info, this process's cores) before TensorFlow runs its first op. Threads set
-    in the environment (TF_NUM_INTEROP_THREADS / TF_NUM_INTRAOP_THREADS) are left to win.
-    Returns (inter-op, intra-op) as set, or None."""
+    """Set threads(info, this process's cores) before TensorFlow runs its first op. Each of
+    TF_NUM_INTEROP_THREADS / TF_NUM_INTRAOP_THREADS set in the environment wins over its
+    setting. Returns how the threads were chosen, for the log: "inter-op 2 (export), intra-op
+    1 (export)", or "TensorFlow's defaults"."""
     import tensorflow as tf
 
     wanted = threads(info, _cores())
-    if wanted is None or {"TF_NUM_INTEROP_THREADS", "TF_NUM_INTRAOP_THREADS"} & set(os.environ):
-        return None
+    if wanted is None:
+        return "TensorFlow's defaults (a one-chain export)"
+    setters = (tf.config.threading.set_inter_op_parallelism_threads,
+               tf.config.threading.set_intra_op_parallelism_threads)
+    said = []
     try:
-        tf.config.threading.set_inter_op_parallelism_threads(wanted[0])
-        tf.config.threading.set_intra_op_parallelism_threads(wanted[1])
+        for name, value, setter, variable in zip(("inter-op", "intra-op"), wanted, setters,
+                                                 ENVIRONMENT):
+            if variable in os.environ:
+                said.append(f"{name} {os.environ[variable]} ({variable})")
+                continue
+            setter(value)
+            said.append(f"{name} {value} (the export's)")
     except RuntimeError as e:  # TensorFlow already ran in this process (a notebook, a test)
         logger.warning("TensorFlow's threads stay as they are (%s): the export is fastest "
                        "with %d inter-op and %d intra-op threads", e, *wanted)
-        return None
-    return wanted
+        return "as they were (TensorFlow was already running)"
+    return ", ".join(said)
 
 
 def init():
@@ -95,9 +107,8 @@ def init():
     import tensorflow_text  # noqa: F401 (registers FastWordpieceTokenizeWithOffsets)
 
     _model = tf.saved_model.load(folder)
-    logger.info("loaded the %s model from %s (TensorFlow threads, inter-op/intra-op: %s)",
-                _info.get("task_name") or _info["model"], folder,
-                "%d/%d" % configured if configured else "as they were")
+    logger.info("loaded the %s model from %s; TensorFlow threads: %s",
+                _info.get("task_name") or _info["model"], folder, configured)
 
 
 def _text(value, where):

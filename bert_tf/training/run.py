@@ -355,7 +355,7 @@ def restore_trained(model, output_dir: str) -> bool:
     if not latest:
         return False
     tf.train.Checkpoint(model=model).read(latest).expect_partial()
-    logger.info("evaluating the trained checkpoint %s", latest)
+    logger.info("restored the trained checkpoint %s", latest)
     return True
 
 
