@@ -8,6 +8,8 @@ import functools
 
 from absl import flags
 
+from bert_tf.export import PARALLEL_CHAINS
+
 
 class _Into:
     """absl's DEFINE_* functions bound to one FlagValues (absl.flags.FLAGS for the scripts, a
@@ -49,10 +51,8 @@ def define_export_flags(flag_values=None) -> None:
                   "(docs/serving.md). Default: no export.")
     f.DEFINE_string("export_dir", None, "Where --export writes (default: "
                     "OUTPUT_DIR/export/saved_model or OUTPUT_DIR/export/onnx).")
-    from bert_tf.export import PARALLEL_CHAINS
-
-    f.DEFINE_integer("parallel_chains", PARALLEL_CHAINS, "--export=saved_model: the CPU cores one request is "
-                     "cut for (docs/serving.md, Threads); 1 for a GPU.")
+    f.DEFINE_integer("parallel_chains", PARALLEL_CHAINS, "--export=saved_model: the CPU cores "
+                     "one request is cut for (docs/serving.md, Threads); 1 for a GPU.")
 
 
 def define_squad_flags(flag_values=None) -> None:

@@ -835,23 +835,28 @@ def test_read_trials_from_mlflow_store(submit, sweep_store):
     assert azure_ml.trials.read_trials(sweep_store, SWEEP_JOB, spec) == trials
 
 
+def fake_mlflow_workspace(monkeypatch, job, tracking_uri):
+    """A workspace (its ids in the environment, a client the commands get) whose one job is
+    `job` and whose MLflow store is `tracking_uri`: what `download` reads, offline."""
+    for key, value in zip(azure_ml.workspace.WORKSPACE_ENV, (FAKE_SUBSCRIPTION, "rg", "ws")):
+        monkeypatch.setenv(key, value)
+    client = types.SimpleNamespace(
+        workspace_name="ws", jobs=types.SimpleNamespace(get=lambda name: job),
+        workspaces=types.SimpleNamespace(
+            get=lambda name: types.SimpleNamespace(mlflow_tracking_uri=tracking_uri)))
+    monkeypatch.setattr(azure_ml.commands, "make_client", lambda workspace: client)
+    monkeypatch.setattr(azure_ml.commands, "require_azureml_mlflow", lambda: None)
+
+
 def test_download_writes_trials_json_and_the_report(submit, sweep_store, tmp_path, monkeypatch,
                                                      capsys):
     """download end to end against a fake workspace whose MLflow store is the SQLite one."""
     from bert_tf.sweeps.report import TrialRecord
 
-    for key, value in zip(azure_ml.workspace.WORKSPACE_ENV, (FAKE_SUBSCRIPTION, "rg", "ws")):
-        monkeypatch.setenv(key, value)
-    job = types.SimpleNamespace(
+    fake_mlflow_workspace(monkeypatch, types.SimpleNamespace(
         name=SWEEP_JOB, type="sweep", experiment_name="bert_tf",
         tags={"bert_tf.sweep": "configs/sweeps/mrpc_lr.yaml"},
-        objective=types.SimpleNamespace(primary_metric="eval/eval_accuracy"))
-    client = types.SimpleNamespace(
-        workspace_name="ws", jobs=types.SimpleNamespace(get=lambda name: job),
-        workspaces=types.SimpleNamespace(
-            get=lambda name: types.SimpleNamespace(mlflow_tracking_uri=sweep_store)))
-    monkeypatch.setattr(azure_ml.commands, "make_client", lambda workspace: client)
-    monkeypatch.setattr(azure_ml.commands, "require_azureml_mlflow", lambda: None)
+        objective=types.SimpleNamespace(primary_metric="eval/eval_accuracy")), sweep_store)
     out = tmp_path / "report"
     status = submit.main(["download", SWEEP_JOB, "--output_dir", str(out)])
     printed = capsys.readouterr()

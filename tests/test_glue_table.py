@@ -191,8 +191,7 @@ def _azure_download_of(local_out, tmp_path, monkeypatch, task="MRPC"):
 
     from mlflow.tracking import MlflowClient
 
-    import bert_tf.azure_ml.cli  # noqa: F401  (every module of the package)
-    from bert_tf import azure_ml
+    from tests.test_azure_submit import fake_mlflow_workspace
 
     uri = f"sqlite:///{local_out / task / 'mlflow.db'}"
     store = MlflowClient(tracking_uri=uri)
@@ -204,16 +203,8 @@ def _azure_download_of(local_out, tmp_path, monkeypatch, task="MRPC"):
     shutil.copytree(local_out / "specs", folder / "specs")
     (folder / "glue_jobs.json").write_text(json.dumps(
         {"init_checkpoint": "x", "tasks": {task: job_name}}))
-    for key, value in zip(azure_ml.workspace.WORKSPACE_ENV, ("sub", "rg", "ws")):
-        monkeypatch.setenv(key, value)
-    job = types.SimpleNamespace(name=job_name, type="sweep", experiment_name=None,
-                                status="Completed")
-    client = types.SimpleNamespace(
-        workspace_name="ws", jobs=types.SimpleNamespace(get=lambda name: job),
-        workspaces=types.SimpleNamespace(
-            get=lambda name: types.SimpleNamespace(mlflow_tracking_uri=uri)))
-    monkeypatch.setattr(azure_ml.commands, "make_client", lambda workspace: client)
-    monkeypatch.setattr(azure_ml.commands, "require_azureml_mlflow", lambda: None)
+    fake_mlflow_workspace(monkeypatch, types.SimpleNamespace(
+        name=job_name, type="sweep", experiment_name=None, status="Completed"), uri)
     spec = importlib.util.spec_from_file_location("submit_for_glue", REPO / "azure" / "submit.py")
     submit = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(submit)
